@@ -145,7 +145,8 @@ class AdapterRegistry:
             with _quiet_peft():
                 self._load_weights(name, path)
         except Exception as exc:  # any failure inside PEFT: undo, keep the loaded ones serving
-            self._rollback(name, first)
+            with _quiet_peft():
+                self._rollback(name, first)
             raise AdapterLoadError(name, str(path), f"{type(exc).__name__}: {exc}") from exc
         info = AdapterInfo(
             name=name,
@@ -190,6 +191,8 @@ class AdapterRegistry:
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, BaseTunerLayer):
                     setattr(parent, child_name, child.get_base_layer())
+        if hasattr(self.base_model, "peft_config"):  # left behind by the failed PeftModel init
+            del self.base_model.peft_config
 
     def unload(self, name: str) -> None:
         if name == BASE:

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class MicroBatcher:
         self._held: Job | None = None  # a job pulled while filling a batch of another kind
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.recent: deque[tuple[str, int]] = deque(maxlen=256)  # (kind, rows) of the last batches run
 
     def start(self) -> None:
         if self._thread is None:
@@ -123,7 +125,9 @@ class MicroBatcher:
             metrics.QUEUE_WAIT_SECONDS.labels(kind).observe(started - job.enqueued)
         if not live:
             return
-        metrics.BATCH_SIZE.labels(kind).observe(sum(j.rows for j in live))
+        rows = sum(j.rows for j in live)
+        self.recent.append((kind, rows))
+        metrics.BATCH_SIZE.labels(kind).observe(rows)
         try:
             results = [live[0].payload()] if kind == SOLO else self._handlers[kind](live)
         except BaseException as exc:  # delivered to every caller; the worker keeps serving

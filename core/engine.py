@@ -130,6 +130,11 @@ class Engine:
     def close(self) -> None:
         self._batcher.stop()
 
+    @property
+    def recent_batches(self) -> list[tuple[str, int]]:
+        """(kind, rows) of the most recent batches, newest last: for tests and debugging."""
+        return list(self._batcher.recent)
+
     def _registry(self) -> AdapterRegistry:
         if self.registry is None:
             raise ModelNotReadyError("the engine is still loading the base model")
