@@ -40,7 +40,7 @@ test-integration: setup model
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core apps domainllm
+	$(BIN)/mypy core apps domainllm finetune
 
 format: setup
 	$(BIN)/ruff check --fix .

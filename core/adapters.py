@@ -117,7 +117,7 @@ class AdapterRegistry:
             raise AdapterNotFoundError(name, [BASE, *self.names()])
         return self._adapters[name]
 
-    def list(self) -> list[AdapterInfo]:
+    def all(self) -> list[AdapterInfo]:
         return [self._adapters[n] for n in self.names()]
 
     def resolve(self, name: str) -> str:

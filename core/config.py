@@ -57,8 +57,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.environment == "prod" and self.admin_key.get_secret_value() in PLACEHOLDER_SECRETS:
-            raise ValueError("DOMAINLLM_ADMIN_KEY must be set to a real secret when DOMAINLLM_ENVIRONMENT=prod")
+        if self.environment != "dev" and self.admin_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            raise ValueError("DOMAINLLM_ADMIN_KEY must be set to a real secret outside DOMAINLLM_ENVIRONMENT=dev")
         return self
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -26,6 +26,7 @@ class DecodeRow:
     adapter: str
     params: SamplingParams
     on_delta: Callable[[str], None] | None = None
+    should_stop: Callable[[], bool] | None = None  # e.g. the streaming client went away
 
 
 def _stop_holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -57,6 +58,9 @@ class _RowState:
     @property
     def done(self) -> bool:
         return self.finish is not None
+
+    def cancel(self) -> None:
+        self.finish = "cancelled"
 
     def push(self, token_id: int) -> None:
         params = self.row.params
@@ -106,7 +110,8 @@ def _select(logits: torch.Tensor, states: list[_RowState]) -> torch.Tensor:
         probs = torch.softmax(logits[j].cpu() / params.temperature, dim=-1)  # [vocab]
         if params.top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
+            keep[0] = True  # a top_p that underflows in float32 still keeps the most likely token
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         out[j] = torch.multinomial(probs, 1, generator=state.generator)[0]
     return out
@@ -149,7 +154,11 @@ def decode_batch(
     while True:
         tokens = _select(logits, [states[i] for i in active])  # [active]
         for slot, i in enumerate(active):
-            states[i].push(int(tokens[slot]))
+            stop = rows[i].should_stop
+            if stop is not None and stop():
+                states[i].cancel()
+            else:
+                states[i].push(int(tokens[slot]))
         keep = [slot for slot, i in enumerate(active) if not states[i].done]
         if not keep:
             break
@@ -185,7 +194,7 @@ def beam_search(
     params = row.params
     ids = torch.tensor([row.prompt_ids], device=device)  # [1, seq]
     kwargs = adapter_kwargs([row.adapter])  # PEFT repeats it across the beams
-    out = model.generate(
+    out = cast(Any, model).generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         num_beams=params.num_beams,

@@ -54,6 +54,13 @@ class _LabelRequest:
     rows: list[LabelRow]
 
 
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{what} must be valid Unicode text (it holds a lone surrogate)") from None
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -72,12 +79,14 @@ class Engine:
             wait_s=settings.batch_wait_ms / 1000,
         )
         self._lock = threading.Lock()
+        self._ready = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.registry is not None
+        """True once the base model, the adapters on disk and the batch worker are all up."""
+        return self._ready
 
     def warm_up(self) -> None:
         """Load the base model, its tokenizer and the adapters found on disk; safe to call twice."""
@@ -97,6 +106,7 @@ class Engine:
                 self._apply_int8()
             metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
             self._batcher.start()
+            self._ready = True
             self.load_seconds = time.perf_counter() - started
             log.info("engine ready in %.2fs: %s on %s/%s", self.load_seconds, path.name, self.device, self.dtype)
 
@@ -108,7 +118,8 @@ class Engine:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        model = model.to(self.device).eval()
         eos = model.generation_config.eos_token_id
         self._eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
         if tokenizer.eos_token_id is not None:
@@ -129,6 +140,7 @@ class Engine:
 
     def close(self) -> None:
         self._batcher.stop()
+        self._ready = False
 
     @property
     def recent_batches(self) -> list[tuple[str, int]]:
@@ -145,7 +157,7 @@ class Engine:
     def list_models(self) -> list[dict[str, Any]]:
         registry = self._registry()
         base = {"id": BASE, "base_model": self.base_model_name, "kind": "base"}
-        return [base, *({**a.describe(), "kind": "lora"} for a in registry.list())]
+        return [base, *({**a.describe(), "kind": "lora"} for a in registry.all())]
 
     def has_model(self, name: str) -> bool:
         return name == BASE or name in self._registry().names()
@@ -176,6 +188,7 @@ class Engine:
                 raise InvalidRequestError(f"message role must be system, user or assistant, got {m.get('role')!r}")
             if not isinstance(m.get("content"), str):
                 raise InvalidRequestError("message content must be a string")
+            _check_unicode(m["content"], "message content")
         total = sum(len(m["content"]) for m in prompt)
         if total > self.settings.max_input_chars:
             raise InputTooLargeError(
@@ -190,6 +203,7 @@ class Engine:
     def _check_text(self, text: str, what: str) -> None:
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequestError(f"{what} must be a non-empty string")
+        _check_unicode(text, what)
         if len(text) > self.settings.max_input_chars:
             raise InputTooLargeError(
                 f"{what} holds {len(text)} characters; the limit is {self.settings.max_input_chars}",
@@ -219,12 +233,15 @@ class Engine:
         model: str = BASE,
         params: SamplingParams | None = None,
         on_delta: DeltaCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Future[Completion]:
+        """Queue one generation. ``on_delta`` gets text as it is decoded (on the engine thread);
+        ``should_stop`` is polled each step so an abandoned stream stops using batch capacity."""
         params = params or SamplingParams()
         self._check_model(model)
         if params.max_new_tokens > self.settings.max_new_tokens:
             raise InvalidRequestError(f"max_tokens may be at most {self.settings.max_new_tokens}")
-        row = DecodeRow(self.tokenize(self.render(prompt)), model, params, on_delta)
+        row = DecodeRow(self.tokenize(self.render(prompt)), model, params, on_delta, should_stop)
         metrics.ENGINE_REQUESTS.labels("generate", model).inc()
         if params.num_beams > 1:
             return self._batcher.submit_solo(lambda: self._run_beam(row))
@@ -261,6 +278,8 @@ class Engine:
             raise InvalidRequestError(f"give between 2 and {self.settings.max_labels} labels, got {len(labels)}")
         if any(not isinstance(x, str) or not x.strip() for x in labels):
             raise InvalidRequestError("labels must be non-empty strings")
+        for label in labels:
+            _check_unicode(label, "each label")
         if len(set(labels)) != len(labels):
             raise InvalidRequestError("labels must be distinct")
 
@@ -271,6 +290,8 @@ class Engine:
         self._check_labels(labels)
         if not texts:
             raise InvalidRequestError("texts must not be empty")
+        if instruction is not None:
+            self._check_text(instruction, "instruction")
         if len(texts) > self.settings.max_batch_texts:
             raise InputTooLargeError(
                 f"{len(texts)} texts in one request; the limit is {self.settings.max_batch_texts}",
@@ -289,12 +310,16 @@ class Engine:
         inner = self._batcher.submit("labels", _LabelRequest(rows), rows=len(rows))
 
         def _done(f: Future[list[list[float]]]) -> None:
-            if f.exception() is not None:
-                outer.set_exception(f.exception())  # type: ignore[arg-type]
+            if outer.cancelled() or f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                outer.set_exception(exc)
             else:
                 outer.set_result([dict(zip(labels, p, strict=True)) for p in f.result()])
 
         inner.add_done_callback(_done)
+        outer.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)
         return outer
 
     def score_labels(self, texts: list[str], labels: list[str], **kwargs: Any) -> list[dict[str, float]]:

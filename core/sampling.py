@@ -8,6 +8,7 @@ from core.errors import InvalidRequestError
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as in vLLM
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,15 @@ class SamplingParams:
             raise InvalidRequestError("beam search is deterministic: use temperature 0 with num_beams > 1")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise InvalidRequestError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise InvalidRequestError(f"seed must be a 64-bit integer, got {self.seed}")
         for s in self.stop:
             if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
                 raise InvalidRequestError(f"each stop string must be 1-{MAX_STOP_CHARS} characters")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW  # a vanishing temperature would overflow the softmax
 
 
 @dataclass

@@ -43,13 +43,13 @@ def label_first_tokens(tokenizer: Any, labels: list[str]) -> list[list[int]] | N
         per_label.append(ids)
     # a token shared by two labels says nothing about either: drop it from both
     counts: dict[int, int] = {}
-    for ids in per_label:
-        for t in ids:
+    for token_set in per_label:
+        for t in token_set:
             counts[t] = counts.get(t, 0) + 1
-    cleaned = [sorted(t for t in ids if counts[t] == 1) for ids in per_label]
+    cleaned = [sorted(t for t in token_set if counts[t] == 1) for token_set in per_label]
     canonical = [tokenizer.encode(label, add_special_tokens=False)[:1] for label in labels]
-    for ids, canon in zip(cleaned, canonical, strict=True):
-        if not ids or not canon or canon[0] not in ids:
+    for kept, canon in zip(cleaned, canonical, strict=True):
+        if not kept or not canon or canon[0] not in kept:
             return None
     return cleaned
 

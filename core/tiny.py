@@ -102,5 +102,5 @@ def build_random_lora(
         for name, param in peft_model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
                 param.normal_(0.0, scale)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir

@@ -40,6 +40,7 @@ def real_adapters(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def real_engine(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     settings = Settings(
         environment="test",
+        admin_key="test-admin-key",
         base_model=str(real_model_dir),
         adapters_dir=tmp_path_factory.mktemp("no-adapters"),
         batch_wait_ms=30,

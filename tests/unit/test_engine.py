@@ -163,3 +163,29 @@ def test_embeddings_are_unit_vectors_and_semantic(tiny_engine: Engine) -> None:
     assert abs(float((vecs**2).sum(axis=1).mean()) - 1.0) < 1e-4
     sims = vecs @ vecs.T
     assert sims[0, 1] > sims[0, 2]
+
+
+def test_a_row_whose_client_went_away_stops_early(tiny_engine: Engine) -> None:
+    seen: list[str] = []
+    out = tiny_engine.generate(
+        CHAT,
+        params=SamplingParams(max_new_tokens=50, ignore_eos=True),
+        on_delta=seen.append,
+        should_stop=lambda: len(seen) >= 3,
+    )
+    assert out.finish_reason == "cancelled"
+    assert out.completion_tokens < 50
+
+
+def test_odd_but_valid_sampling_values_never_break_a_batch(tiny_engine: Engine) -> None:
+    tiny = SamplingParams(max_new_tokens=4, temperature=1e-40, top_p=1e-300, seed=2**62, ignore_eos=True)
+    assert tiny_engine.generate(CHAT, params=tiny).completion_tokens == 4
+    with pytest.raises(InvalidRequestError, match="seed"):
+        SamplingParams(seed=10**30)
+
+
+def test_lone_surrogates_are_a_clear_error(tiny_engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="Unicode"):
+        tiny_engine.generate([{"role": "user", "content": "hi \ud800"}])
+    with pytest.raises(InvalidRequestError, match="Unicode"):
+        tiny_engine.score_labels(["x"], ["a", "b\udfff"])

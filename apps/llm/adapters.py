@@ -1,0 +1,83 @@
+"""/v1/adapters: list, load and unload LoRA adapters while the server runs.
+
+Loading and unloading run on the engine's worker thread between batches, so requests in flight
+never see a half-loaded adapter; a folder that fails to load is rolled back and the adapters
+already loaded keep serving. Changing the set needs the admin key; reading it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, status
+
+from apps.deps import AdminDep, EngineDep, SettingsDep
+from apps.errors import error_responses
+from apps.llm.schemas import AdapterDeleted, AdapterList, AdapterLoadRequest, AdapterOut
+from core.adapters import AdapterInfo
+from core.config import Settings
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+def adapter_out(info: AdapterInfo, *, with_path: bool = False) -> AdapterOut:
+    return AdapterOut(
+        id=info.name,
+        rank=info.rank,
+        alpha=info.alpha,
+        target_modules=info.target_modules,
+        size_bytes=info.size_bytes,
+        loaded_at=info.loaded_at,
+        card=info.card,
+        path=str(info.path) if with_path else None,
+    )
+
+
+def adapter_folder(body: AdapterLoadRequest, settings: Settings) -> Path:
+    if body.path is None:
+        return settings.adapters_path / body.name
+    path = Path(body.path).expanduser()
+    return path if path.is_absolute() else settings.adapters_path / path
+
+
+@router.get(
+    "",
+    response_model=AdapterList,
+    summary="List adapters",
+    description="The loaded adapters, and the folders found at start that failed to load (with why).",
+    responses=error_responses(503),
+)
+async def list_adapters(engine: EngineDep) -> AdapterList:
+    registry = engine.registry
+    infos = registry.all() if registry is not None else []
+    return AdapterList(data=[adapter_out(i) for i in infos], failed=dict(engine.adapter_failures))
+
+
+@router.post(
+    "",
+    response_model=AdapterOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Load an adapter (admin)",
+    description="Load a PEFT LoRA folder and serve it as `name`. 409 if the name is taken, 422 if the "
+    "folder cannot be loaded (the loaded adapters are unaffected).",
+    responses=error_responses(400, 401, 409, 422, 503),
+)
+async def load_adapter(
+    body: AdapterLoadRequest, engine: EngineDep, settings: SettingsDep, _admin: AdminDep
+) -> AdapterOut:
+    info = await asyncio.to_thread(engine.load_adapter, body.name, adapter_folder(body, settings))
+    return adapter_out(info, with_path=True)
+
+
+@router.delete(
+    "/{name}",
+    response_model=AdapterDeleted,
+    summary="Unload an adapter (admin)",
+    description="Stop serving the adapter and free its weights. Requests queued before this one still "
+    "finish on it; later ones get 404.",
+    responses=error_responses(400, 401, 404, 422, 503),
+)
+async def unload_adapter(name: str, engine: EngineDep, _admin: AdminDep) -> AdapterDeleted:
+    await asyncio.to_thread(engine.unload_adapter, name)
+    return AdapterDeleted(id=name)

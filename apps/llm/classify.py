@@ -1,0 +1,32 @@
+"""POST /v1/classify: zero-shot or adapter-tuned labelling by the probability of each label."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from apps.deps import EngineDep, select_model
+from apps.errors import error_responses
+from apps.llm.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult
+
+router = APIRouter(prefix="/v1", tags=["classification"])
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Classify texts",
+    description="Score each text against the given labels with the base model or an adapter: the "
+    "model is asked for one label and the label probabilities are read from its next-token "
+    "distribution (no text is generated), so every label gets a score and they sum to 1.",
+    responses=error_responses(400, 404, 413, 422, 503),
+)
+async def classify(body: ClassifyRequest, request: Request, engine: EngineDep) -> ClassifyResponse:
+    model = select_model(request, engine, body.model)
+    future = engine.submit_score_labels(body.texts, body.labels, model=model, instruction=body.instruction)
+    scores = await asyncio.wrap_future(future)
+    return ClassifyResponse(
+        model=model,
+        results=[ClassifyResult(label=max(s, key=s.__getitem__), scores=s) for s in scores],
+    )

@@ -1,0 +1,122 @@
+"""Operations: liveness, readiness, Prometheus metrics, and the middleware that measures requests.
+
+/healthz answers as long as the process serves HTTP (restart me if not); /readyz answers 200 only
+once the engine has loaded (send me traffic). The base model loads in the background after start,
+so the two differ for the first seconds, and for good if loading failed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from apps.deps import ADAPTER_STATE_KEY, not_ready_reason
+from apps.errors import error_responses
+from core.errors import ModelNotReadyError
+
+UNMATCHED_ROUTE = "unmatched"  # every unknown path shares one label value
+NO_ADAPTER = "none"
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "domainllm_http_request_duration_seconds",
+    "HTTP request latency until the last body byte (streams included), by route template and adapter",
+    ["method", "route", "adapter"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+HTTP_REQUESTS = Counter(
+    "domainllm_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+)
+HTTP_IN_FLIGHT = Gauge("domainllm_http_requests_in_flight", "HTTP requests being served")
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    status: str = "ready"
+    base_model: str = Field(description="Name of the loaded base model folder.")
+    models: list[str] = Field(description='What `model` may name: "base" and the loaded adapters.')
+    load_seconds: float = Field(description="How long loading the engine took.")
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness", description="200 while the process serves HTTP.")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness",
+    description="200 once the engine has loaded the base model and adapters; 503 (with why) before, "
+    "or for good if loading failed.",
+    responses=error_responses(503),
+)
+async def readyz(request: Request) -> Readiness:
+    reason = not_ready_reason(request.app)
+    if reason is not None:
+        raise ModelNotReadyError(reason)
+    engine = request.app.state.engine
+    return Readiness(
+        base_model=engine.base_model_name,
+        models=[m["id"] for m in engine.list_models()],
+        load_seconds=round(engine.load_seconds, 3),
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="HTTP latency/requests by route and adapter, and the engine's batch sizes, queue wait, "
+    "tokens generated and adapters loaded, in the Prometheus text format.",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetricsMiddleware:
+    """Time every HTTP request and count it by route template, never by raw path.
+
+    Labels by template ("/v1/adapters/{name}") keep the series few whatever paths clients send;
+    the adapter label is what the handler put in ``request.state`` (only served model names).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 500  # if the app fails before answering, the server answers 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            HTTP_IN_FLIGHT.dec()
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            method = scope.get("method", "") if scope.get("method") in KNOWN_METHODS else "OTHER"
+            adapter = str(state.get(ADAPTER_STATE_KEY, NO_ADAPTER))
+            HTTP_REQUEST_SECONDS.labels(method, route, adapter).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()

@@ -1,0 +1,101 @@
+"""The one FastAPI app of the suite: ``uvicorn apps.server:create_app --factory``.
+
+The lifespan builds the core ``Engine`` once and loads it in the background (a worker thread), so
+the process answers /healthz at once and /readyz turns 200 when the model is in; until then the
+model routes answer 503 with Retry-After. Routers are gathered in ``ROUTERS``; each resource has
+its own module and reaches the engine only through the dependencies in ``apps.deps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from apps import llm, ops
+from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
+from core.config import Settings, get_settings
+from core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+ROUTERS: list[APIRouter] = [ops.router, *llm.routers]
+
+DESCRIPTION = """
+Domain application services on one shared LLM core: one base model, one LoRA adapter per domain.
+
+* **OpenAI-compatible** `/v1/models`, `/v1/chat/completions`, `/v1/completions`: `model` is an
+  adapter name or `"base"`; `stream: true` answers with server-sent events. Decoding is greedy
+  (temperature 0) unless a temperature is given.
+* `/v1/classify` scores texts against labels; `/v1/adapters` loads and unloads adapters at run time
+  (admin key: `Authorization: Bearer <key>` or `X-Admin-Key`).
+* Every error answers `{"error": {"type": ..., "message": ...}}` with a 4xx/5xx status.
+"""
+
+TAGS = [
+    {"name": "models", "description": "The base model and the adapters that can be named as `model`."},
+    {"name": "generation", "description": "OpenAI-compatible chat and text completions, streamed or not."},
+    {"name": "classification", "description": "Label texts by the model's probability for each label."},
+    {"name": "adapters", "description": "LoRA adapters: list (public), load and unload (admin key)."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+async def _warm_up(app: FastAPI) -> None:
+    engine: Engine = app.state.engine
+    try:
+        await asyncio.to_thread(engine.warm_up)
+    except Exception as exc:  # keep serving /healthz and say why in /readyz; a restart will not fix a bad path
+        log.exception("the engine failed to load")
+        app.state.warmup_error = f"{type(exc).__name__}: {exc}"
+        return
+    for name, reason in engine.adapter_failures.items():
+        log.error("adapter %s was not loaded: %s", name, reason)
+    log.info("engine ready: %s", ", ".join(m["id"] for m in engine.list_models()))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Build (unless one was given) and load the engine; on shutdown close what we built."""
+    given: Engine | None = app.state.given_engine
+    engine = given or Engine(app.state.settings)
+    app.state.engine = engine
+    app.state.started_at = time.time()
+    app.state.warmup_error = None
+    loading = asyncio.create_task(_warm_up(app))
+    try:
+        yield
+    finally:
+        await loading  # a loading thread cannot be cancelled; closing under it would leak its batcher
+        if given is None:  # ours: close it, and let a next lifespan (a test client re-entered) build anew
+            engine.close()
+            app.state.engine = None
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The app. ``engine``: an engine the caller owns (tests); by default the lifespan builds one."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="domainllm",
+        version="0.1.0",
+        summary="Support, sentiment and recommendation services on one shared LLM core.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.given_engine = engine
+    app.state.engine = engine
+    app.state.warmup_error = None
+    install_error_handlers(app)
+    # Added innermost first: metrics see every answer, including the 413s and 500s made below them.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(ops.RequestMetricsMiddleware)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
