@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -133,6 +133,88 @@ def load_adapter_check(
     finally:
         engine.close()
     console.print_json(json.dumps(info.describe(), default=str))
+
+
+TASK_MODULES = {
+    "sentiment": "finetune.tasks.sentiment",
+    "support": "finetune.tasks.support",
+    "recommend": "finetune.tasks.recommend",
+}
+
+
+def _task_module(task: str) -> Any:
+    import importlib
+
+    if task not in TASK_MODULES:
+        _fail(DomainLLMError(f"unknown task {task!r}; choose one of {', '.join(TASK_MODULES)}"))
+    try:
+        return importlib.import_module(TASK_MODULES[task])
+    except ModuleNotFoundError as exc:
+        _fail(DomainLLMError(f"task {task!r} is not built yet ({exc})"))
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Argument(help="sentiment, support or recommend")],
+    config: Annotated[Path | None, typer.Option(help="Config file (default finetune/configs/TASK.yaml).")] = None,
+) -> None:
+    """Train a LoRA adapter from its config; writes data/adapters/<name>/ with its card."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from finetune.config import config_for, load_config
+
+    settings = get_settings()
+    try:
+        cfg = load_config(config or config_for(task), settings.shared_data_dir)
+    except DomainLLMError as exc:
+        _fail(exc)
+    module = _task_module(cfg.task)
+    with Progress(
+        TextColumn(f"training {cfg.adapter_name}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("train", total=None, loss=0.0)
+
+        def on_progress(step: int, total: int, loss: float) -> None:
+            progress.update(bar, completed=step, total=total, loss=loss)
+
+        card = module.train(cfg, settings, progress=on_progress)
+    training = card["training"]
+    console.print(
+        f"adapter {cfg.adapter_name!r} saved to {settings.adapters_path / cfg.adapter_name} "
+        f"({training['adapter_bytes'] / 1e6:.1f} MB, {training['seconds'] / 60:.1f} min, "
+        f"{training['steps']} steps, stopped by {training['stopped_by']}); best dev {training['best_metric']:.4f}"
+    )
+
+
+@app.command("eval")
+def evaluate(
+    task: Annotated[str, typer.Argument(help="sentiment, support or recommend")],
+    out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
+) -> None:
+    """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
+    from rich.table import Table
+
+    settings = get_settings()
+    module = _task_module(task)
+    try:
+        report = module.evaluate(settings, out_dir=out)
+    except DomainLLMError as exc:
+        _fail(exc)
+    for split, systems in report["splits"].items():
+        metrics = [k for k, v in next(iter(systems.values())).items() if isinstance(v, float)]
+        table = Table(title=f"{task}: {split}")
+        table.add_column("system")
+        for m in metrics:
+            table.add_column(m, justify="right")
+        for system, values in systems.items():
+            table.add_row(system, *(f"{values[m]:.4f}" for m in metrics))
+        console.print(table)
+    console.print(f"report: {out}/quality_{task}.json")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from apps.llm.schemas import (
     new_id,
     now,
 )
-from apps.llm.streaming import DeltaBridge, sse_response
+from apps.llm.streaming import DeltaBridge, sse_response, submit_streaming
 from core.sampling import Completion
 
 router = APIRouter(prefix="/v1", tags=["generation"])
@@ -52,10 +52,7 @@ async def create_chat_completion(
     params = body.sampling_params(settings)
     messages = body.engine_messages()
     if body.stream:
-        bridge = DeltaBridge()
-        future = engine.submit_generate(
-            messages, model=model, params=params, on_delta=bridge.push, should_stop=bridge.is_closed
-        )
+        bridge, future = submit_streaming(engine, messages, model=model, params=params)
         return sse_response(_chunks(bridge, future, model, body.include_usage))
     completion = await asyncio.wrap_future(engine.submit_generate(messages, model=model, params=params))
     return ChatCompletion(

@@ -21,7 +21,7 @@ from apps.llm.schemas import (
     new_id,
     now,
 )
-from apps.llm.streaming import DeltaBridge, sse_response
+from apps.llm.streaming import DeltaBridge, sse_response, submit_streaming
 from core.sampling import Completion
 
 router = APIRouter(prefix="/v1", tags=["generation"])
@@ -48,10 +48,7 @@ async def create_completion(
     params = body.sampling_params(settings)
     prompt = body.single_prompt()
     if body.stream:
-        bridge = DeltaBridge()
-        future = engine.submit_generate(
-            prompt, model=model, params=params, on_delta=bridge.push, should_stop=bridge.is_closed
-        )
+        bridge, future = submit_streaming(engine, prompt, model=model, params=params)
         return sse_response(_chunks(bridge, future, model, body.include_usage))
     completion = await asyncio.wrap_future(engine.submit_generate(prompt, model=model, params=params))
     choice = CompletionChoice(index=0, text=completion.text, finish_reason=finish_reason(completion.finish_reason))

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from apps.errors import stream_error_json
+from core.engine import Engine, Prompt
 from core.errors import DomainLLMError
-from core.sampling import Completion
+from core.sampling import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,17 @@ class DeltaBridge:
         finally:
             self._closed = True
             future.cancel()
+
+
+def submit_streaming(
+    engine: Engine, prompt: Prompt, *, model: str, params: SamplingParams
+) -> tuple[DeltaBridge, Future[Completion]]:
+    """Queue a generation whose deltas flow through a new bridge; it stops if the reader goes away."""
+    bridge = DeltaBridge()
+    future = engine.submit_generate(
+        prompt, model=model, params=params, on_delta=bridge.push, should_stop=bridge.is_closed
+    )
+    return bridge, future
 
 
 def sse_response(events: AsyncIterator[BaseModel]) -> EventSourceResponse:

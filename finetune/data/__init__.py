@@ -1,0 +1,1 @@
+"""Dataset builders: read the real files in the shared data folder into plain Python rows."""

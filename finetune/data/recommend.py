@@ -1,0 +1,113 @@
+"""TALLRec-style "will this user like X?" rows.
+
+Training rows come from MovieLens ml-latest-small: for a user's rating at time t, the history is the
+10 ratings just before it, split into liked (rating > 3) and disliked titles, exactly as in the
+TALLRec movie prompts; the answer is Yes when the target's rating is above 3. The TALLRec movie
+valid prompts (built from ml-100k users) are the evaluation set; we never train on ml-100k.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTRUCTION = (
+    "Given the user's preference and unpreference, identify whether the user will like the target movie "
+    'by answering "Yes." or "No.".'
+)
+HISTORY = 10
+LIKED_ABOVE = 3.0
+
+
+@dataclass(frozen=True)
+class PreferencePrompt:
+    liked: tuple[str, ...]
+    disliked: tuple[str, ...]
+    target: str
+    label: str  # "Yes" or "No"
+
+    def history_text(self) -> str:
+        liked = ", ".join(f'"{t}"' for t in self.liked)
+        disliked = ", ".join(f'"{t}"' for t in self.disliked)
+        return f"User Preference: {liked}\nUser Unpreference: {disliked}\n"
+
+    def target_text(self) -> str:
+        return f'Whether the user will like the target movie "{self.target}"?'
+
+    def text(self) -> str:
+        return self.history_text() + self.target_text()
+
+
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def read_tallrec(path: Path) -> list[PreferencePrompt]:
+    rows = []
+    for item in json.loads(path.read_text()):
+        pref, rest = item["input"].split("User Unpreference:", 1)
+        unpref, target = rest.split("Whether the user will like the target", 1)
+        [title] = _QUOTED.findall(target)[:1] or [""]
+        rows.append(
+            PreferencePrompt(
+                liked=tuple(_QUOTED.findall(pref)),
+                disliked=tuple(_QUOTED.findall(unpref)),
+                target=title,
+                label="Yes" if item["output"].strip().lower().startswith("yes") else "No",
+            )
+        )
+    return rows
+
+
+def read_movielens(ratings_path: Path, movies_path: Path) -> dict[int, list[tuple[int, str, float]]]:
+    """user -> [(timestamp, title, rating)] in time order."""
+    with movies_path.open(encoding="utf-8", newline="") as fh:
+        titles = {int(r["movieId"]): r["title"].strip() for r in csv.DictReader(fh)}
+    history: dict[int, list[tuple[int, str, float]]] = defaultdict(list)
+    with ratings_path.open(encoding="utf-8", newline="") as fh:
+        for r in csv.DictReader(fh):
+            movie = int(r["movieId"])
+            if movie in titles:
+                history[int(r["userId"])].append((int(r["timestamp"]), titles[movie], float(r["rating"])))
+    for events in history.values():
+        events.sort(key=lambda e: (e[0], e[1]))
+    return dict(history)
+
+
+def movielens_prompts(
+    history: dict[int, list[tuple[int, str, float]]], *, per_user: int, seed: int
+) -> list[PreferencePrompt]:
+    """Up to ``per_user`` prompts per user, each target after at least 10 earlier ratings."""
+    rng = random.Random(seed)
+    out = []
+    for user in sorted(history):
+        events = history[user]
+        positions = list(range(HISTORY, len(events)))
+        rng.shuffle(positions)
+        for t in positions[:per_user]:
+            window = events[t - HISTORY : t]
+            _, target, rating = events[t]
+            out.append(
+                PreferencePrompt(
+                    liked=tuple(title for _, title, r in window if r > LIKED_ABOVE),
+                    disliked=tuple(title for _, title, r in window if r <= LIKED_ABOVE),
+                    target=target,
+                    label="Yes" if rating > LIKED_ABOVE else "No",
+                )
+            )
+    rng.shuffle(out)
+    return out
+
+
+def like_rates(history: dict[int, list[tuple[int, str, float]]]) -> dict[str, tuple[int, int]]:
+    """title -> (likes, ratings): the popularity baseline's statistics."""
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for events in history.values():
+        for _, title, rating in events:
+            stats[title][0] += int(rating > LIKED_ABOVE)
+            stats[title][1] += 1
+    return {t: (s[0], s[1]) for t, s in stats.items()}

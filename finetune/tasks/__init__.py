@@ -1,0 +1,1 @@
+"""One module per adapter: build examples, train, evaluate against baselines."""

@@ -1,0 +1,289 @@
+"""PEFT LoRA training on CPU or CUDA, with two objectives:
+
+- ``labels``: cross-entropy over the label set, where each label's logit is the pooled next-token
+  logit of its first tokens at the answer position. It is exactly what ``Engine.score_labels``
+  computes at serving time, so training optimises the served quantity (sentiment, recommend).
+- ``lm``: next-token loss on the target tokens only, the prompt masked (support answers).
+
+Progress bar, evaluation on a dev split (each epoch and optionally every N steps), early stopping,
+a hard time budget that keeps the best checkpoint, and a fixed seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.scoring import label_first_tokens
+from finetune.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    prompt_ids: list[int]
+    label: int = -1  # labels objective: index into the label list
+    target_ids: list[int] = field(default_factory=list)  # lm objective: tokens to learn
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_step: int
+    steps: int
+    epochs_run: float
+    seconds: float
+    history: list[dict[str, float]]
+    stopped_by: str  # "epochs", "early_stopping" or "time_budget"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_base(base_path: Path, device: torch.device) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    model = model.to(device)
+    return tokenizer, model
+
+
+def wrap_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    spec = config.lora
+    layers = None
+    if spec.top_layers is not None:
+        n = model.config.num_hidden_layers
+        layers = list(range(max(0, n - spec.top_layers), n))
+    lora_config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora_config)
+
+
+def length_bucketed_batches(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffle, then sort by length within windows of 50 batches: far less padding, still random."""
+    order = examples[:]
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches: list[list[Example]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda e: len(e.prompt_ids) + len(e.target_ids))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_left(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-padded prompts with position ids from the mask, as the engine serves them."""
+    width = max(len(e.prompt_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [b, width]
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, width - len(e.prompt_ids) :] = torch.tensor(e.prompt_ids)
+        mask[i, width - len(e.prompt_ids) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+
+def collate_lm(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + target; labels are -100 except on the target tokens."""
+    seqs = [e.prompt_ids + e.target_ids for e in batch]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [b, width]
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for i, (e, s) in enumerate(zip(batch, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, len(e.prompt_ids) : len(s)] = torch.tensor(e.target_ids)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+class LabelHead:
+    """Pooled first-token logits of each label at the last position -> [b, n_labels]."""
+
+    def __init__(self, tokenizer: Any, labels: list[str]) -> None:
+        tokens = label_first_tokens(tokenizer, labels)
+        if tokens is None:
+            raise ValueError(f"labels {labels} share first tokens; the labels objective needs distinct ones")
+        self.tokens = tokens
+
+    def __call__(self, last_logits: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(last_logits.float(), dim=-1)  # [b, vocab]
+        return torch.stack([torch.logsumexp(logprobs[:, t], dim=-1) for t in self.tokens], dim=-1)  # [b, labels]
+
+
+class LoraTrainer:
+    def __init__(self, config: TrainConfig, base_path: Path, device: torch.device, objective: str) -> None:
+        if objective not in ("labels", "lm"):
+            raise ValueError(f"objective must be 'labels' or 'lm', got {objective!r}")
+        self.config = config
+        self.device = device
+        self.objective = objective
+        seed_everything(config.seed)
+        self.tokenizer, base = load_base(base_path, device)
+        self.model = wrap_lora(base, config)
+        self.head = LabelHead(self.tokenizer, config.labels) if objective == "labels" else None
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def _loss(self, batch: list[Example]) -> torch.Tensor:
+        if self.head is not None:
+            inputs = collate_left(batch, self.pad_id, self.device)
+            out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+            scores = self.head(out.logits[:, -1, :])  # [b, labels]
+            target = torch.tensor([e.label for e in batch], device=self.device)
+            return torch.nn.functional.cross_entropy(scores, target)
+        inputs = collate_lm(batch, self.pad_id, self.device)
+        return self.model(**inputs, use_cache=False).loss
+
+    @torch.inference_mode()
+    def predict_labels(self, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
+        """[n, labels] probabilities."""
+        head = self.head
+        if head is None:
+            raise ValueError("predict_labels needs the labels objective")
+        self.model.eval()
+        out = []
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            inputs = collate_left([examples[i] for i in idx], self.pad_id, self.device)
+            logits = self.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
+            out.append((idx, torch.softmax(head(logits), dim=-1).cpu()))
+        probs = torch.zeros((len(examples), len(head.tokens)))
+        for idx, p in out:
+            probs[idx] = p
+        return probs
+
+    @torch.inference_mode()
+    def dev_loss(self, examples: list[Example], batch_size: int = 16) -> float:
+        self.model.eval()
+        total, n = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            total += float(self._loss(batch)) * len(batch)
+            n += len(batch)
+        return total / max(n, 1)
+
+    def fit(
+        self,
+        train: list[Example],
+        dev_metric: Callable[[], float],
+        on_progress: Callable[[int, int, float], None] | None = None,
+    ) -> TrainResult:
+        """Train; ``dev_metric`` is higher-is-better. The best LoRA weights are restored at the end."""
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = max(1, int(total_steps * cfg.warmup_ratio))
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        started = time.monotonic()
+        budget = cfg.max_minutes * 60
+        best, best_step, best_state = -math.inf, 0, None
+        history: list[dict[str, float]] = []
+        bad_evals, step, stopped_by = 0, 0, "epochs"
+        running = 0.0
+
+        def evaluate() -> bool:
+            nonlocal best, best_step, best_state, bad_evals
+            metric = dev_metric()
+            history.append({"step": step, "epoch": step / steps_per_epoch, "dev": metric, "train_loss": running})
+            log.info("step %d: dev %.4f (train loss %.4f)", step, metric, running)
+            if metric > best:
+                best, best_step, bad_evals = metric, step, 0
+                best_state = {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+                return False
+            bad_evals += 1
+            return bad_evals > cfg.patience
+
+        for _epoch in range(cfg.epochs):
+            for batch in length_bucketed_batches(train, cfg.batch_size, rng):
+                self.model.train()
+                loss = self._loss(batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                value = float(loss.detach())
+                running = 0.9 * running + 0.1 * value if step > 1 else value
+                if on_progress:
+                    on_progress(step, total_steps, running)
+                if time.monotonic() - started > budget:
+                    stopped_by = "time_budget"
+                    break
+                if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and evaluate():
+                    stopped_by = "early_stopping"
+                    break
+            if stopped_by != "epochs":
+                break
+            if evaluate():
+                stopped_by = "early_stopping"
+                break
+        if stopped_by == "time_budget" or not history or history[-1]["step"] != step:
+            evaluate()
+        if best_state is not None:
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    if name in best_state:
+                        p.copy_(best_state[name])
+        self.model.eval()
+        return TrainResult(
+            best_metric=best,
+            best_step=best_step,
+            steps=step,
+            epochs_run=step / steps_per_epoch,
+            seconds=time.monotonic() - started,
+            history=history,
+            stopped_by=stopped_by,
+        )
+
+    def save(self, out_dir: Path) -> int:
+        """Save the adapter in 16-bit (a few MB) and return its size in bytes."""
+        from safetensors.torch import load_file, save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir)
+        weights = out_dir / "adapter_model.safetensors"
+        tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
+        return weights.stat().st_size
