@@ -94,9 +94,12 @@ def test_labels_objective_learns_and_the_saved_adapter_serves_the_same_scores(
         Example(trainer.tokenizer.encode(classification_prompt(trainer.tokenizer, t, cfg.labels)), label=y)
         for t, y in texts.items()
     ] * 4
-    accuracy = lambda: float(
-        (trainer.predict_labels(examples).argmax(-1) == torch.tensor([e.label for e in examples])).float().mean()
-    )  # noqa: E731
+
+    def accuracy():
+        return float(
+            (trainer.predict_labels(examples).argmax(-1) == torch.tensor([e.label for e in examples])).float().mean()
+        )
+
     result = trainer.fit(examples, dev_metric=accuracy)
     assert result.best_metric == 1.0
     size = trainer.save(tmp_path / "adapters" / "toy")
