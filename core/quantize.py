@@ -11,6 +11,11 @@ activations" of Llama-family models: on SmolLM2-135M a few tokens reach |x| ~ 30
 levels. Measured on 64 Financial PhraseBank sentences: fp32 perplexity 144; every Linear int8: 372;
 all but down_proj: 171, still 2.3x faster per decode step at batch 1 (bench/README.md).
 
+Caveat: one activation scale per tensor means a row's result depends on the rows batched with it
+(and their padding). On 32 FPB texts with SmolLM2, zero-shot labels scored alone vs inside a batch
+of 32 agree on only ~75% (max |Δp| 0.36), where fp32 gives identical numbers. Per-token activation
+scales (torchao's ``Int8DynamicActivationInt8WeightConfig``) or weight-only int8 would not have this.
+
 LoRA's own ``lora_A``/``lora_B`` Linears are left in float, on purpose:
 
 * PEFT's LoRA forward reads ``lora_A[name].weight.dtype``; on a quantised Linear ``weight`` is a
