@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -310,13 +311,13 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-def make_engine(base: Path, device: str, *, adapters_dir: Path | None, quantization: str = "none") -> Engine:
+def make_engine(base: Path, device: Any, *, adapters_dir: Path | None, quantization: Any = "none") -> Engine:
     settings = Settings(
         base_model=str(base),
         adapters_dir=adapters_dir,
         load_adapters_on_start=adapters_dir is not None,
-        quantization=quantization,  # type: ignore[arg-type]
-        device=device,  # type: ignore[arg-type]
+        quantization=quantization,
+        device=device,
         max_batch_size=32,
         # 32 requests submitted in a loop take a few ms to render and tokenise; a 50 ms window makes
         # sure they meet in one micro-batch (the measured batch sizes are in the JSON).
@@ -331,7 +332,8 @@ def make_engine(base: Path, device: str, *, adapters_dir: Path | None, quantizat
 def load_plain(base: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return model.to(device).eval()
 
 
 def load_peft(base: Path, adapters_dir: Path, device: str, dtype: torch.dtype) -> Any:
@@ -437,17 +439,17 @@ def section_generate(ctx: Context, engine: Engine, peft_model: Any) -> None:
 
     timings = {k: Timing() for k in variants}
     completions: dict[str, list[Any]] = {}
-    one_at_a_time, baseline_out = Timing(), []
+    one_at_a_time, baseline_out = Timing(), list[list[int]]()
     per_round = math.ceil(sz.baseline_requests / sz.repeats)
     c0, r0 = batch_stats("generate")
     for _ in range(sz.repeats):
         for key, (loaded, models) in variants.items():
             set_adapters(ctx, engine, loaded)
-            seconds, completions[key] = timed(lambda m=models: engine_generate(engine, m, new), ctx.device)
+            seconds, completions[key] = timed(partial(engine_generate, engine, models, new), ctx.device)
             timings[key].runs.append(seconds)
         set_adapters(ctx, engine, True)
         for i in range(len(baseline_out), min(len(baseline_out) + per_round, sz.baseline_requests)):
-            seconds, out = on_worker(engine, lambda i=i: baseline(i), ctx.device)
+            seconds, out = on_worker(engine, partial(baseline, i), ctx.device)
             one_at_a_time.runs.append(seconds)
             baseline_out.append(out)
     c1, r1 = batch_stats("generate")
@@ -538,14 +540,14 @@ def section_classify(ctx: Context, engine: Engine, peft_model: Any, texts: list[
 
     run()  # warm-up
     on_worker(engine, lambda: one(0), ctx.device)
-    timing, per_item, baseline_probs = Timing(), Timing(), []
+    timing, per_item, baseline_probs = Timing(), Timing(), list[list[float]]()
     per_round = math.ceil(n / ctx.sizes.repeats)
     with batches_seen("labels", res):
         for _ in range(ctx.sizes.repeats):  # interleaved with the baseline
             seconds, scores = timed(run, ctx.device)
             timing.runs.append(seconds)
             for i in range(len(baseline_probs), min(len(baseline_probs) + per_round, n)):
-                seconds, probs = on_worker(engine, lambda i=i: one(i), ctx.device)
+                seconds, probs = on_worker(engine, partial(one, i), ctx.device)
                 per_item.runs.append(seconds)
                 baseline_probs.append(probs)
     ours = n / timing.median
@@ -598,16 +600,15 @@ class StackedLora:
 
         self.model, self.order, self.mask = peft_model, order, torch.zeros(0)
         self.handles, self.offsets = [], [0]
-        first = next(m for m in peft_model.modules() if isinstance(m, LoraLayer))
-        self.dtype = first.lora_A[order[0]].weight.dtype
+        layers: list[Any] = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+        self.dtype = layers[0].lora_A[order[0]].weight.dtype
         for name in order:
-            self.offsets.append(self.offsets[-1] + first.lora_A[name].weight.shape[0])
-        for module in peft_model.modules():
-            if isinstance(module, LoraLayer):
-                a_all = torch.cat([module.lora_A[n].weight for n in order], 0).t().contiguous()  # [in, R]
-                b_all = torch.cat([module.lora_B[n].weight * module.scaling[n] for n in order], 1)  # [out, R]
-                module._stacked = (a_all, b_all.t().contiguous())  # [in, R], [R, out]
-                self.handles.append(module.register_forward_hook(self._hook))
+            self.offsets.append(self.offsets[-1] + layers[0].lora_A[name].weight.shape[0])
+        for module in layers:
+            a_all = torch.cat([module.lora_A[n].weight for n in order], 0).t().contiguous()  # [in, R]
+            b_all = torch.cat([module.lora_B[n].weight * module.scaling[n] for n in order], 1)  # [out, R]
+            module._stacked = (a_all, b_all.t().contiguous())  # [in, R], [R, out]
+            self.handles.append(module.register_forward_hook(self._hook))
 
     def _hook(self, module: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
         a_all, b_all = module._stacked
@@ -811,12 +812,12 @@ def section_shared_prefix(ctx: Context, engine: Engine, plain: Any) -> None:
                 break
             seconds, (lp, p_yes) = on_worker(
                 engine,
-                lambda i=i: plain_continuation(plain, prefix_ids, cont_ids[i], answer_tokens, ctx.device),
+                partial(plain_continuation, plain, prefix_ids, cont_ids[i], answer_tokens, ctx.device),
                 ctx.device,
             )
             per_item.runs.append(seconds)
             d_lp = max(d_lp, abs(lp - scores[i].logprob))
-            d_yes = max(d_yes, abs(p_yes - scores[i].next_label_probs["Yes"]))  # type: ignore[index]
+            d_yes = max(d_yes, abs(p_yes - (scores[i].next_label_probs or {}).get("Yes", math.nan)))
     ours_rate = len(candidates) / timing.median
     base_rate = 1 / per_item.median
     res.update(
@@ -852,6 +853,12 @@ def section_shared_prefix(ctx: Context, engine: Engine, plain: Any) -> None:
 # ---- 5. int8 -------------------------------------------------------------------------------------
 
 
+def score_one_each(engine: Engine, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
+    """One concurrent request per (text, model): they meet in one mixed-adapter micro-batch."""
+    futures = [engine.submit_score_labels([t], LABELS, model=m) for t, m in pairs]
+    return [r[0] for r in wait_all(futures)]
+
+
 def label_chunks(engine: Engine, texts: list[str], device: str, models: list[str] | None = None) -> tuple[float, Any]:
     """Label probabilities of ``texts`` in chunks of 32 (one micro-batch each); texts/s from the
     median chunk time, so the chunks double as repeats. ``models``: one per text (one request per
@@ -861,15 +868,10 @@ def label_chunks(engine: Engine, texts: list[str], device: str, models: list[str
     for i in range(0, len(texts), 32):
         chunk = texts[i : i + 32]
         if models is None:
-            seconds, out = timed(lambda c=chunk: engine.score_labels(c, LABELS), device)
+            seconds, out = timed(partial(engine.score_labels, chunk, LABELS), device)
         else:
             pairs = list(zip(chunk, models[i : i + 32], strict=True))
-            seconds, out = timed(
-                lambda p=pairs: [
-                    r[0] for r in wait_all([engine.submit_score_labels([t], LABELS, model=m) for t, m in p])
-                ],
-                device,
-            )
+            seconds, out = timed(partial(score_one_each, engine, pairs), device)
         if len(chunk) == 32:
             timing.runs.append(seconds)
         probs += out
@@ -1091,18 +1093,25 @@ def main(argv: list[str] | None = None) -> int:
         peft_model, plain = in_fresh_thread(
             lambda: (load_peft(base, adapters_dir, device, dtype), load_plain(base, device, dtype))
         )
-        sections: dict[str, Callable[[], Any]] = {
-            "1": lambda: (
-                section_generate(ctx, engine, peft_model),
-                section_classify(ctx, engine, peft_model, texts),
-            ),
-            "2": lambda: section_lora_diagnosis(ctx, engine, plain, peft_model),
-            "3": lambda: (
-                set_adapters(ctx, engine, False),
-                section_score_vs_generate(ctx, engine, fpb[: sizes.score_texts]),
-            ),
-            "4": lambda: (set_adapters(ctx, engine, False), section_shared_prefix(ctx, engine, plain)),
-            "5": lambda: section_int8(ctx, engine, fpb[: sizes.fpb_rows], texts[: sizes.ppl_sentences]),
+
+        def s1() -> None:
+            section_generate(ctx, engine, peft_model)
+            section_classify(ctx, engine, peft_model, texts)
+
+        def s3() -> None:
+            set_adapters(ctx, engine, False)
+            section_score_vs_generate(ctx, engine, fpb[: sizes.score_texts])
+
+        def s4() -> None:
+            set_adapters(ctx, engine, False)
+            section_shared_prefix(ctx, engine, plain)
+
+        sections: dict[str, Callable[[], None]] = {
+            "1": s1,
+            "2": partial(section_lora_diagnosis, ctx, engine, plain, peft_model),
+            "3": s3,
+            "4": s4,
+            "5": partial(section_int8, ctx, engine, fpb[: sizes.fpb_rows], texts[: sizes.ppl_sentences]),
         }
         for key, run in sections.items():
             if key not in args.only:

@@ -164,6 +164,12 @@ class Engine:
 
     def load_adapter(self, name: str, path: Path) -> AdapterInfo:
         registry = self._registry()
+        if self.settings.quantization == "int8":
+            raise InvalidRequestError(
+                "the base model is int8-quantised and PEFT cannot add LoRA layers to it at run time; "
+                "put the adapter in the adapters folder and restart",
+                name=name,
+            )
         info: AdapterInfo = self._batcher.submit_solo(lambda: registry.load(name, path)).result()
         metrics.ADAPTERS_LOADED.set(len(registry.names()))
         return info
@@ -184,6 +190,8 @@ class Engine:
         if not prompt:
             raise InvalidRequestError("messages must not be empty")
         for m in prompt:
+            if not isinstance(m, dict):
+                raise InvalidRequestError("each message must be an object with role and content")
             if m.get("role") not in {"system", "user", "assistant"}:
                 raise InvalidRequestError(f"message role must be system, user or assistant, got {m.get('role')!r}")
             if not isinstance(m.get("content"), str):

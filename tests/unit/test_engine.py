@@ -189,3 +189,8 @@ def test_lone_surrogates_are_a_clear_error(tiny_engine: Engine) -> None:
         tiny_engine.generate([{"role": "user", "content": "hi \ud800"}])
     with pytest.raises(InvalidRequestError, match="Unicode"):
         tiny_engine.score_labels(["x"], ["a", "b\udfff"])
+
+
+def test_a_message_that_is_not_an_object_is_a_clear_error(tiny_engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="each message must be an object"):
+        tiny_engine.generate(["hello"])  # type: ignore[list-item]
