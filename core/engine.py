@@ -80,6 +80,7 @@ class Engine:
         )
         self._lock = threading.Lock()
         self._ready = False
+        self._label_token_cache: dict[tuple[str, ...], list[list[int]] | None] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -131,12 +132,8 @@ class Engine:
     def _apply_int8(self) -> None:
         if self.device.type != "cpu":
             raise InvalidRequestError("int8 dynamic quantisation runs on CPU only")
-        registry = self._registry()
-        quantized = quantize_int8(registry.model)
-        if registry.has_adapters:
-            registry._peft = quantized
-        else:
-            registry.base_model = quantized
+        # in place: the registry's base model and its PEFT wrapper both see the int8 layers
+        quantize_int8(self._registry().model, inplace=True)
 
     def close(self) -> None:
         self._batcher.stop()
@@ -281,6 +278,15 @@ class Engine:
 
     # ---- label scoring ---------------------------------------------------------------------------
 
+    def _label_tokens(self, labels: tuple[str, ...]) -> list[list[int]] | None:
+        """First-token ids per label, memoised: every request of an app sends the same label set,
+        and tokenising the surface variants on each call would sit on the hot path."""
+        if labels not in self._label_token_cache:
+            if len(self._label_token_cache) > 1024:
+                self._label_token_cache.clear()
+            self._label_token_cache[labels] = label_first_tokens(self.tokenizer, list(labels))
+        return self._label_token_cache[labels]
+
     def _check_labels(self, labels: list[str]) -> None:
         if not 2 <= len(labels) <= self.settings.max_labels:
             raise InvalidRequestError(f"give between 2 and {self.settings.max_labels} labels, got {len(labels)}")
@@ -310,7 +316,7 @@ class Engine:
             self._check_text(t, "each text")
         metrics.ENGINE_REQUESTS.labels("labels", model).inc(len(texts))
         prompts = [classification_prompt(self.tokenizer, t, labels, instruction) for t in texts]
-        first_tokens = label_first_tokens(self.tokenizer, labels)
+        first_tokens = self._label_tokens(tuple(labels))
         if first_tokens is None:  # labels share first tokens: whole-label likelihood, one job per text
             return self._batcher.submit_solo(lambda: self._score_labels_by_likelihood(prompts, labels, model))
         rows = [LabelRow(self.tokenize(p), model, first_tokens) for p in prompts]
@@ -381,7 +387,7 @@ class Engine:
         answer_tokens = None
         if answer_labels is not None:
             self._check_labels(answer_labels)
-            answer_tokens = label_first_tokens(self.tokenizer, answer_labels)
+            answer_tokens = self._label_tokens(tuple(answer_labels))
             if answer_tokens is None:
                 raise InvalidRequestError("answer labels must start with different tokens")
         metrics.ENGINE_REQUESTS.labels("continuations", model).inc(len(conts))

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"  # where eval reports land
+
 
 def classification_report(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score

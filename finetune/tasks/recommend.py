@@ -29,10 +29,8 @@ from finetune.data.recommend import (
     read_movielens,
     read_tallrec,
 )
-from finetune.metrics import auc, plot_roc
+from finetune.metrics import RESULTS_DIR, auc, plot_roc
 from finetune.trainer import Example, LoraTrainer
-
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfig) -> list[Example]:
@@ -109,7 +107,7 @@ def embedding_scores(rows: list[PreferencePrompt], embed: Any) -> list[float]:
     return out
 
 
-def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RESULTS) -> dict[str, Any]:
+def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     from core.engine import Engine
 
     config = load_config(config_for("recommend"), settings.shared_data_dir)

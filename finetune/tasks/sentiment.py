@@ -21,10 +21,8 @@ from core.prompts import classification_prompt
 from finetune.cards import write_card
 from finetune.config import TrainConfig
 from finetune.data.sentiment import LabelledText, SentimentSplits, build_splits, stratified_split
-from finetune.metrics import classification_report, plot_confusion, plot_roc
+from finetune.metrics import RESULTS_DIR, classification_report, plot_confusion, plot_roc
 from finetune.trainer import Example, LoraTrainer
-
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def splits(config: TrainConfig, shared: Path) -> SentimentSplits:
@@ -107,7 +105,7 @@ def tfidf_baseline(train_rows: list[LabelledText], tests: dict[str, list[Labelle
     return out
 
 
-def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RESULTS) -> dict[str, Any]:
+def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     from core.engine import Engine
     from finetune.config import config_for, load_config
 
