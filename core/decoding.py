@@ -1,8 +1,9 @@
 """Batched autoregressive decoding: tokenise -> prefill -> step loop -> detokenise.
 
-One left-padded batch may mix adapters (PEFT ``adapter_names``), greedy and sampled rows, and rows
-with different limits and stop strings. Rows that finish leave the batch (their KV-cache rows are
-dropped), so a long request does not make the short ones pay. Deltas are handed to each row's
+One left-padded batch may mix adapters (``core.lora_stack``: one row context around all of a batch's
+forwards), greedy and sampled rows, and rows with different limits and stop strings. Rows that
+finish leave the batch (their KV-cache rows and their adapter rows are dropped), so a long request
+does not make the short ones pay. Deltas are handed to each row's
 ``on_delta`` as soon as they are safe to show: never half a UTF-8 character, never the start of a
 stop string that may still complete.
 """
@@ -10,14 +11,16 @@ stop string that may still complete.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
+from core.lora_stack import RowAdapters
 from core.sampling import Completion, SamplingParams
 
-AdapterKwargs = Callable[[list[str]], dict[str, Any]]
+AdapterRows = Callable[[list[str]], AbstractContextManager[RowAdapters]]  # e.g. LoraRouter.rows
 
 
 @dataclass
@@ -122,7 +125,7 @@ def decode_batch(
     model: torch.nn.Module,
     tokenizer: Any,
     rows: list[DecodeRow],
-    adapter_kwargs: AdapterKwargs,
+    adapter_rows: AdapterRows,
     eos_ids: set[int],
     device: torch.device,
 ) -> list[Completion]:
@@ -138,47 +141,49 @@ def decode_batch(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [batch, width]: pads do not shift positions
     input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
 
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-        **adapter_kwargs([r.adapter for r in rows]),
-    )
-    cache = out.cache
-    logits = out.logits[:, -1, :].float()  # [batch, vocab]
-    next_pos = positions[:, -1] + 1  # [batch]
-    active = list(range(batch))  # row index of each batch slot
-
-    while True:
-        tokens = _select(logits, [states[i] for i in active])  # [active]
-        for slot, i in enumerate(active):
-            stop = rows[i].should_stop
-            if stop is not None and stop():
-                states[i].cancel()
-            else:
-                states[i].push(int(tokens[slot]))
-        keep = [slot for slot, i in enumerate(active) if not states[i].done]
-        if not keep:
-            break
-        if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
-            mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[keep]
-            active = [active[slot] for slot in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)  # [active, seq+1]
+    with adapter_rows([r.adapter for r in rows]) as adapters:
         out = model(
-            input_ids=tokens.to(device)[:, None],
+            input_ids=input_ids,
             attention_mask=mask,
-            position_ids=next_pos[:, None],
-            cache=cache,
+            position_ids=positions,
             use_cache=True,
-            **adapter_kwargs([rows[i].adapter for i in active]),
+            logits_to_keep=1,
+            **adapters.kwargs,
         )
         cache = out.cache
-        logits = out.logits[:, -1, :].float()
-        next_pos = next_pos + 1
+        logits = out.logits[:, -1, :].float()  # [batch, vocab]
+        next_pos = positions[:, -1] + 1  # [batch]
+        active = list(range(batch))  # row index of each batch slot
+
+        while True:
+            tokens = _select(logits, [states[i] for i in active])  # [active]
+            for slot, i in enumerate(active):
+                stop = rows[i].should_stop
+                if stop is not None and stop():
+                    states[i].cancel()
+                else:
+                    states[i].push(int(tokens[slot]))
+            keep = [slot for slot, i in enumerate(active) if not states[i].done]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                adapters.select(keep)
+                mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[keep]
+                active = [active[slot] for slot in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)  # [active, seq+1]
+            out = model(
+                input_ids=tokens.to(device)[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                cache=cache,
+                use_cache=True,
+                **adapters.kwargs,
+            )
+            cache = out.cache
+            logits = out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
     return [s.completion() for s in states]
 
 
@@ -187,24 +192,26 @@ def beam_search(
     model: torch.nn.Module,
     tokenizer: Any,
     row: DecodeRow,
-    adapter_kwargs: AdapterKwargs,
+    adapter_rows: AdapterRows,
     eos_ids: set[int],
     device: torch.device,
 ) -> Completion:
     params = row.params
     ids = torch.tensor([row.prompt_ids], device=device)  # [1, seq]
-    kwargs = adapter_kwargs([row.adapter])  # PEFT repeats it across the beams
-    out = cast(Any, model).generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        num_beams=params.num_beams,
-        do_sample=False,
-        max_new_tokens=params.max_new_tokens,
-        early_stopping=True,
-        eos_token_id=sorted(eos_ids),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sorted(eos_ids)[0],
-        **kwargs,
-    )
+    # one adapter for the whole call: its paths do not depend on the row count, so the beams that
+    # generate() expands the batch to need nothing more (on PEFT's adapter_names path PEFT repeats it)
+    with adapter_rows([row.adapter]) as adapters:
+        out = cast(Any, model).generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=params.num_beams,
+            do_sample=False,
+            max_new_tokens=params.max_new_tokens,
+            early_stopping=True,
+            eos_token_id=sorted(eos_ids),
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sorted(eos_ids)[0],
+            **adapters.kwargs,
+        )
     state = _RowState(DecodeRow(row.prompt_ids, row.adapter, params, row.on_delta), tokenizer, eos_ids)
     for token in out[0, ids.shape[1] :].tolist():
         state.push(int(token))

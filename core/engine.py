@@ -7,8 +7,9 @@
     engine.embed(texts)
 
 Every call is thread-safe: model work runs on the micro-batcher's one thread, where concurrent
-``generate`` and ``score_labels`` calls are merged into mixed-adapter batches. ``submit_*`` return
-futures for async callers (the server awaits them with ``asyncio.wrap_future``).
+``generate`` and ``score_labels`` calls are merged into mixed-adapter batches (the adapters applied
+per row by ``core.lora_stack``). ``submit_*`` return futures for async callers (the server awaits
+them with ``asyncio.wrap_future``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from core.config import DEFAULT_BASE_MODEL, Settings
 from core.decoding import DecodeRow, beam_search, decode_batch
 from core.embeddings import MiniLMEmbedder
 from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyError
+from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
 from core.prompts import Message, classification_prompt, render_chat
 from core.quantize import quantize_int8
@@ -42,6 +44,14 @@ log = logging.getLogger(__name__)
 
 Prompt = str | list[Message]
 DeltaCallback = Callable[[str], None]
+
+
+class _AdapterRow(Protocol):
+    adapter: str
+
+
+RowT = TypeVar("RowT", bound=_AdapterRow)
+ResultT = TypeVar("ResultT")
 
 
 @dataclass
@@ -68,6 +78,7 @@ class Engine:
         self.dtype = getattr(torch, settings.resolved_dtype(self.device.type))
         self.tokenizer: Any = None
         self.registry: AdapterRegistry | None = None
+        self.lora: LoraRouter | None = None  # applies each batch row's adapter (see core.lora_stack)
         self.embedder = MiniLMEmbedder(settings.embedder_path, device=self.device.type)
         self.adapter_failures: dict[str, str] = {}
         self.base_model_name = ""
@@ -128,6 +139,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.base_model_name = path.name
         self.registry = AdapterRegistry(model)
+        self.lora = LoraRouter(self.registry)
 
     def _apply_int8(self) -> None:
         if self.device.type != "cpu":
@@ -148,6 +160,11 @@ class Engine:
         if self.registry is None:
             raise ModelNotReadyError("the engine is still loading the base model")
         return self.registry
+
+    def _router(self) -> LoraRouter:
+        if self.lora is None:
+            raise ModelNotReadyError("the engine is still loading the base model")
+        return self.lora
 
     # ---- adapters --------------------------------------------------------------------------------
 
@@ -255,8 +272,16 @@ class Engine:
     def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
         return self.submit_generate(prompt, **kwargs).result()
 
-    def _adapter_kwargs(self, names: list[str]) -> dict[str, Any]:
-        return self._registry().adapter_names_kwargs(names)
+    def _in_adapter_groups(self, rows: list[RowT], run: Callable[[list[RowT]], list[ResultT]]) -> list[ResultT]:
+        """``run`` once for the batch, or once per group where the router cannot mix its adapters
+        in one forward (``LoraRouter.groups``); the results in row order."""
+        groups = self._router().groups([r.adapter for r in rows])
+        if len(groups) == 1:
+            return run(rows)
+        results: dict[int, ResultT] = {}
+        for group in groups:
+            results.update(zip(group, run([rows[i] for i in group]), strict=True))
+        return [results[i] for i in range(len(rows))]
 
     def _count(self, completions: list[Completion], rows: list[DecodeRow]) -> None:
         for c, r in zip(completions, rows, strict=True):
@@ -265,14 +290,18 @@ class Engine:
 
     def _run_generate(self, jobs: list[Job]) -> list[Completion]:
         rows = [j.payload.row for j in jobs]
-        model = self._registry().model
-        completions = decode_batch(model, self.tokenizer, rows, self._adapter_kwargs, self._eos_ids, self.device)
+        model, adapter_rows = self._registry().model, self._router().rows
+
+        def run(part: list[DecodeRow]) -> list[Completion]:
+            return decode_batch(model, self.tokenizer, part, adapter_rows, self._eos_ids, self.device)
+
+        completions = self._in_adapter_groups(rows, run)
         self._count(completions, rows)
         return completions
 
     def _run_beam(self, row: DecodeRow) -> Completion:
         model = self._registry().model
-        completion = beam_search(model, self.tokenizer, row, self._adapter_kwargs, self._eos_ids, self.device)
+        completion = beam_search(model, self.tokenizer, row, self._router().rows, self._eos_ids, self.device)
         self._count([completion], [row])
         return completion
 
@@ -341,9 +370,12 @@ class Engine:
 
     def _run_labels(self, jobs: list[Job]) -> list[list[list[float]]]:
         rows = [r for j in jobs for r in j.payload.rows]
-        probs = score_label_rows(
-            self._registry().model, rows, self._adapter_kwargs, self.tokenizer.pad_token_id, self.device
-        )
+        model, adapter_rows = self._registry().model, self._router().rows
+
+        def run(part: list[LabelRow]) -> list[list[float]]:
+            return score_label_rows(model, part, adapter_rows, self.tokenizer.pad_token_id, self.device)
+
+        probs = self._in_adapter_groups(rows, run)
         out, at = [], 0
         for j in jobs:
             out.append(probs[at : at + j.rows])
@@ -411,7 +443,7 @@ class Engine:
             prefix_ids,
             conts,
             model,
-            self._adapter_kwargs,
+            self._router().rows,
             self.tokenizer.pad_token_id,
             self.device,
             answer_tokens=answer_tokens,

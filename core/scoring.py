@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.decoding import AdapterKwargs
+from core.decoding import AdapterRows
 from core.sampling import ContinuationScore
 
 
@@ -58,7 +58,7 @@ def label_first_tokens(tokenizer: Any, labels: list[str]) -> list[list[int]] | N
 def score_label_rows(
     model: torch.nn.Module,
     rows: list[LabelRow],
-    adapter_kwargs: AdapterKwargs,
+    adapter_rows: AdapterRows,
     pad_id: int,
     device: torch.device,
 ) -> list[list[float]]:
@@ -70,14 +70,15 @@ def score_label_rows(
         input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
         mask[i, width - len(r.prompt_ids) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        use_cache=False,
-        logits_to_keep=1,
-        **adapter_kwargs([r.adapter for r in rows]),
-    )
+    with adapter_rows([r.adapter for r in rows]) as adapters:
+        out = model(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=False,
+            logits_to_keep=1,
+            **adapters.kwargs,
+        )
     logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()  # [batch, vocab]
     results = []
     for i, r in enumerate(rows):
@@ -92,7 +93,7 @@ def score_continuations(
     prefix_ids: list[int],
     continuations: list[list[int]],
     adapter: str,
-    adapter_kwargs: AdapterKwargs,
+    adapter_rows: AdapterRows,
     pad_id: int,
     device: torch.device,
     *,
@@ -106,7 +107,8 @@ def score_continuations(
     probabilities of those answers right after the continuation, e.g. P("Yes") for a recommender.
     """
     prefix = torch.tensor([prefix_ids], device=device)  # [1, P]
-    out = model(input_ids=prefix, use_cache=True, **adapter_kwargs([adapter]))
+    with adapter_rows([adapter]) as adapters:
+        out = model(input_ids=prefix, use_cache=True, **adapters.kwargs)
     prefix_cache = out.cache
     first_logprobs = torch.log_softmax(out.logits[0, -1, :].float(), dim=-1)  # [vocab]
     plen = len(prefix_ids)
@@ -123,14 +125,15 @@ def score_continuations(
         cache.batch_repeat_interleave(n)
         mask = torch.cat([torch.ones((n, plen), dtype=torch.long, device=device), cont_mask], dim=1)
         positions = torch.arange(plen, plen + width, device=device).expand(n, width)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            **adapter_kwargs([adapter] * n),
-        )
+        with adapter_rows([adapter] * n) as adapters:  # the rows of the repeated prefix cache
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                **adapters.kwargs,
+            )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [n, L, vocab]
         for i, c in enumerate(chunk):
             total = float(first_logprobs[c[0]])

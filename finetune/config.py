@@ -65,6 +65,8 @@ class TrainConfig:
     max_minutes: float = 40.0  # hard time budget; the best checkpoint so far is kept
     eval_every_steps: int | None = None  # also evaluate inside an epoch
     options: dict[str, Any] = field(default_factory=dict)  # task-specific knobs
+    # auto: bf16 autocast where the hardware runs it fast (CUDA, or a CPU with AVX512-BF16/AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -84,6 +86,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not self.data:
             raise ConfigError("data must name at least one file")
         if self.task in ("sentiment", "recommend") and (
