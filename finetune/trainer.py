@@ -274,7 +274,13 @@ class LoraTrainer:
                 if on_progress:
                     on_progress(step, total_steps, running)
                 if step % 20 == 0:
-                    log.info("step %d/%d: loss %.4f, %.2f s/step", step, total_steps, running, (time.monotonic() - started) / step)
+                    log.info(
+                        "step %d/%d: loss %.4f, %.2f s/step",
+                        step,
+                        total_steps,
+                        running,
+                        (time.monotonic() - started) / step,
+                    )
                 if time.monotonic() - started > budget:
                     stopped_by = "time_budget"
                     break
