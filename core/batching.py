@@ -53,13 +53,21 @@ class MicroBatcher:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._held: Job | None = None  # a job pulled while filling a batch of another kind
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._stopping = False
         self.recent: deque[tuple[str, int]] = deque(maxlen=256)  # (kind, rows) of the last batches run
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="domainllm-engine", daemon=True)
-            self._thread.start()
+        """Start the worker thread; idempotent and safe to call from several threads."""
+        with self._start_lock:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="domainllm-engine", daemon=True)
+                self._thread.start()
+
+    def on_worker(self) -> bool:
+        """True on the worker thread itself, where waiting on a submitted job would deadlock."""
+        return threading.current_thread() is self._thread
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -10,9 +10,7 @@ import numpy as np
 
 
 class Embedder(Protocol):
-    dim: int
-
-    def warm_up(self) -> None: ...
+    """Anything that embeds texts: the MiniLM model itself, or the Engine (which runs it on its thread)."""
 
     def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray: ...
 

@@ -106,21 +106,30 @@ class Engine:
             if self.ready:
                 return
             started = time.perf_counter()
-            path = self.settings.base_model_path
-            if not is_prepared(path):
-                if self.settings.base_model != DEFAULT_BASE_MODEL:
-                    raise ModelNotReadyError(f"base model folder {path} is missing config/tokenizer/weights")
-                prepare_default_model(path)
-            self._load_base(path)
-            if self.settings.load_adapters_on_start:
-                self.adapter_failures = self.registry.discover(self.settings.adapters_path)  # type: ignore[union-attr]
-            if self.settings.quantization == "int8":
-                self._apply_int8()
-            metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
+            # Loading (and int8 quantising) runs on the engine's own thread, like every later torch
+            # call: torch's GNU OpenMP gives each thread that runs a parallel op its own worker team,
+            # and once the teams outnumber the cores every op pays a futex wake-up (bench/README.md,
+            # "Core findings": an int8 engine warmed on the caller's thread decoded at half speed).
             self._batcher.start()
+            self._batcher.submit_solo(self._load_all).result()
             self._ready = True
             self.load_seconds = time.perf_counter() - started
-            log.info("engine ready in %.2fs: %s on %s/%s", self.load_seconds, path.name, self.device, self.dtype)
+            log.info(
+                "engine ready in %.2fs: %s on %s/%s", self.load_seconds, self.base_model_name, self.device, self.dtype
+            )
+
+    def _load_all(self) -> None:
+        path = self.settings.base_model_path
+        if not is_prepared(path):
+            if self.settings.base_model != DEFAULT_BASE_MODEL:
+                raise ModelNotReadyError(f"base model folder {path} is missing config/tokenizer/weights")
+            prepare_default_model(path)
+        self._load_base(path)
+        if self.settings.load_adapters_on_start:
+            self.adapter_failures = self.registry.discover(self.settings.adapters_path)  # type: ignore[union-attr]
+        if self.settings.quantization == "int8":
+            self._apply_int8()
+        metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
 
     def _load_base(self, path: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -460,4 +469,10 @@ class Engine:
                 limit=self.settings.max_batch_texts * 16,
                 actual=len(texts),
             )
-        return self.embedder.embed(texts, normalize=normalize)
+        # on the engine thread, between batches, for the OpenMP reason given in warm_up: one MiniLM
+        # call from another thread made every later mixed-adapter batch 1.7x slower
+        if self._batcher.on_worker():
+            return self.embedder.embed(texts, normalize=normalize)
+        self._batcher.start()
+        result: np.ndarray = self._batcher.submit_solo(lambda: self.embedder.embed(texts, normalize=normalize)).result()
+        return result

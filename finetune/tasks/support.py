@@ -284,7 +284,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
     engine.warm_up()
     try:
         has_adapter = engine.has_model(adapter)
-        pairs = with_passages(rows, kb, engine.embedder)
+        pairs = with_passages(rows, kb, engine)  # engine.embed: on the engine thread
         prompts = [prompt_for(engine.tokenizer, row, passage, config, opts) for row, passage in pairs]
         models = {"base": "base"} | ({f"adapter:{adapter}": adapter} if has_adapter else {})
         params = SamplingParams(max_new_tokens=opts.eval_max_tokens)
@@ -308,7 +308,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
 
     head_path = settings.adapters_path / adapter / INTENT_HEAD_FILE
     ours = adapter if has_adapter and head_path.is_file() else None
-    intents = intent_report(settings, config, opts, engine.embedder, ours)
+    intents = intent_report(settings, config, opts, engine, ours)
     report: dict[str, Any] = {
         "task": "support",
         "splits": {
