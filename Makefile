@@ -24,7 +24,10 @@ model: $(MODEL)
 $(MODEL): | $(STAMP)
 	$(BIN)/domainllm prepare-model
 
+# the demo's news: the project's own sample feed, polled by the worker (any RSS/Atom URLs work)
+run: export DOMAINLLM_SENTIMENT_FEEDS ?= ["data/samples/news/feed.xml"]
 run: setup model
+	@mkdir -p data/runtime
 	@echo "domainllm: starting redis + API; open http://127.0.0.1:$(PORT) (API docs at /docs)"
 	$(BIN)/honcho start
 

@@ -18,12 +18,14 @@ from fastapi import APIRouter, FastAPI
 
 from apps import llm, ops
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
+from apps.recommend.routes import router as recommend_router
+from apps.sentiment.routes import router as sentiment_router
 from core.config import Settings, get_settings
 from core.engine import Engine
 
 log = logging.getLogger(__name__)
 
-ROUTERS: list[APIRouter] = [ops.router, *llm.routers]
+ROUTERS: list[APIRouter] = [ops.router, *llm.routers, sentiment_router, recommend_router]
 
 DESCRIPTION = """
 Domain application services on one shared LLM core: one base model, one LoRA adapter per domain.
@@ -41,6 +43,8 @@ TAGS = [
     {"name": "generation", "description": "OpenAI-compatible chat and text completions, streamed or not."},
     {"name": "classification", "description": "Label texts by the model's probability for each label."},
     {"name": "adapters", "description": "LoRA adapters: list (public), load and unload (admin key)."},
+    {"name": "sentiment", "description": "Financial news monitor: news in, trends, alerts (workers enrich and alert)."},
+    {"name": "recommend", "description": "Storefront recommendations: items, events, explained lists."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

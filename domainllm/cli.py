@@ -10,10 +10,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from apps.recommend import cli as recommend_cli
+from apps.sentiment import cli as sentiment_cli
 from core.config import get_settings
 from core.errors import DomainLLMError
 
 app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
+app.add_typer(sentiment_cli.app, name="sentiment")
+app.add_typer(recommend_cli.app, name="recommend")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -193,12 +197,16 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    task: Annotated[str, typer.Argument(help="sentiment, support or recommend")],
+    task: Annotated[str, typer.Argument(help="sentiment, support, recommend or recommend-ranking")],
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
+    users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
 ) -> None:
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
+    if task == "recommend-ranking":  # the recommender's own ranking evaluation (apps/recommend/evaluation.py)
+        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out)
+        return
     settings = get_settings()
     module = _task_module(task)
     try:

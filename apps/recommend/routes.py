@@ -1,0 +1,225 @@
+"""/v1/recommend: recommendations, events, the catalogue, feedback for attribution, and stats.
+
+Handlers are plain functions (FastAPI runs them on its thread pool): they talk to Redis and may wait
+on the engine's LLM scoring. The LLM is used once the engine is ready; until then (and if it fails)
+recommendations are served without it and say so (``model: "none"``). When Redis cannot be reached
+the routes answer 503 rather than 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
+
+from apps.deps import AdminDep, SettingsDep, not_ready_reason
+from apps.errors import error_responses
+from apps.recommend.schemas import (
+    EventsAccepted,
+    EventsRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    ItemsDeleted,
+    ItemsRequest,
+    ItemsUpserted,
+    RecommendResponse,
+    StatsResponse,
+)
+from apps.recommend.service import RecommendService, connect
+from apps.recommend.settings import get_recommend_settings
+from core.errors import InvalidRequestError, ModelNotReadyError
+
+
+class StoreUnavailableError(ModelNotReadyError):
+    """Redis cannot be reached: 503 with Retry-After, like a loading model."""
+
+    error_type = "store_unavailable"
+
+
+class _StoreErrorsRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except redis.RedisError as exc:
+                raise StoreUnavailableError(
+                    f"the recommendation store (Redis) is unavailable: {type(exc).__name__}; retry shortly"
+                ) from exc
+
+        return guarded
+
+
+router = APIRouter(prefix="/v1/recommend", tags=["recommend"], route_class=_StoreErrorsRoute)
+
+
+def build_service(request: Request, core: Any) -> RecommendService:
+    """The app's service: Redis from the core settings, vectors from the engine's MiniLM, and the LLM
+    once the engine is ready."""
+    app = request.app
+    engine = app.state.engine
+
+    def ready_engine() -> Any:
+        return app.state.engine if not_ready_reason(app) is None else None
+
+    settings = getattr(app.state, "recommend_settings", None) or get_recommend_settings()
+    client = connect(core.effective_redis_url)
+    return RecommendService(settings, client, lambda texts: engine.embedder.embed(texts), ready_engine)
+
+
+async def get_service(request: Request, core: SettingsDep) -> RecommendService:
+    service: RecommendService | None = getattr(request.app.state, "recommend", None)
+    if service is None:
+        service = build_service(request, core)
+        request.app.state.recommend = service
+    return service
+
+
+ServiceDep = Annotated[RecommendService, Depends(get_service)]
+FILE_TYPES = {
+    "text/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/json": "json",
+}
+
+
+def _file_format(request: Request) -> str:
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type not in FILE_TYPES:
+        raise InvalidRequestError(
+            f"send the file as text/csv, application/x-ndjson (JSON lines) or application/json, not {content_type or 'nothing'!r}"
+        )
+    return FILE_TYPES[content_type]
+
+
+def _utf8(body: bytes) -> str:
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the file must be UTF-8 text") from None
+
+
+@router.get(
+    "/stats",
+    response_model=StatsResponse,
+    summary="Click-through rate by recommendation source",
+    responses=error_responses(503),
+)
+def stats(service: ServiceDep) -> dict[str, Any]:
+    return service.stats()
+
+
+@router.post(
+    "/events",
+    response_model=EventsAccepted,
+    summary="Record user events",
+    description='One event, or `{"events": [...]}`. Every event must name a catalogue item; a batch '
+    "with any bad event is refused whole, so nothing of it is stored.",
+    responses=error_responses(400, 404, 413, 422, 503),
+)
+def post_events(body: EventsRequest, service: ServiceDep) -> dict[str, Any]:
+    return service.add_events([e.model_dump() for e in body.events])
+
+
+@router.post(
+    "/events/bulk",
+    summary="Record a file of events",
+    description="A CSV, JSON lines or JSON file as the body. Good rows are stored; bad rows come back in `errors`.",
+    responses=error_responses(400, 413, 503),
+)
+async def post_events_file(request: Request, service: ServiceDep) -> dict[str, Any]:
+    fmt = _file_format(request)
+    text = _utf8(await request.body())
+    return await _in_thread(service.add_events_text, text, fmt)
+
+
+@router.post(
+    "/items",
+    response_model=ItemsUpserted,
+    summary="Add or update catalogue items",
+    description="New items are embedded and become candidates as soon as this returns. All or nothing.",
+    responses=error_responses(400, 401, 413, 422, 503),
+)
+def post_items(body: ItemsRequest, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
+    return service.upsert_items([i.model_dump() for i in body.items])
+
+
+@router.post(
+    "/items/bulk",
+    response_model=ItemsUpserted,
+    summary="Add or update catalogue items from a file",
+    description="A CSV, JSON lines or JSON file as the body. Good rows are upserted; bad rows come back in `errors`.",
+    responses=error_responses(400, 401, 413, 503),
+)
+async def post_items_file(request: Request, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
+    fmt = _file_format(request)
+    text = _utf8(await request.body())
+    return await _in_thread(service.upsert_items_text, text, fmt)
+
+
+@router.delete(
+    "/items",
+    response_model=ItemsDeleted,
+    summary="Delete catalogue items",
+    responses=error_responses(400, 401, 422, 503),
+)
+def delete_items(
+    service: ServiceDep, _: AdminDep, ids: Annotated[list[str], Query(min_length=1, description="Item ids.")]
+) -> dict[str, Any]:
+    return service.delete_items(ids)
+
+
+@router.post(
+    "/feedback",
+    response_model=FeedbackResponse,
+    summary="Attribute a click, cart or purchase to a recommendation",
+    responses=error_responses(400, 404, 422, 503),
+)
+def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
+    return service.feedback(body.recommendation_id, body.item_id, body.type, body.ts)
+
+
+@router.get(
+    "/{user_id}",
+    response_model=RecommendResponse,
+    summary="Recommendations for a user",
+    description="A ranked, filtered, explained list. Unknown users get a cold-start list (popular, "
+    "diversified, around `context_item` or `category` when given). Never returns out-of-stock items, "
+    "items the user bought, or items shown to the user in the last half hour.",
+    responses=error_responses(400, 404, 422, 503),
+)
+def recommend(
+    user_id: str,
+    service: ServiceDep,
+    k: Annotated[int, Query(description="How many items (1 to DOMAINLLM_RECOMMEND_MAX_K).")] = 10,
+    context_item: Annotated[str | None, Query(description="The item on the page, if any.")] = None,
+    category: Annotated[str | None, Query(max_length=200)] = None,
+    exclude: Annotated[
+        list[str] | None, Query(description="Item ids not to return (repeat or comma-separate).")
+    ] = None,
+    price_min: Annotated[float | None, Query(ge=0)] = None,
+    price_max: Annotated[float | None, Query(ge=0)] = None,
+    mmr_lambda: Annotated[float | None, Query(ge=0, le=1, description="Diversity: 1 relevance only.")] = None,
+) -> dict[str, Any]:
+    excluded = [x.strip() for raw in exclude or [] for x in raw.split(",") if x.strip()]
+    return service.recommend(
+        user_id,
+        k=k,
+        context_item=context_item or None,
+        category=category or None,
+        exclude=excluded,
+        price_min=price_min,
+        price_max=price_max,
+        mmr_lambda=mmr_lambda,
+    )
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args)

@@ -1,0 +1,117 @@
+"""HTTP shapes of /v1/recommend. Field checks that never depend on configuration live here (422);
+limits and catalogue lookups are the service's (400/404/413)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EventKind = Literal["view", "click", "cart", "purchase", "rating"]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=128)
+    item_id: str = Field(min_length=1, max_length=128)
+    type: EventKind
+    value: float | None = Field(None, description="The rating (0-5) for a rating event; ignored otherwise.")
+    ts: float | str | None = Field(None, description="Epoch seconds or ISO 8601; default: now.")
+
+
+class EventsRequest(BaseModel):
+    """One event object, or ``{"events": [...]}`` for a batch (stored all or nothing)."""
+
+    events: list[EventIn] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "events" not in data:
+            return {"events": [data]}
+        return data
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class ItemIn(BaseModel):
+    """An item; fields beyond these are kept as extra attributes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=128)
+    title: str = Field(min_length=1, max_length=500)
+    description: str = ""
+    category: str = ""
+    tags: list[str] = Field(default_factory=list)
+    price: float | None = Field(None, ge=0)
+    in_stock: bool = True
+
+
+class ItemsRequest(BaseModel):
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemsUpserted(BaseModel):
+    added: int
+    updated: int
+    rejected: int = 0
+    errors: list[dict[str, str]] = Field(default_factory=list, description="Per bad row: where and why.")
+
+
+class ItemsDeleted(BaseModel):
+    deleted: list[str]
+    unknown: list[str]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recommendation_id: str = Field(min_length=1, max_length=64)
+    item_id: str = Field(min_length=1, max_length=128)
+    type: Literal["click", "cart", "purchase"]
+    ts: float | str | None = None
+
+
+class FeedbackResponse(BaseModel):
+    attributed: bool = Field(description="False when this feedback was already counted.")
+    source: str
+    user_id: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    price: float | None
+    score: float
+    reason: str
+    source: Literal["context", "covisit", "similar", "popular"]
+
+
+class RecommendResponse(BaseModel):
+    recommendation_id: str
+    user_id: str
+    items: list[RecommendedItem]
+    cold_start: bool
+    model: str = Field(description='The model that gave the LLM score: "recommend" (adapter), "base", or "none".')
+    ranker: Literal["trained", "fallback"]
+
+
+class SourceStats(BaseModel):
+    impressions: int
+    clicks: int
+    carts: int
+    purchases: int
+    ctr: float
+    conversion: float
+
+
+class StatsResponse(BaseModel):
+    requests: int
+    cold_start_requests: int
+    sources: dict[str, SourceStats]
+    catalogue_items: int

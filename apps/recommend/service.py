@@ -1,0 +1,310 @@
+"""What the API and the CLI call: the catalogue, the signals and the pipeline, wired to one Redis.
+
+Writes are validated whole before anything is stored: a request with one bad event stores none of
+them (the client fixes and resends the batch). Files are different: their good rows go in and the
+bad ones come back in ``errors``, since a catalogue export with a few broken lines must not block
+the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import redis
+
+from apps.recommend.catalogue import Catalogue, EmbedFn
+from apps.recommend.items import (
+    Event,
+    Item,
+    RowError,
+    parse_event,
+    parse_events_text,
+    parse_id,
+    parse_item,
+    parse_items_text,
+)
+from apps.recommend.pipeline import Pipeline, PipelineConfig
+from apps.recommend.ranking import LLMScorer, Rankers
+from apps.recommend.rules import Filters
+from apps.recommend.settings import RecommendSettings
+from apps.recommend.signals import RedisSignals
+from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_TYPES = ("click", "cart", "purchase")
+
+
+class UnknownItemError(NotFoundError):
+    error_type = "unknown_item"
+
+
+class UnknownRecommendationError(NotFoundError):
+    error_type = "unknown_recommendation"
+
+
+def connect(url: str) -> redis.Redis:
+    """A client with timeouts: a Redis that hangs must fail the request (503), not freeze it."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
+
+
+def _errors(errors: list[RowError]) -> list[dict[str, str]]:
+    return [asdict(e) for e in errors]
+
+
+class RecommendService:
+    def __init__(
+        self,
+        settings: RecommendSettings,
+        client: redis.Redis,
+        embed: EmbedFn,
+        engine: Callable[[], Any] | None = None,
+        dim: int = 384,
+    ) -> None:
+        """``engine``: returns the core engine when it is ready to score, else None (served without LLM)."""
+        self.settings = settings
+        self.client: Any = client  # redis-py's sync/async union types are noise here
+        self.ns = settings.namespace
+        self.catalogue = Catalogue(client, settings.namespace, embed, dim)
+        self.signals = RedisSignals(
+            client,
+            settings.namespace,
+            half_life_s=settings.popularity_half_life_s,
+            window=settings.covis_window,
+            history_len=settings.history_len,
+        )
+        self._engine = engine or (lambda: None)
+        self._rankers: tuple[float, Rankers] | None = None
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def rankers(self) -> Rankers:
+        """The trained rankers (reloaded when the file changes), else the hand-set fallback."""
+        path = self.settings.ranker_path
+        mtime = path.stat().st_mtime if path.is_file() else -1.0
+        if self._rankers is None or self._rankers[0] != mtime:
+            self._rankers = (mtime, Rankers.load(path) or Rankers.fallback())
+        return self._rankers[1]
+
+    def pipeline(self, use_llm: bool = True) -> Pipeline:
+        engine = self._engine() if (use_llm and self.settings.use_llm) else None
+        rankers = self.rankers()
+        cfg = PipelineConfig(
+            candidates_per_source=self.settings.candidates_per_source,
+            llm_candidates=self.settings.llm_candidates,
+            prompt_history=self.settings.prompt_history,
+            mmr_lambda=self.settings.mmr_lambda,
+        )
+        llm = LLMScorer(engine, self.settings.adapter) if engine is not None else None
+        return Pipeline(self.catalogue.sync(), self.signals, cfg, rankers.final, rankers.pre, llm)
+
+    # ---- recommend -----------------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        k: int = 10,
+        context_item: str | None = None,
+        category: str | None = None,
+        exclude: list[str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        mmr_lambda: float | None = None,
+    ) -> dict[str, Any]:
+        user_id = parse_id(user_id, "user_id")
+        if not 1 <= k <= self.settings.max_k:
+            raise InvalidRequestError(f"k must be between 1 and {self.settings.max_k}, got {k}")
+        if price_min is not None and price_max is not None and price_min > price_max:
+            raise InvalidRequestError("price_min must not be above price_max")
+        if mmr_lambda is not None and not 0 <= mmr_lambda <= 1:
+            raise InvalidRequestError("mmr_lambda must be between 0 and 1")
+        pipeline = self.pipeline()
+        if mmr_lambda is not None:
+            pipeline.config = PipelineConfig(**{**asdict(pipeline.config), "mmr_lambda": mmr_lambda})
+        if context_item is not None and context_item not in pipeline.index:
+            raise UnknownItemError(f"unknown context_item {context_item!r}")
+        now = time.time()
+        blocked = self.signals.excluded(user_id)
+        if self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
+            blocked |= self.signals.shown(user_id, now - self.settings.shown_ttl_s)
+        filters = Filters(category, price_min, price_max, frozenset(exclude or ()))
+        result = pipeline.recommend(
+            self.signals.history(user_id), k=k, blocked=blocked, filters=filters, context_item=context_item, now=now
+        )
+        rid = uuid.uuid4().hex
+        items = []
+        for r in result.items:
+            item = pipeline.index.items[r.item_id]
+            items.append(
+                {
+                    "item_id": item.id,
+                    "title": item.title,
+                    "category": item.category,
+                    "price": item.price,
+                    "score": round(r.score, 6),
+                    "reason": r.reason,
+                    "source": r.source,
+                }
+            )
+        self._log_recommendation(rid, user_id, result.items, result.cold_start, now)
+        return {
+            "recommendation_id": rid,
+            "user_id": user_id,
+            "items": items,
+            "cold_start": result.cold_start,
+            "model": result.llm_model or "none",
+            "ranker": result.ranker,
+        }
+
+    def _log_recommendation(self, rid: str, user_id: str, ranked: list[Any], cold: bool, now: float) -> None:
+        key = self._key("rec", rid)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            key, mapping={"user": user_id, "ts": repr(now), "items": json.dumps({r.item_id: r.source for r in ranked})}
+        )
+        pipe.expire(key, self.settings.recommendation_ttl_s)
+        pipe.hincrby(self._key("stats"), "requests", 1)
+        if cold:
+            pipe.hincrby(self._key("stats"), "cold_start_requests", 1)
+        for r in ranked:
+            pipe.hincrby(self._key("stats"), f"impressions:{r.source}", 1)
+        pipe.execute()
+        if self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
+            self.signals.mark_shown(user_id, [r.item_id for r in ranked], now, self.settings.shown_ttl_s)
+
+    # ---- events --------------------------------------------------------------------------------
+
+    def _check_known(self, events: list[Event], where: list[str]) -> None:
+        index = self.catalogue.sync()
+        for e, w in zip(events, where, strict=True):
+            if e.item_id not in index:
+                raise UnknownItemError(f"{w}: unknown item {e.item_id!r}; add it to the catalogue first")
+
+    def _record(self, events: list[Event]) -> None:
+        index = self.catalogue.sync()
+        categories = {e.item_id: index.items[e.item_id].category for e in events if e.item_id in index}
+        self.signals.record(events, categories, self.settings.exclude_event_types)
+
+    def add_events(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
+        """All or nothing: every event is checked (shape, known item) before any is stored."""
+        if not raw:
+            raise InvalidRequestError("send at least one event")
+        if len(raw) > self.settings.max_events_per_request:
+            raise InputTooLargeError(
+                f"{len(raw)} events in one request; the limit is {self.settings.max_events_per_request}",
+                limit=self.settings.max_events_per_request,
+                actual=len(raw),
+            )
+        now = time.time()
+        events, where = [], []
+        for n, r in enumerate(raw):
+            try:
+                events.append(parse_event(r, now=now))
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"events[{n}]: {exc.message}") from None
+            where.append(f"events[{n}]")
+        self._check_known(events, where)
+        self._record(events)
+        return {"accepted": len(events)}
+
+    def add_events_text(self, text: str, fmt: str) -> dict[str, Any]:
+        """A file of events: good rows stored, bad rows (and unknown items) reported."""
+        events, errors = parse_events_text(text, fmt)
+        index = self.catalogue.sync()
+        good = [e for e in events if e.item_id in index]
+        errors += [
+            RowError(f"user {e.user_id}", f"unknown item {e.item_id!r}") for e in events if e.item_id not in index
+        ]
+        for start in range(0, len(good), 5000):
+            self._record(good[start : start + 5000])
+        return {"accepted": len(good), "rejected": len(errors), "errors": _errors(errors[:100])}
+
+    # ---- items ---------------------------------------------------------------------------------
+
+    def upsert_items(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
+        """All or nothing, like events."""
+        if not raw:
+            raise InvalidRequestError("send at least one item")
+        if len(raw) > self.settings.max_items_per_request:
+            raise InputTooLargeError(
+                f"{len(raw)} items in one request; the limit is {self.settings.max_items_per_request}",
+                limit=self.settings.max_items_per_request,
+                actual=len(raw),
+            )
+        items: dict[str, Item] = {}
+        for n, r in enumerate(raw):
+            try:
+                item = parse_item(r, max_text_chars=self.settings.max_text_chars)
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"items[{n}]: {exc.message}") from None
+            items[item.id] = item
+        added, updated = self.catalogue.upsert(list(items.values()))
+        return {"added": added, "updated": updated}
+
+    def upsert_items_text(self, text: str, fmt: str) -> dict[str, Any]:
+        items, errors = parse_items_text(text, fmt, max_text_chars=self.settings.max_text_chars)
+        added = updated = 0
+        for start in range(0, len(items), 512):
+            a, u = self.catalogue.upsert(items[start : start + 512])
+            added, updated = added + a, updated + u
+        return {"added": added, "updated": updated, "rejected": len(errors), "errors": _errors(errors[:100])}
+
+    def delete_items(self, ids: list[str]) -> dict[str, Any]:
+        if not ids:
+            raise InvalidRequestError("name at least one item id")
+        for i in ids:
+            parse_id(i, "each id")
+        deleted, unknown = self.catalogue.delete(list(dict.fromkeys(ids)))
+        self.signals.forget_items(deleted)
+        return {"deleted": deleted, "unknown": unknown}
+
+    # ---- feedback and stats --------------------------------------------------------------------
+
+    def feedback(self, recommendation_id: str, item_id: str, kind: str, ts: Any = None) -> dict[str, Any]:
+        """Attribute a click, cart or purchase to the recommendation (and source) that showed the item.
+        Counted once per (recommendation, item, type); the event also enters the user's history."""
+        if kind not in FEEDBACK_TYPES:
+            raise InvalidRequestError(f"type must be one of {', '.join(FEEDBACK_TYPES)}, got {kind!r}")
+        rec = self.client.hgetall(self._key("rec", recommendation_id))
+        if not rec:
+            raise UnknownRecommendationError(f"unknown or expired recommendation_id {recommendation_id!r}")
+        shown: dict[str, str] = json.loads(rec[b"items"])
+        if item_id not in shown:
+            raise InvalidRequestError(f"item {item_id!r} was not in recommendation {recommendation_id!r}")
+        user = rec[b"user"].decode()
+        event = parse_event({"user_id": user, "item_id": item_id, "type": kind, "ts": ts})
+        first = self.client.sadd(self._key("rec", recommendation_id, "fb"), f"{kind}:{item_id}") == 1
+        if first:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.expire(self._key("rec", recommendation_id, "fb"), self.settings.recommendation_ttl_s)
+            pipe.hincrby(self._key("stats"), f"{kind}s:{shown[item_id]}", 1)
+            pipe.execute()
+        if item_id in self.catalogue.sync():
+            self._record([event])
+        return {"attributed": first, "source": shown[item_id], "user_id": user}
+
+    def stats(self) -> dict[str, Any]:
+        raw = {k.decode(): int(v) for k, v in self.client.hgetall(self._key("stats")).items()}
+        sources: dict[str, dict[str, float]] = {}
+        for key, value in raw.items():
+            if ":" in key:
+                metric, source = key.split(":", 1)
+                sources.setdefault(source, {"impressions": 0, "clicks": 0, "carts": 0, "purchases": 0})[metric] = value
+        for s in sources.values():
+            shown = s["impressions"]
+            s["ctr"] = round(s["clicks"] / shown, 6) if shown else 0.0
+            s["conversion"] = round(s["purchases"] / shown, 6) if shown else 0.0
+        return {
+            "requests": raw.get("requests", 0),
+            "cold_start_requests": raw.get("cold_start_requests", 0),
+            "sources": dict(sorted(sources.items())),
+            "catalogue_items": len(self.catalogue.sync()),
+        }

@@ -1,0 +1,57 @@
+"""Settings of the recommender (env prefix ``DOMAINLLM_RECOMMEND_``); the core's ``Settings`` holds
+what every app shares (model, Redis, limits)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.config import PROJECT_ROOT
+
+EventType = Literal["view", "click", "cart", "purchase", "rating"]
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
+
+
+class RecommendSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOMAINLLM_RECOMMEND_", extra="ignore", env_file=".env")
+
+    namespace: str = Field("recommend", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix.")
+    adapter: str = Field("recommend", description="Adapter for the LLM interest score; the base model if absent.")
+    ranker_path: Path = PROJECT_ROOT / "data" / "recommend" / "ranker.json"
+    use_llm: bool = True
+
+    # business rules
+    exclude_event_types: list[EventType] = Field(default_factory=lambda: list[EventType](["purchase"]))
+    exclude_shown: bool = True
+    shown_ttl_s: float = Field(1800.0, ge=0, description="An item shown this recently is not shown again.")
+    mmr_lambda: float = Field(0.75, ge=0, le=1, description="1: pure relevance; 0: pure diversity.")
+
+    # candidates and ranking
+    history_len: int = Field(50, ge=1, le=1000, description="Recent events kept per user in Redis.")
+    prompt_history: int = Field(10, ge=1, le=50, description="Titles in the TALLRec prompt (as trained).")
+    candidates_per_source: int = Field(100, ge=10, le=5000)
+    llm_candidates: int = Field(50, ge=0, le=1024, description="Shortlist size scored by the LLM.")
+    covis_window: int = Field(10, ge=1, le=100, description="Earlier items of a user paired with each event.")
+    popularity_half_life_s: float = Field(7 * 86400.0, gt=0)
+    max_k: int = Field(100, ge=1, le=1000)
+
+    # request limits
+    max_events_per_request: int = Field(1000, ge=1)
+    max_items_per_request: int = Field(1000, ge=1)
+    max_text_chars: int = Field(5000, ge=100)
+    recommendation_ttl_s: int = Field(7 * 86400, ge=60, description="How long feedback can be attributed.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RecommendSettings:
+        if len(set(self.exclude_event_types)) != len(self.exclude_event_types):
+            raise ValueError("DOMAINLLM_RECOMMEND_EXCLUDE_EVENT_TYPES lists a type twice")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_recommend_settings() -> RecommendSettings:
+    return RecommendSettings()

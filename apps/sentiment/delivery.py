@@ -1,0 +1,122 @@
+"""Delivering an alert to one target: a signed webhook, an email over SMTP, or the log.
+
+``deliver`` is idempotent per (alert, target): a target already reached is not sent again, so a
+redelivered task or a resend of everything does not spam a receiver. A failure raises
+``DeliveryError``; the Celery task retries it with backoff and, when retries run out, dead-letters
+it (``AlertStore.record(..., "dead")``) to be sent again on request or by the periodic retry.
+
+Webhook signature (verify with ``verify_signature``): header ``X-Domainllm-Signature:
+sha256=<hex>``, the HMAC-SHA256 under the shared secret of ``"{X-Domainllm-Timestamp}.{body}"``;
+receivers should also refuse old timestamps (replays) and dedupe on ``X-Domainllm-Alert-Id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+import time
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import httpx
+
+from apps.sentiment.alerts import Alert, AlertStore
+from apps.sentiment.settings import SentimentSettings
+from core.errors import DomainLLMError
+
+log = logging.getLogger(__name__)
+TARGETS = ("log", "webhook", "email")
+
+
+class DeliveryError(DomainLLMError):
+    """A target that could not be reached or refused the alert; retried, then dead-lettered."""
+
+    error_type = "delivery_error"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, max_age_s: float = 300) -> bool:
+    try:
+        fresh = abs(time.time() - float(timestamp)) <= max_age_s
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def alert_text(alert: Alert) -> str:
+    lines = [alert.message, "", f"rule: {alert.rule} ({alert.kind})  scope: {alert.scope}  id: {alert.id}", ""]
+    lines += [f"{k}: {v}" for k, v in alert.numbers.items()]
+    lines += ["", "items behind it:"]
+    lines += [f"- [{i['label']}] {i['title']} {i.get('url') or ''}".rstrip() for i in alert.items]
+    return "\n".join(lines)
+
+
+def send_webhook(alert: Alert, settings: SentimentSettings) -> None:
+    assert settings.webhook_url
+    body = json.dumps({"type": "sentiment.alert", "alert": alert.to_dict()}).encode()
+    ts = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Domainllm-Alert-Id": alert.id,
+        "X-Domainllm-Timestamp": ts,
+        "X-Domainllm-Signature": sign(settings.webhook_secret.get_secret_value(), ts, body),
+    }
+    try:
+        response = httpx.post(settings.webhook_url, content=body, headers=headers, timeout=settings.delivery_timeout_s)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"webhook {settings.webhook_url} unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code >= 300:
+        raise DeliveryError(f"webhook {settings.webhook_url} answered HTTP {response.status_code}")
+
+
+def send_email(alert: Alert, settings: SentimentSettings) -> None:
+    assert settings.smtp_host
+    msg = EmailMessage()
+    msg["Subject"] = f"[{alert.severity}] {alert.message}"[:200]
+    msg["From"] = settings.smtp_from
+    msg["To"] = ", ".join(settings.smtp_to)
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(idstring=alert.id, domain="domainllm.local")
+    msg["X-Domainllm-Alert-Id"] = alert.id
+    msg.set_content(alert_text(alert))
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_s) as smtp:
+            smtp.send_message(msg)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise DeliveryError(
+            f"SMTP {settings.smtp_host}:{settings.smtp_port} failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def deliver(alerts: AlertStore, alert_id: str, target: str, settings: SentimentSettings) -> str:
+    """Send one alert to one target unless it already reached it: "sent" or "already"."""
+    if target not in TARGETS:
+        raise DeliveryError(f"unknown delivery target {target!r}; known: {', '.join(TARGETS)}")
+    alert = alerts.get(alert_id)
+    if alert is None:
+        raise DeliveryError(f"alert {alert_id} does not exist")
+    if alerts.delivered(alert_id, target):
+        return "already"
+    try:
+        if target == "webhook":
+            if not settings.webhook_url:
+                raise DeliveryError("no webhook configured (DOMAINLLM_SENTIMENT_WEBHOOK_URL)")
+            send_webhook(alert, settings)
+        elif target == "email":
+            if not settings.smtp_host:
+                raise DeliveryError("no SMTP server configured (DOMAINLLM_SENTIMENT_SMTP_HOST)")
+            send_email(alert, settings)
+        else:
+            log.warning("ALERT %s [%s] %s", alert.id, alert.severity, alert.message)
+    except DeliveryError as exc:
+        alerts.record(alert_id, target, "failed", exc.message)
+        raise
+    alerts.record(alert_id, target, "sent")
+    return "sent"

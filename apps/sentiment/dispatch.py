@@ -1,0 +1,62 @@
+"""Handing work to the Celery workers, by task name, so ``apps`` never imports ``workers``.
+
+The names and queues are defined here once; ``workers/tasks.py`` registers its tasks under them.
+The API process and the CLI send with a bare client app (``client_app``) that knows only the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from celery import Celery
+
+POLL_FEEDS = "sentiment.poll_feeds"
+SCAN_INBOX = "sentiment.scan_inbox"
+ENRICH = "sentiment.enrich"
+SWEEP = "sentiment.sweep"
+MONITOR = "sentiment.monitor"
+DELIVER = "sentiment.deliver"
+RETRY_DEAD = "sentiment.retry_dead_letters"
+
+QUEUE_OF = {
+    POLL_FEEDS: "ingest",
+    SCAN_INBOX: "ingest",
+    SWEEP: "ingest",
+    ENRICH: "enrich",  # model work: a GPU worker consumes only this queue
+    MONITOR: "alerts",
+    DELIVER: "alerts",
+    RETRY_DEAD: "alerts",
+}
+
+
+class Dispatcher(Protocol):
+    def enrich(self, ids: list[str], *, namespace: str, config: str | None = None) -> None: ...
+
+    def deliver(self, alert_id: str, target: str, *, namespace: str) -> None: ...
+
+
+def chunks(ids: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def client_app(broker_url: str) -> Celery:
+    """A Celery app that only sends: no task modules, no result backend."""
+    return Celery("domainllm-client", broker=broker_url, set_as_current=False)
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery, batch_size: int = 32) -> None:
+        self.app = app
+        self.batch_size = batch_size
+
+    def send(self, name: str, **kwargs: Any) -> None:
+        self.app.send_task(name, kwargs=kwargs, queue=QUEUE_OF[name])
+
+    def enrich(self, ids: list[str], *, namespace: str, config: str | None = None) -> None:
+        for part in chunks(ids, self.batch_size):
+            self.send(ENRICH, ids=part, namespace=namespace, config=config)
+
+    def deliver(self, alert_id: str, target: str, *, namespace: str) -> None:
+        self.send(DELIVER, alert_id=alert_id, target=target, namespace=namespace)

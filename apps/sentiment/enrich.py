@@ -1,0 +1,138 @@
+"""Enrichment: sentiment (adapter label probabilities), entities/tickers, topics, and on request
+an explanation by occlusion. One ``Enricher`` per process wraps the already-loaded engine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from apps.sentiment.config import MonitorConfig
+from apps.sentiment.items import NewsItem
+from apps.sentiment.store import LABELS, NewsStore
+from apps.sentiment.topics import TopicClassifier
+from apps.sentiment.watchlist import Watchlist
+from core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "sentiment"
+DEFAULT_INSTRUCTION = "Financial news sentiment for investors: negative, neutral or positive?"
+MAX_EXPLAIN_WORDS = 60
+
+
+def load_watchlist(config: MonitorConfig) -> Watchlist:
+    if config.watchlist_csv is not None:
+        return Watchlist.from_csv(config.watchlist_csv)
+    if config.watchlist_file is not None:
+        return Watchlist.from_yaml(config.watchlist_file)
+    return Watchlist.empty()
+
+
+@dataclass
+class EnrichStats:
+    counted: int = 0
+    already: int = 0
+    missing: int = 0
+    seconds: float = 0.0
+
+
+class Enricher:
+    def __init__(self, engine: Engine, config: MonitorConfig, watchlist: Watchlist | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.watchlist = watchlist if watchlist is not None else load_watchlist(config)
+        self.topics = TopicClassifier(config.topics, lambda texts: engine.embed(texts))
+
+    @property
+    def model(self) -> str:
+        """The sentiment adapter when it is loaded; the base model (said in every answer) until then."""
+        return ADAPTER if self.engine.has_model(ADAPTER) else "base"
+
+    def _serving(self) -> tuple[list[str], str]:
+        for entry in self.engine.list_models():
+            if entry["id"] == self.model:
+                serving = (entry.get("card") or {}).get("serving") or {}
+                return list(serving.get("labels") or LABELS), str(serving.get("instruction") or DEFAULT_INSTRUCTION)
+        return list(LABELS), DEFAULT_INSTRUCTION
+
+    def sentiment(self, texts: list[str]) -> list[dict[str, float]]:
+        """Label probabilities per text, in batches of the engine's per-request limit."""
+        labels, instruction = self._serving()
+        step = self.engine.settings.max_batch_texts
+        out: list[dict[str, float]] = []
+        for i in range(0, len(texts), step):
+            out += self.engine.score_labels(texts[i : i + step], labels, model=self.model, instruction=instruction)
+        return out
+
+    def enrich(self, items: list[NewsItem]) -> list[dict[str, Any]]:
+        """One enrichment dict per item, in order; the model work is one batched call each."""
+        texts = [i.text for i in items]
+        scores = self.sentiment(texts)
+        topics = self.topics.classify(texts)
+        model, method = self.model, self.topics.method
+        out = []
+        for item, s, tops in zip(items, scores, topics, strict=True):
+            matches = self.watchlist.match(item.title)
+            entities = [{"ticker": m.ticker, "name": m.name} for m in matches]
+            out.append(
+                {
+                    "label": max(s, key=s.__getitem__),
+                    "scores": {k: round(v, 5) for k, v in s.items()},
+                    "model": model,
+                    "entities": entities,
+                    "entities_keys": list(dict.fromkeys(m.ticker for m in matches)),
+                    "topics": [{"topic": t.topic, "score": t.score} for t in tops],
+                    "topic_keys": [t.topic for t in tops],
+                    "topic_method": method,
+                    "enriched_at": time.time(),
+                }
+            )
+        return out
+
+    def explain(self, text: str) -> list[dict[str, Any]]:
+        """Occlusion: drop each word in turn and see how the predicted label's probability moves.
+
+        A positive weight means the word pushed toward the label. One batched scoring call of
+        (words + 1) texts; the first ``MAX_EXPLAIN_WORDS`` words are explained.
+        """
+        words = text.split()[:MAX_EXPLAIN_WORDS]
+        if not words:
+            return []
+        variants = [" ".join(words[:i] + words[i + 1 :]) or "." for i in range(len(words))]
+        scores = self.sentiment([" ".join(words), *variants])
+        full = scores[0]
+        label = max(full, key=full.__getitem__)
+        return [{"word": w, "weight": round(full[label] - s[label], 5)} for w, s in zip(words, scores[1:], strict=True)]
+
+
+def enrich_ids(store: NewsStore, enricher: Enricher, ids: list[str], delay_s: float = 0.0) -> EnrichStats:
+    """Enrich and count the given items; items already counted are skipped, so a redelivered or
+    duplicated batch changes nothing."""
+    started = time.perf_counter()
+    stats = EnrichStats()
+    todo: list[NewsItem] = []
+    for i, record in zip(ids, store.get(ids), strict=True):
+        if record is None:
+            stats.missing += 1
+            log.warning("enrich: item %s is not stored; skipped", i)
+        elif record["enrichment"] is not None:
+            stats.already += 1
+        else:
+            record.pop("enrichment")
+            todo.append(NewsItem.from_dict(record))
+    if todo:
+        enrichments = enricher.enrich(todo)
+        if delay_s:
+            time.sleep(delay_s)  # fault injection: hold the batch so a test can kill the worker here
+        for item, enrichment in zip(todo, enrichments, strict=True):
+            outcome = store.commit_enrichment(item, enrichment, enricher.config.bucket_s)
+            if outcome == 1:
+                stats.counted += 1
+            elif outcome == 0:
+                stats.already += 1
+            else:
+                stats.missing += 1
+    stats.seconds = time.perf_counter() - started
+    return stats

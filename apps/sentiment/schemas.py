@@ -1,0 +1,71 @@
+"""HTTP shapes of the sentiment routes (pydantic at the edge; the logic works on dataclasses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from apps.llm.schemas import RequestModel
+
+
+class NewsAccepted(BaseModel):
+    accepted: int = Field(description="Items stored now (and queued for enrichment).")
+    duplicates: int = Field(description="Items already stored (same URL, or same source + headline + time).")
+    ids: list[str] = Field(description="The stable id of each item sent, in order.")
+
+
+class SentimentClassifyRequest(RequestModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["Globex shares plunge after fraud probe"], "explain": True}]},
+    )
+    texts: list[str] = Field(min_length=1, max_length=64, description="Headlines to label, 1-64.")
+    explain: bool = Field(default=False, description="Add per-word weights (occlusion): slower, one pass per word.")
+
+
+class WordWeight(BaseModel):
+    word: str
+    weight: float = Field(description="How much removing the word lowers the label's probability.")
+
+
+class SentimentResult(BaseModel):
+    label: str
+    scores: dict[str, float]
+    entities: list[dict[str, str]]
+    topics: list[dict[str, Any]]
+    explanation: list[WordWeight] | None = None
+
+
+class SentimentClassifyResponse(BaseModel):
+    model: str = Field(description='"sentiment" (the adapter), or "base" while the adapter is not there.')
+    topic_method: str
+    results: list[SentimentResult]
+
+
+class TrendPoint(BaseModel):
+    t: int = Field(description="Start of the step, epoch seconds (UTC).")
+    n: int
+    negative: int
+    neutral: int
+    positive: int
+    negative_share: float | None
+
+
+class TrendsResponse(BaseModel):
+    scope: str
+    start: int
+    end: float
+    step_s: int
+    series: list[TrendPoint]
+    alerts: list[dict[str, Any]]
+
+
+class AlertsResponse(BaseModel):
+    alerts: list[dict[str, Any]] = Field(
+        description="Newest first: id, rule, scope, key, severity, fired_at, message, numbers, items, deliveries."
+    )
+
+
+class ResendResponse(BaseModel):
+    queued: list[dict[str, str]]

@@ -1,0 +1,87 @@
+"""Deployment settings of the sentiment monitor (env prefix ``DOMAINLLM_SENTIMENT_``).
+
+The core's ``Settings`` holds what every app shares (model, Redis, limits); what only this app needs
+(targets, secrets, intervals) lives here so the core stays ignorant of the apps. Domain rules (topics,
+watchlist, anomaly rules) are in the YAML file named by ``config_path``: see ``apps.sentiment.config``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "rules" / "sentiment.yaml"
+
+
+class SentimentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOMAINLLM_SENTIMENT_", extra="ignore", env_file=".env")
+
+    namespace: str = Field("sentiment", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix.")
+    config_path: Path = DEFAULT_CONFIG
+
+    # ingestion
+    feeds: list[str] = Field(default_factory=list, description="RSS/Atom URLs (http, https or file) to poll.")
+    inbox_dir: Path | None = PROJECT_ROOT / "data" / "runtime" / "inbox"
+    feed_timeout_s: float = Field(10.0, gt=0, le=300)
+    feed_max_bytes: int = Field(5_000_000, ge=1024)
+    feed_backoff_s: float = Field(60.0, ge=0)
+    feed_backoff_max_s: float = Field(3600.0, ge=0)
+    max_file_bytes: int = Field(50_000_000, ge=1024)
+    max_title_chars: int = Field(1000, ge=10)
+    max_item_body_chars: int = Field(50_000, ge=100)
+    max_items_per_request: int = Field(1000, ge=1)
+
+    # enrichment
+    enrich_batch_size: int = Field(32, ge=1, le=256)
+    pending_grace_s: float = Field(120.0, ge=0, description="Pending this long: the sweeper enqueues it again.")
+
+    # delivery
+    webhook_url: str | None = None
+    webhook_secret: SecretStr = SecretStr("change-me")
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "domainllm-alerts@localhost"
+    smtp_to: list[str] = Field(default_factory=list)
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    delivery_timeout_s: float = Field(10.0, gt=0)
+    delivery_max_retries: int = Field(5, ge=0, le=50)
+    delivery_backoff_s: int = Field(2, ge=1)
+    delivery_backoff_max_s: int = Field(600, ge=1)
+
+    # schedules (celery beat), seconds
+    poll_interval_s: float = Field(60.0, gt=0)
+    monitor_interval_s: float = Field(30.0, gt=0)
+    sweep_interval_s: float = Field(60.0, gt=0)
+    deadletter_retry_interval_s: float = Field(900.0, gt=0)
+
+    # celery
+    visibility_timeout_s: int = Field(600, ge=1, description="Unacked task redelivered after this (worker lost).")
+    # fault injection, for the worker-killed test only: sleep this long inside an enrichment batch
+    fault_enrich_delay_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SentimentSettings:
+        if self.webhook_url and self.webhook_secret.get_secret_value() in PLACEHOLDER_SECRETS:
+            raise ValueError("DOMAINLLM_SENTIMENT_WEBHOOK_SECRET must be set to a real secret to sign webhooks")
+        if self.smtp_host and not self.smtp_to:
+            raise ValueError("DOMAINLLM_SENTIMENT_SMTP_TO must list at least one address when SMTP_HOST is set")
+        return self
+
+    def targets(self) -> list[str]:
+        """Delivery targets in force: the log always, webhook and email when configured."""
+        names = ["log"]
+        if self.webhook_url:
+            names.append("webhook")
+        if self.smtp_host:
+            names.append("email")
+        return names
+
+
+@lru_cache(maxsize=1)
+def get_sentiment_settings() -> SentimentSettings:
+    return SentimentSettings()

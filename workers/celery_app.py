@@ -1,0 +1,63 @@
+"""The Celery app: broker, queues, reliability settings and the beat schedule, in one place.
+
+    celery -A workers.celery_app worker -Q ingest,enrich,alerts     # everything, one process
+    celery -A workers.celery_app worker -Q enrich                   # a model (GPU) worker
+    celery -A workers.celery_app beat
+
+Queues: ``ingest`` (feeds, inbox, sweeper), ``enrich`` (the model work), ``alerts`` (monitor and
+delivery). Tasks are acknowledged after they finish (``acks_late``): a worker killed mid-task
+leaves its message unacknowledged, and a live worker hands it out again once the visibility timeout
+has passed (checked every few seconds);
+every task is idempotent, so running it twice changes nothing. The default pool is threads: one
+engine per process (loaded once, thread-safe), and concurrent enrichment tasks share its
+micro-batches. The broker is the embedded Redis unless ``DOMAINLLM_REDIS_URL`` names another.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from apps.sentiment import dispatch as names
+from apps.sentiment.settings import get_sentiment_settings
+from core.config import get_settings
+
+
+def _every(seconds: float, task: str) -> dict[str, object]:
+    # a tick that waited longer than its period is stale: drop it rather than run a backlog
+    return {"task": task, "schedule": seconds, "options": {"queue": names.QUEUE_OF[task], "expires": seconds}}
+
+
+def make_app() -> Celery:
+    core, sentiment = get_settings(), get_sentiment_settings()
+    app = Celery("domainllm", broker=core.effective_redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue="ingest",
+        task_routes={name: {"queue": queue} for name, queue in names.QUEUE_OF.items()},
+        broker_transport_options={
+            "visibility_timeout": sentiment.visibility_timeout_s,
+            # look for messages of lost workers every few seconds (kombu's default is ~100 s)
+            "unacked_restore_interval": max(1, min(10, sentiment.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_pool="threads",
+        worker_concurrency=4,
+        timezone="UTC",
+        beat_schedule={
+            "poll-feeds": _every(sentiment.poll_interval_s, names.POLL_FEEDS),
+            "scan-inbox": _every(sentiment.poll_interval_s, names.SCAN_INBOX),
+            "monitor": _every(sentiment.monitor_interval_s, names.MONITOR),
+            "sweep": _every(sentiment.sweep_interval_s, names.SWEEP),
+            "retry-dead-letters": _every(sentiment.deadletter_retry_interval_s, names.RETRY_DEAD),
+        },
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,131 @@
+"""Thin tasks: check the arguments, call ``apps.sentiment``, declare retries. No logic lives here.
+
+Every task is idempotent (see ``apps.sentiment.store`` and ``delivery``), so the retries below and a
+redelivery after a lost worker are safe. Task names and queues: ``apps.sentiment.dispatch``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import worker_ready
+from pydantic import BaseModel, ConfigDict, Field
+
+from apps.sentiment import dispatch as names
+from apps.sentiment.delivery import TARGETS, DeliveryError, deliver
+from apps.sentiment.enrich import enrich_ids
+from apps.sentiment.settings import get_sentiment_settings
+from core.errors import EngineOverloadedError, ModelNotReadyError
+from workers import runtime
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+_settings = get_sentiment_settings()
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, EngineOverloadedError, ModelNotReadyError)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "max_retries": 8}
+
+
+class Scoped(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    config: str | None = None
+
+
+class EnrichArgs(Scoped):
+    ids: list[str] = Field(min_length=1, max_length=1024)
+
+
+class MonitorArgs(Scoped):
+    now: float | None = None
+
+
+class DeliverArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alert_id: str = Field(min_length=1, max_length=64)
+    target: str = Field(pattern="^(" + "|".join(TARGETS) + ")$")
+    namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@app.task(name=names.ENRICH, **RETRY)
+def enrich(**kwargs: Any) -> dict[str, Any]:
+    args = EnrichArgs(**kwargs)
+    ctx = runtime.context(args.namespace, args.config)
+    stats = enrich_ids(
+        ctx.store, runtime.enricher(args.namespace, args.config), args.ids, delay_s=_settings.fault_enrich_delay_s
+    )
+    log.info("enrich: %d counted, %d already, %d missing in %.2fs", stats.counted, stats.already, stats.missing,
+             stats.seconds)  # fmt: skip
+    return asdict(stats)
+
+
+@app.task(name=names.POLL_FEEDS, **RETRY)
+def poll_feeds(**kwargs: Any) -> list[dict[str, Any]]:
+    args = Scoped(**kwargs)
+    polls = runtime.context(args.namespace, args.config).poll_feeds()
+    return [{"url": p.url, "status": p.status, "new": p.result.accepted, "error": p.error} for p in polls]
+
+
+@app.task(name=names.SCAN_INBOX, **RETRY)
+def scan_inbox(**kwargs: Any) -> int:
+    args = Scoped(**kwargs)
+    return len(runtime.context(args.namespace, args.config).scan_inbox())
+
+
+@app.task(name=names.SWEEP, **RETRY)
+def sweep(**kwargs: Any) -> int:
+    args = Scoped(**kwargs)
+    return runtime.context(args.namespace, args.config).sweep()
+
+
+@app.task(name=names.MONITOR, **RETRY)
+def monitor(**kwargs: Any) -> list[str]:
+    args = MonitorArgs(**kwargs)
+    return [a.id for a in runtime.context(args.namespace, args.config).monitor(args.now)]
+
+
+class DeliverTask(Task):
+    """When the retries run out, the delivery goes to the dead-letter list instead of vanishing."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        try:
+            parsed = DeliverArgs(**kwargs)
+        except Exception:  # bad arguments never reached a target: nothing to dead-letter
+            return
+        ctx = runtime.context(parsed.namespace)
+        ctx.alerts.record(parsed.alert_id, parsed.target, "dead", str(exc))
+        log.error("delivery of %s to %s dead-lettered after retries: %s", parsed.alert_id, parsed.target, exc)
+
+
+@app.task(
+    name=names.DELIVER,
+    base=DeliverTask,
+    autoretry_for=(DeliveryError, *TRANSIENT),
+    retry_backoff=_settings.delivery_backoff_s,
+    retry_backoff_max=_settings.delivery_backoff_max_s,
+    retry_jitter=False,
+    max_retries=_settings.delivery_max_retries,
+)
+def deliver_alert(**kwargs: Any) -> str:
+    args = DeliverArgs(**kwargs)
+    return deliver(runtime.context(args.namespace).alerts, args.alert_id, args.target, _settings)
+
+
+@app.task(name=names.RETRY_DEAD, **RETRY)
+def retry_dead_letters(**kwargs: Any) -> int:
+    args = Scoped(**kwargs)
+    return len(runtime.context(args.namespace, args.config).resend())
+
+
+@worker_ready.connect
+def _warm_engine(sender: Any = None, **_: Any) -> None:
+    """Load the engine when a worker that consumes ``enrich`` starts (threads pool: one engine per
+    process), not on the first task; ingest- or alerts-only workers never load it."""
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
+    if app.conf.worker_pool in ("threads", "solo") and (not queues or "enrich" in queues):
+        import threading
+
+        threading.Thread(target=runtime.engine, name="engine-warm-up", daemon=True).start()
