@@ -39,6 +39,11 @@ class Example:
     prompt_ids: list[int]
     label: int = -1  # labels objective: index into the label list
     target_ids: list[int] = field(default_factory=list)  # lm objective: tokens to learn
+    # labels objective with a shared prefix: ``prompt_ids`` is a prefix (a user's history) and each
+    # continuation (a target item and the answer template) has its own label. The prefix runs once
+    # and its KV cache is repeated across the continuations, as Engine.score_continuations serves it.
+    continuations: list[list[int]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -176,6 +181,9 @@ class LoraTrainer:
             return self._loss_fp(batch)
 
     def _loss_fp(self, batch: list[Example]) -> torch.Tensor:
+        if self.head is not None and batch[0].continuations:
+            sums = [self._shared_prefix_loss(e) for e in batch]
+            return torch.stack(sums).sum() / sum(len(e.continuations) for e in batch)
         if self.head is not None:
             inputs = collate_left(batch, self.pad_id, self.device)
             out = self.model(**inputs, logits_to_keep=1, use_cache=False)
@@ -184,6 +192,28 @@ class LoraTrainer:
             return torch.nn.functional.cross_entropy(scores, target)
         inputs = collate_lm(batch, self.pad_id, self.device)
         return self.model(**inputs, use_cache=False).loss
+
+    def _shared_prefix_loss(self, example: Example) -> torch.Tensor:
+        """Summed label cross-entropy of every continuation after one prefix pass (gradients flow
+        back through the repeated KV cache into the prefix)."""
+        head = self.head
+        assert head is not None
+        device, n, plen = self.device, len(example.continuations), len(example.prompt_ids)
+        out = self.model(input_ids=torch.tensor([example.prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        cache.batch_repeat_interleave(n)
+        lengths = torch.tensor([len(c) for c in example.continuations], device=device)
+        width = int(lengths.max())
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=device)  # [n, L], right-padded
+        for i, c in enumerate(example.continuations):
+            ids[i, : len(c)] = torch.tensor(c, device=device)
+        cont_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [n, L]
+        mask = torch.cat([torch.ones((n, plen), dtype=torch.long, device=device), cont_mask], dim=1)
+        positions = torch.arange(plen, plen + width, device=device).expand(n, width)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        last = out.logits[torch.arange(n, device=device), lengths - 1]  # [n, vocab]: after each continuation
+        target = torch.tensor(example.labels, device=device)
+        return torch.nn.functional.cross_entropy(head(last), target, reduction="sum")
 
     @torch.inference_mode()
     def predict_labels(self, examples: list[Example], batch_size: int = 32) -> torch.Tensor:

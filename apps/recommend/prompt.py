@@ -2,9 +2,9 @@
 shared-prefix scoring.
 
 Training renders ``system = INSTRUCTION`` and ``user = history_text + target_text`` through the chat
-template. Here the same rendering is cut where the target begins: the history part is the prefix
-(computed once per request), and each candidate's continuation is its target sentence plus the rest
-of the template up to where the assistant answers, so the next-token distribution after it is the
+template. Here the same rendering is cut inside the target sentence, after "... the target movie":
+the history and those words are the prefix (computed once per request), and each candidate's
+continuation is its quoted title plus the rest of the template up to where the assistant answers, so the next-token distribution after it is the
 one the adapter was trained to put on "Yes"/"No". The wording stays the trained one ("target movie")
 even for products: the adapter knows that sentence; a test pins it to the training module.
 """
@@ -36,17 +36,20 @@ def history_text(liked: Sequence[str], disliked: Sequence[str]) -> str:
     )
 
 
+TARGET_LEAD = "Whether the user will like the target movie"
+
+
 def target_text(title: str) -> str:
-    return f"Whether the user will like the target movie {_quote(title)}?"
+    return f"{TARGET_LEAD} {_quote(title)}?"
 
 
 @dataclass(frozen=True)
 class SplitPrompt:
-    prefix: str  # the rendered prompt up to the target sentence
+    prefix: str  # the rendered prompt up to and including TARGET_LEAD
     tail: str  # the template after the user's text (end of turn, assistant header)
 
     def continuation(self, title: str) -> str:
-        return target_text(title) + self.tail
+        return f" {_quote(title)}?" + self.tail
 
 
 def split_prompt(
@@ -58,4 +61,7 @@ def split_prompt(
     ]
     rendered = render_chat(tokenizer, messages)
     prefix, tail = rendered.split(_CUT, 1)
-    return SplitPrompt(prefix=prefix, tail=tail)
+    # The cut sits at a word boundary (" movie" | ' "Title'), so prefix tokens + continuation tokens
+    # equal the whole prompt's tokens. Cutting before "Whether" would not: BPE merges a closing quote
+    # with the newline after it ('"\n'), so a prefix ending in '"\n' tokenises differently alone.
+    return SplitPrompt(prefix=prefix + TARGET_LEAD, tail=tail)

@@ -20,6 +20,7 @@ INSTRUCTION = (
     "Given the user's preference and unpreference, identify whether the user will like the target movie "
     'by answering "Yes." or "No.".'
 )
+TARGET_LEAD = "Whether the user will like the target movie"
 HISTORY = 10
 LIKED_ABOVE = 3.0
 
@@ -37,7 +38,7 @@ class PreferencePrompt:
         return f"User Preference: {liked}\nUser Unpreference: {disliked}\n"
 
     def target_text(self) -> str:
-        return f'Whether the user will like the target movie "{self.target}"?'
+        return f'{TARGET_LEAD} "{self.target}"?'
 
     def text(self) -> str:
         return self.history_text() + self.target_text()
@@ -98,6 +99,32 @@ def movielens_prompts(
                     target=target,
                     label="Yes" if rating > LIKED_ABOVE else "No",
                 )
+            )
+    rng.shuffle(out)
+    return out
+
+
+def movielens_groups(
+    history: dict[int, list[tuple[int, str, float]]], *, windows_per_user: int, targets_per_window: int, seed: int
+) -> list[list[PreferencePrompt]]:
+    """Groups of prompts that share one history window: the 10 ratings before position t, then the
+    targets at t, t+1, ... (up to ``targets_per_window``). One group trains several labels with one
+    pass over the ~200-token history, which is most of a prompt's cost."""
+    rng = random.Random(seed)
+    out = []
+    for user in sorted(history):
+        events = history[user]
+        positions = list(range(HISTORY, len(events)))
+        rng.shuffle(positions)
+        for t in positions[:windows_per_user]:
+            window = events[t - HISTORY : t]
+            liked = tuple(title for _, title, r in window if r > LIKED_ABOVE)
+            disliked = tuple(title for _, title, r in window if r <= LIKED_ABOVE)
+            out.append(
+                [
+                    PreferencePrompt(liked, disliked, target, "Yes" if rating > LIKED_ABOVE else "No")
+                    for _, target, rating in events[t : t + targets_per_window]
+                ]
             )
     rng.shuffle(out)
     return out

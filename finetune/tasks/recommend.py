@@ -9,6 +9,7 @@ rate in the training ratings), and MiniLM similarity (to the liked minus to the 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -23,14 +24,18 @@ from finetune.cards import write_card
 from finetune.config import TrainConfig, config_for, load_config
 from finetune.data.recommend import (
     INSTRUCTION,
+    TARGET_LEAD,
     PreferencePrompt,
     like_rates,
+    movielens_groups,
     movielens_prompts,
     read_movielens,
     read_tallrec,
 )
 from finetune.metrics import RESULTS_DIR, auc, plot_roc
 from finetune.trainer import Example, LoraTrainer
+
+log = logging.getLogger(__name__)
 
 
 def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfig) -> list[Example]:
@@ -44,22 +49,66 @@ def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfi
     return out
 
 
+def to_group_examples(
+    tokenizer: Any, groups: list[list[PreferencePrompt]], config: TrainConfig
+) -> tuple[list[Example], float]:
+    """One shared-prefix example per group: the rendered prompt up to the target sentence is the
+    prefix, the rest (target, end of turn, assistant header) each row's continuation. Returns the
+    examples and the share of rows whose split tokens equal the whole prompt's tokens (the served
+    ``score_labels`` path tokenises the whole prompt)."""
+    instruction = config.instruction or INSTRUCTION
+    out, same, total = [], 0, 0
+    for group in groups:
+        rendered = [classification_prompt(tokenizer, r.text(), config.labels, instruction) for r in group]
+        # cut after "... the target movie", before ' "Title"': a word boundary, so the split tokens
+        # match the whole prompt's (cutting at the newline before it would not: BPE merges '"\n')
+        cut = rendered[0].rindex(group[0].target_text()) + len(TARGET_LEAD)
+        prefix = rendered[0][:cut]
+        prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+        if len(prefix_ids) > config.max_length - 48:
+            continue
+        conts = []
+        for text in rendered:
+            if not text.startswith(prefix):
+                raise ValueError("rows of a group must share their history text")
+            conts.append(tokenizer.encode(text[cut:], add_special_tokens=False))
+            if total < 200:
+                same += int(tokenizer.encode(text, add_special_tokens=False) == prefix_ids + conts[-1])
+                total += 1
+        out.append(
+            Example(prompt_ids=prefix_ids, continuations=conts, labels=[config.labels.index(r.label) for r in group])
+        )
+    return out, same / max(total, 1)
+
+
 def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
     shared = settings.shared_data_dir
     history = read_movielens(config.path("ratings", shared), config.path("movies", shared))
     users = sorted(history)
     rng = random.Random(config.seed)
     dev_users = set(rng.sample(users, max(1, len(users) // 10)))  # dev prompts come from unseen users
-    per_user = int(config.options.get("per_user", 20))
-    train_rows = movielens_prompts(
-        {u: history[u] for u in users if u not in dev_users}, per_user=per_user, seed=config.seed
-    )
+    train_history = {u: history[u] for u in users if u not in dev_users}
+    targets_per_window = int(config.options.get("targets_per_window", 1))
     dev_rows = movielens_prompts({u: history[u] for u in dev_users}, per_user=3, seed=config.seed)[: config.dev_rows]
-    if config.max_train_rows and len(train_rows) > config.max_train_rows:
-        train_rows = train_rows[: config.max_train_rows]
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")
-    train_ex = to_examples(trainer.tokenizer, train_rows, config)
+    split_agreement = None
+    if targets_per_window > 1:  # shared-prefix groups: max_train_rows counts groups
+        groups = movielens_groups(
+            train_history,
+            windows_per_user=int(config.options.get("windows_per_user", 10)),
+            targets_per_window=targets_per_window,
+            seed=config.seed,
+        )[: config.max_train_rows or None]
+        train_ex, split_agreement = to_group_examples(trainer.tokenizer, groups, config)
+        log.info(
+            "%d shared-prefix groups; split tokenisation equals whole: %.1f%%", len(train_ex), 100 * split_agreement
+        )
+    else:
+        train_rows = movielens_prompts(
+            train_history, per_user=int(config.options.get("per_user", 20)), seed=config.seed
+        )
+        train_ex = to_examples(trainer.tokenizer, train_rows[: config.max_train_rows or None], config)
     dev_ex = to_examples(trainer.tokenizer, dev_rows, config)
     dev_gold = [int(r.label == "Yes") for r in dev_rows]
     yes = config.labels.index("Yes")
@@ -74,8 +123,14 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
         out_dir,
         config,
         data_files=[config.path("ratings", shared), config.path("movies", shared)],
-        train_rows=len(train_ex),
-        training={**result.__dict__, "adapter_bytes": size, "trainable_parameters": trainer.trainable_parameters()},
+        train_rows=sum(max(1, len(e.continuations)) for e in train_ex),
+        training={
+            **result.__dict__,
+            "adapter_bytes": size,
+            "trainable_parameters": trainer.trainable_parameters(),
+            "shared_prefix_groups": len(train_ex) if split_agreement is not None else None,
+            "split_tokenisation_agreement": split_agreement,
+        },
         metrics={"dev": {"adapter": {"auc": result.best_metric}}},
         serving={
             "method": "score_labels or score_continuations(answer_labels=[Yes, No])",

@@ -117,3 +117,62 @@ def test_labels_objective_learns_and_the_saved_adapter_serves_the_same_scores(
         engine.close()
     for row, probs in zip(served, expected.tolist(), strict=True):
         assert [row[label] for label in cfg.labels] == pytest.approx(probs, abs=2e-3)  # fp16 adapter weights
+
+
+def test_shared_prefix_loss_equals_the_loss_of_each_whole_prompt(tiny_model_dir: Path) -> None:
+    """One prefix pass + repeated KV cache gives the same label loss (and gradients) as running every
+    prefix + continuation as its own prompt: the recommend adapter's cheap training path is exact."""
+    cfg = TrainConfig(
+        task="recommend",
+        adapter_name="toy",
+        data={"x": "x"},
+        labels=["Yes", "No"],
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+        precision="fp32",
+    )
+    trainer = LoraTrainer(cfg, tiny_model_dir, torch.device("cpu"), objective="labels")
+    with torch.no_grad():  # non-zero LoRA B, so the adapter matters on both passes
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    tok = trainer.tokenizer
+    prefix = tok.encode("User Preference: Heat, Alien\nUser Unpreference: Cats\n")
+    conts = [tok.encode("Whether the user will like Up?"), tok.encode("Like Jaws (1975)? Answer:"), tok.encode("No")]
+    labels = [0, 1, 0]
+    shared = Example(prompt_ids=prefix, continuations=conts, labels=labels)
+    whole = [Example(prompt_ids=prefix + c, label=y) for c, y in zip(conts, labels, strict=True)]
+    trainer.model.eval()
+
+    def loss_and_grads(batch: list[Example]) -> tuple[float, list[torch.Tensor]]:
+        trainer.model.zero_grad()
+        loss = trainer._loss(batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+        return float(loss.detach()), grads
+
+    shared_loss, shared_grads = loss_and_grads([shared])
+    whole_loss, whole_grads = loss_and_grads(whole)
+    assert shared_loss == pytest.approx(whole_loss, abs=1e-5)
+    for a, b in zip(shared_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_recommend_groups_share_the_history_window_and_split_tokens_match_whole_prompts(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from finetune.data.recommend import movielens_groups
+    from finetune.tasks.recommend import to_group_examples
+
+    history = {
+        1: [(t, f"Movie {t} (19{t:02d})", 5.0 if t % 3 else 1.0) for t in range(30)],
+        2: [(t, f'The "Quoted" {t}', 4.0 if t % 2 else 2.0) for t in range(14)],
+    }
+    groups = movielens_groups(history, windows_per_user=3, targets_per_window=4, seed=0)
+    assert len(groups) == 6  # 3 windows each; user 2's late windows have fewer than 4 targets left
+    for group in groups:
+        assert len({(r.liked, r.disliked) for r in group}) == 1 and 1 <= len(group) <= 4
+    cfg = TrainConfig(task="recommend", adapter_name="toy", data={"x": "x"}, labels=["Yes", "No"])
+    examples, agreement = to_group_examples(AutoTokenizer.from_pretrained(tiny_model_dir), groups, cfg)
+    assert agreement == 1.0
+    assert [len(e.continuations) for e in examples] == [len(g) for g in groups]
+    assert [e.labels for e in examples] == [[cfg.labels.index(r.label) for r in g] for g in groups]

@@ -43,7 +43,13 @@ def test_the_split_prompt_is_exactly_the_training_prompt(tiny_engine: Engine) ->
     trained = classification_prompt(tiny_engine.tokenizer, row.text(), ["Yes", "No"], training.INSTRUCTION)
     split = split_prompt(tiny_engine.tokenizer, row.liked, row.disliked)
     assert split.prefix + split.continuation(row.target) == trained
-    assert split.prefix.endswith(row.history_text())
+    assert split.prefix.endswith(row.history_text() + training.TARGET_LEAD)
+    # and token for token: what the engine scores in two parts is what the adapter was trained on
+    tok = tiny_engine.tokenizer
+    parts = tok.encode(split.prefix, add_special_tokens=False) + tok.encode(
+        split.continuation(row.target), add_special_tokens=False
+    )
+    assert parts == tok.encode(trained, add_special_tokens=False)
 
 
 def test_shared_prefix_scores_equal_scoring_each_candidate_alone(tiny_engine: Engine) -> None:
