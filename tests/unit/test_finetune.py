@@ -171,7 +171,7 @@ def test_recommend_groups_share_the_history_window_and_split_tokens_match_whole_
     assert len(groups) == 6  # 3 windows each; user 2's late windows have fewer than 4 targets left
     for group in groups:
         assert len({(r.liked, r.disliked) for r in group}) == 1 and 1 <= len(group) <= 4
-    cfg = TrainConfig(task="recommend", adapter_name="toy", data={"x": "x"}, labels=["Yes", "No"])
+    cfg = TrainConfig(task="recommend", adapter_name="toy", data={"x": "x"}, labels=["Yes", "No"], max_length=2048)
     examples, agreement = to_group_examples(AutoTokenizer.from_pretrained(tiny_model_dir), groups, cfg)
     assert agreement == 1.0
     assert [len(e.continuations) for e in examples] == [len(g) for g in groups]
