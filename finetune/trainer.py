@@ -319,10 +319,11 @@ class LoraTrainer:
                     break
             if stopped_by != "epochs":
                 break
-            if evaluate():
+            just_evaluated = bool(history) and history[-1]["step"] == step  # eval_every_steps hit the epoch end
+            if not just_evaluated and evaluate():
                 stopped_by = "early_stopping"
                 break
-        if stopped_by == "time_budget" or not history or history[-1]["step"] != step:
+        if not history or history[-1]["step"] != step:
             evaluate()
         if best_state is not None:
             with torch.no_grad():
