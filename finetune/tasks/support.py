@@ -94,6 +94,19 @@ def _intent(row: SupportRow | IntentText) -> str:
     return row.intent
 
 
+class ChunkedEmbedder:
+    """Engine.embed refuses more than a request's worth of texts; evaluation embeds thousands."""
+
+    def __init__(self, inner: Embedder, chunk: int = 2048) -> None:
+        self.inner, self.chunk = inner, chunk
+
+    def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
+        parts = [
+            self.inner.embed(texts[i : i + self.chunk], normalize=normalize) for i in range(0, len(texts), self.chunk)
+        ]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 384), dtype=np.float32)
+
+
 def with_passages(
     rows: list[SupportRow], kb: list[SupportRow], embedder: Embedder
 ) -> list[tuple[SupportRow, SupportRow]]:
@@ -284,7 +297,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
     engine.warm_up()
     try:
         has_adapter = engine.has_model(adapter)
-        pairs = with_passages(rows, kb, engine)  # engine.embed: on the engine thread
+        pairs = with_passages(rows, kb, ChunkedEmbedder(engine))  # engine.embed: on the engine thread
         prompts = [prompt_for(engine.tokenizer, row, passage, config, opts) for row, passage in pairs]
         models = {"base": "base"} | ({f"adapter:{adapter}": adapter} if has_adapter else {})
         params = SamplingParams(max_new_tokens=opts.eval_max_tokens)
@@ -308,7 +321,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
 
     head_path = settings.adapters_path / adapter / INTENT_HEAD_FILE
     ours = adapter if has_adapter and head_path.is_file() else None
-    intents = intent_report(settings, config, opts, engine, ours)
+    intents = intent_report(settings, config, opts, ChunkedEmbedder(engine), ours)
     report: dict[str, Any] = {
         "task": "support",
         "splits": {
