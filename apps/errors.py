@@ -12,15 +12,17 @@ needs one error parser for the whole API.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import (
@@ -34,6 +36,7 @@ from core.errors import (
     InvalidRequestError,
     ModelNotReadyError,
     NotFoundError,
+    StoreUnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,17 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     ConflictError: 409,
     AdapterLoadError: 422,
     ModelNotReadyError: 503,
+    StoreUnavailableError: 503,
     EngineOverloadedError: 503,
 }
 FALLBACK_STATUS = 400  # a DomainLLMError is raised on purpose: the caller can act on its message
 
 # Seconds a client should wait before retrying; a model still loading takes longer than a full queue.
-RETRY_AFTER_S: dict[type[DomainLLMError], int] = {ModelNotReadyError: 5, EngineOverloadedError: 1}
+RETRY_AFTER_S: dict[type[DomainLLMError], int] = {
+    ModelNotReadyError: 5,
+    StoreUnavailableError: 5,
+    EngineOverloadedError: 1,
+}
 
 MAX_REPORTED_VALIDATION_ERRORS = 5
 JSON_CONTENT_TYPE = "Content-Type: application/json"
@@ -281,3 +289,24 @@ def stream_error_json(exc: Exception) -> str:
     else:
         body = ErrorResponse(error=ErrorDetail(type=INTERNAL_ERROR_TYPE, message=INTERNAL_ERROR_MESSAGE))
     return body.model_dump_json()
+
+
+def store_guarded_route(store: str, errors: tuple[type[BaseException], ...]) -> type[APIRoute]:
+    """A route class that turns ``errors`` (the store's connection errors) into a 503 naming ``store``,
+    so every route of an app that keeps its state in Redis answers "retry shortly", never a 500."""
+
+    class StoreGuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except errors as exc:
+                    raise StoreUnavailableError(
+                        f"the {store} store (Redis) is unavailable: {type(exc).__name__}; retry shortly"
+                    ) from exc
+
+            return guarded
+
+    return StoreGuardedRoute

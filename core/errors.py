@@ -79,5 +79,11 @@ class ModelNotReadyError(DomainLLMError):
     error_type = "model_not_ready"
 
 
+class StoreUnavailableError(DomainLLMError):
+    """An app's store (Redis) cannot be reached: 503 with Retry-After, like a loading model."""
+
+    error_type = "store_unavailable"
+
+
 class EngineOverloadedError(DomainLLMError):
     error_type = "overloaded"

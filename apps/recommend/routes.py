@@ -8,15 +8,14 @@ the routes answer 503 rather than 500.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, Query, Request
 
 from apps.deps import AdminDep, SettingsDep, not_ready_reason
-from apps.errors import error_responses
+from apps.errors import error_responses, store_guarded_route
 from apps.recommend.schemas import (
     EventsAccepted,
     EventsRequest,
@@ -30,31 +29,11 @@ from apps.recommend.schemas import (
 )
 from apps.recommend.service import RecommendService, connect
 from apps.recommend.settings import get_recommend_settings
-from core.errors import InvalidRequestError, ModelNotReadyError
+from core.errors import InvalidRequestError
 
-
-class StoreUnavailableError(ModelNotReadyError):
-    """Redis cannot be reached: 503 with Retry-After, like a loading model."""
-
-    error_type = "store_unavailable"
-
-
-class _StoreErrorsRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except redis.RedisError as exc:
-                raise StoreUnavailableError(
-                    f"the recommendation store (Redis) is unavailable: {type(exc).__name__}; retry shortly"
-                ) from exc
-
-        return guarded
-
-
-router = APIRouter(prefix="/v1/recommend", tags=["recommend"], route_class=_StoreErrorsRoute)
+router = APIRouter(
+    prefix="/v1/recommend", tags=["recommend"], route_class=store_guarded_route("recommendation", (redis.RedisError,))
+)
 
 
 def build_service(request: Request, core: Any) -> RecommendService:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError
 
 from apps.deps import AdminDep, EngineDep, SettingsDep
-from apps.errors import error_responses
+from apps.errors import error_responses, store_guarded_route
 from apps.sentiment.config import parse_duration
 from apps.sentiment.dispatch import CeleryDispatcher, client_app
 from apps.sentiment.enrich import Enricher
@@ -37,31 +35,13 @@ from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings, get_sentiment_settings
 from apps.sentiment.trends import chart_png, pick_step, scope_of, series
 from core.engine import Engine
-from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyError, NotFoundError
+from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
-
-class StoreUnavailableError(ModelNotReadyError):
-    """Redis (the monitor's store and broker) cannot be reached: 503 with Retry-After, like a loading model."""
-
-    error_type = "store_unavailable"
-
-
-class _StoreErrorsRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (redis.RedisError, OperationalError) as exc:
-                raise StoreUnavailableError(
-                    f"the sentiment store (Redis) is unavailable: {type(exc).__name__}; retry shortly"
-                ) from exc
-
-        return guarded
-
-
-router = APIRouter(prefix="/v1/sentiment", tags=["sentiment"], route_class=_StoreErrorsRoute)
+router = APIRouter(
+    prefix="/v1/sentiment",
+    tags=["sentiment"],
+    route_class=store_guarded_route("sentiment", (redis.RedisError, OperationalError)),
+)
 
 
 async def get_sentiment_context(request: Request, core: SettingsDep) -> SentimentContext:

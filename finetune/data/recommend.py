@@ -79,6 +79,18 @@ def read_movielens(ratings_path: Path, movies_path: Path) -> dict[int, list[tupl
     return dict(history)
 
 
+def window_prompts(events: list[tuple[int, str, float]], t: int, targets: int) -> list[PreferencePrompt]:
+    """The 10 ratings before position t as liked / disliked titles, and a prompt for each of the
+    ``targets`` ratings from t on."""
+    window = events[t - HISTORY : t]
+    liked = tuple(title for _, title, r in window if r > LIKED_ABOVE)
+    disliked = tuple(title for _, title, r in window if r <= LIKED_ABOVE)
+    return [
+        PreferencePrompt(liked, disliked, target, "Yes" if rating > LIKED_ABOVE else "No")
+        for _, target, rating in events[t : t + targets]
+    ]
+
+
 def movielens_prompts(
     history: dict[int, list[tuple[int, str, float]]], *, per_user: int, seed: int
 ) -> list[PreferencePrompt]:
@@ -89,17 +101,7 @@ def movielens_prompts(
         events = history[user]
         positions = list(range(HISTORY, len(events)))
         rng.shuffle(positions)
-        for t in positions[:per_user]:
-            window = events[t - HISTORY : t]
-            _, target, rating = events[t]
-            out.append(
-                PreferencePrompt(
-                    liked=tuple(title for _, title, r in window if r > LIKED_ABOVE),
-                    disliked=tuple(title for _, title, r in window if r <= LIKED_ABOVE),
-                    target=target,
-                    label="Yes" if rating > LIKED_ABOVE else "No",
-                )
-            )
+        out += [window_prompts(events, t, 1)[0] for t in positions[:per_user]]
     rng.shuffle(out)
     return out
 
@@ -116,16 +118,7 @@ def movielens_groups(
         events = history[user]
         positions = list(range(HISTORY, len(events)))
         rng.shuffle(positions)
-        for t in positions[:windows_per_user]:
-            window = events[t - HISTORY : t]
-            liked = tuple(title for _, title, r in window if r > LIKED_ABOVE)
-            disliked = tuple(title for _, title, r in window if r <= LIKED_ABOVE)
-            out.append(
-                [
-                    PreferencePrompt(liked, disliked, target, "Yes" if rating > LIKED_ABOVE else "No")
-                    for _, target, rating in events[t : t + targets_per_window]
-                ]
-            )
+        out += [window_prompts(events, t, targets_per_window) for t in positions[:windows_per_user]]
     rng.shuffle(out)
     return out
 
