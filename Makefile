@@ -7,7 +7,7 @@ MODEL  := data/models/smollm2-135m-instruct/config.json
 PORT   ?= 8000
 export DOMAINLLM_PORT ?= $(PORT)
 
-.PHONY: setup model run test test-unit test-integration lint format bench gpu-check clean
+.PHONY: setup model browser run test test-unit test-integration lint format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,20 @@ run: setup model
 	@echo "domainllm: starting redis + API; open http://127.0.0.1:$(PORT) (API docs at /docs)"
 	$(BIN)/honcho start
 
-test: setup model
+test: setup model browser
 	$(BIN)/python -m pytest -q
+
+# the e2e tests drive Debian's Chromium through Playwright (never a downloaded browser); they skip without it
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: installing Debian chromium for the e2e tests"; \
+		DEBIAN_FRONTEND=noninteractive nice -n 19 apt-get -qq update && \
+		DEBIAN_FRONTEND=noninteractive nice -n 19 apt-get -y -qq install --no-install-recommends chromium chromium-driver >/tmp/domainllm-browser.log 2>&1 \
+		|| echo "browser: apt-get could not install chromium (see /tmp/domainllm-browser.log); the e2e tests will be skipped"; \
+	else \
+		echo "browser: no /usr/bin/chromium and no apt-get; the e2e tests will be skipped"; \
+	fi
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m unit

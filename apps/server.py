@@ -20,12 +20,21 @@ from apps import llm, ops
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
 from apps.recommend.routes import router as recommend_router
 from apps.sentiment.routes import router as sentiment_router
+from apps.support.routes import pages as support_pages
+from apps.support.routes import router as support_router
 from core.config import Settings, get_settings
 from core.engine import Engine
 
 log = logging.getLogger(__name__)
 
-ROUTERS: list[APIRouter] = [ops.router, *llm.routers, sentiment_router, recommend_router]
+ROUTERS: list[APIRouter] = [
+    ops.router,
+    *llm.routers,
+    support_router,
+    sentiment_router,
+    recommend_router,
+    support_pages,
+]
 
 DESCRIPTION = """
 Domain application services on one shared LLM core: one base model, one LoRA adapter per domain.
@@ -43,6 +52,10 @@ TAGS = [
     {"name": "generation", "description": "OpenAI-compatible chat and text completions, streamed or not."},
     {"name": "classification", "description": "Label texts by the model's probability for each label."},
     {"name": "adapters", "description": "LoRA adapters: list (public), load and unload (admin key)."},
+    {
+        "name": "support",
+        "description": "Support bot: chat sessions (JSON or SSE), feedback, handoffs, the knowledge base.",
+    },
     {"name": "sentiment", "description": "Financial news monitor: news in, trends, alerts (workers enrich and alert)."},
     {"name": "recommend", "description": "Storefront recommendations: items, events, explained lists."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},

@@ -38,7 +38,7 @@ from core.model_store import is_prepared, prepare_default_model
 from core.prompts import Message, classification_prompt, render_chat
 from core.quantize import quantize_int8
 from core.sampling import Completion, ContinuationScore, SamplingParams
-from core.scoring import LabelRow, label_first_tokens, score_continuations, score_label_rows
+from core.scoring import LabelRow, label_first_tokens, mean_hidden_states, score_continuations, score_label_rows
 
 log = logging.getLogger(__name__)
 
@@ -475,4 +475,36 @@ class Engine:
             return self.embedder.embed(texts, normalize=normalize)
         self._batcher.start()
         result: np.ndarray = self._batcher.submit_solo(lambda: self.embedder.embed(texts, normalize=normalize)).result()
+        return result
+
+    def hidden_states(self, texts: list[str], *, model: str = BASE) -> np.ndarray:
+        """[n, hidden]: each text's mean final hidden state with ``model``'s adapter applied (the
+        features a ``core.heads.LinearHead`` is fitted on); on the engine thread, between batches."""
+        self._check_model(model)
+        if not texts:
+            raise InvalidRequestError("texts must not be empty")
+        if len(texts) > self.settings.max_batch_texts:
+            raise InputTooLargeError(
+                f"{len(texts)} texts; the limit is {self.settings.max_batch_texts}",
+                limit=self.settings.max_batch_texts,
+                actual=len(texts),
+            )
+        for t in texts:
+            self._check_text(t, "each text")
+
+        def run() -> np.ndarray:
+            return mean_hidden_states(
+                self._registry().model,
+                self.tokenizer,
+                texts,
+                self.device,
+                self.settings.max_batch_size,
+                self._router().rows,
+                model,
+            )
+
+        if self._batcher.on_worker():
+            return run()
+        self._batcher.start()
+        result: np.ndarray = self._batcher.submit_solo(run).result()
         return result

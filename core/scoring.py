@@ -12,9 +12,11 @@ continuations, so 50 candidates after a 500-token history cost one 500-token pas
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.decoding import AdapterRows
@@ -147,3 +149,37 @@ def score_continuations(
                 next_probs = dict(zip(answer_labels, torch.softmax(pooled, dim=0).tolist(), strict=True))
             scores.append(ContinuationScore(logprob=total, n_tokens=len(c), next_label_probs=next_probs))
     return scores
+
+
+@torch.inference_mode()
+def mean_hidden_states(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    device: torch.device,
+    batch_size: int,
+    adapter_rows: AdapterRows | None = None,
+    adapter: str = "base",
+) -> np.ndarray:
+    """[n, hidden] float32 array: per text, the mean over its tokens of the decoder's final (normed)
+    hidden state, with ``adapter`` applied through ``adapter_rows`` (or whatever ``model`` has active).
+
+    Raw text, no template, right-padded so every real token keeps positions 0..len-1 and a text's
+    features do not depend on its batch. The decoder alone: no vocabulary projection is computed.
+    Features for a head fitted on them (``core.heads.LinearHead``)."""
+    model.eval()
+    decoder = model.get_decoder()  # a PeftModel forwards this to the LoRA-wrapped base
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt"
+        ).to(device)
+        context = adapter_rows([adapter] * len(idx)) if adapter_rows is not None else nullcontext()
+        with context:
+            hidden = decoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state.float()
+        mask = enc.attention_mask.unsqueeze(-1).float()  # [b, seq, 1]
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # [b, hidden]
+        out[idx] = pooled.cpu().numpy()
+    return out

@@ -12,12 +12,14 @@ from rich.console import Console
 
 from apps.recommend import cli as recommend_cli
 from apps.sentiment import cli as sentiment_cli
+from apps.support import cli as support_cli
 from core.config import get_settings
 from core.errors import DomainLLMError
 
 app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
 app.add_typer(sentiment_cli.app, name="sentiment")
 app.add_typer(recommend_cli.app, name="recommend")
+app.add_typer(support_cli.app, name="support")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -197,7 +199,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    task: Annotated[str, typer.Argument(help="sentiment, support, recommend or recommend-ranking")],
+    task: Annotated[str, typer.Argument(help="sentiment, support, recommend, recommend-ranking, support-retrieval or support-answers")],
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
     users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
 ) -> None:
@@ -206,6 +208,12 @@ def evaluate(
 
     if task == "recommend-ranking":  # the recommender's own ranking evaluation (apps/recommend/evaluation.py)
         recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out)
+        return
+    if task == "support-retrieval":  # the knowledge base's retrieval evaluation (apps/support/retrieval_eval.py)
+        support_cli.eval_retrieval(out=out)
+        return
+    if task == "support-answers":  # answers vs handoffs on the sample help centre (apps/support/evaluation.py)
+        support_cli.eval_answers(out=out, limit=None)
         return
     settings = get_settings()
     module = _task_module(task)

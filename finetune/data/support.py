@@ -13,7 +13,6 @@ intent classifier fitted at the end of training, stored as plain arrays (no pick
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from core.prompts import Message
+from core.heads import LinearHead
+from core.prompts import Message, grounded_prompt
 
 SUPPORT_INSTRUCTION = (
     "You are a customer support agent. Answer the customer in a warm, clear support voice, using only "
@@ -105,13 +105,6 @@ def nearest_allowed(
     return out
 
 
-def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return text
-    return str(tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)).rstrip() + " …"
-
-
 def support_prompt(
     question: str,
     passages: list[str],
@@ -120,63 +113,10 @@ def support_prompt(
     passage_tokens: int = PASSAGE_TOKENS,
     instruction: str | None = None,
 ) -> list[Message]:
-    """Chat messages: the instruction as system, then the numbered passages (each cut to
-    ``passage_tokens`` tokens to bound the prompt) and the customer's message as user."""
-    numbered = "\n".join(
-        f"[{n}] {truncate_tokens(tokenizer, p.strip(), passage_tokens)}" for n, p in enumerate(passages, 1)
+    """The support prompt (``core.prompts.grounded_prompt``) with the instruction it was trained on."""
+    return grounded_prompt(
+        question, passages, tokenizer, passage_tokens=passage_tokens, instruction=instruction or SUPPORT_INSTRUCTION
     )
-    return [
-        {"role": "system", "content": instruction or SUPPORT_INSTRUCTION},
-        {"role": "user", "content": f"Passages:\n{numbered}\n\nCustomer: {question.strip()}"},
-    ]
 
 
-@dataclass
-class IntentHead:
-    """Multinomial logistic regression over standardised features: ``(x - mean) / scale``."""
-
-    coef: np.ndarray  # [classes, features]
-    intercept: np.ndarray  # [classes]
-    classes: list[str]
-    mean: np.ndarray  # [features]
-    scale: np.ndarray  # [features]
-    recipe: dict[str, Any]  # how the features are built, for the app to rebuild them
-
-    def decision(self, features: np.ndarray) -> np.ndarray:
-        """[n, classes] logits."""
-        return ((features - self.mean) / self.scale) @ self.coef.T + self.intercept
-
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        logits = self.decision(features)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)  # [n, classes]
-
-    def predict(self, features: np.ndarray) -> list[str]:
-        return [self.classes[i] for i in self.decision(features).argmax(axis=1)]
-
-    def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:  # a file handle: np.savez would append ".npz" to a bare name
-            np.savez(
-                fh,
-                coef=self.coef.astype(np.float32),
-                intercept=self.intercept.astype(np.float32),
-                classes=np.array(self.classes, dtype=str),
-                mean=self.mean.astype(np.float32),
-                scale=self.scale.astype(np.float32),
-                recipe=np.array(json.dumps(self.recipe)),
-            )
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> IntentHead:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(
-                coef=z["coef"],
-                intercept=z["intercept"],
-                classes=[str(c) for c in z["classes"]],
-                mean=z["mean"],
-                scale=z["scale"],
-                recipe=json.loads(str(z["recipe"])),
-            )
+IntentHead = LinearHead  # the adapter card's loader names this path

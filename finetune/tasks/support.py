@@ -29,6 +29,7 @@ from core.config import Settings
 from core.embeddings import Embedder, MiniLMEmbedder
 from core.prompts import Message, render_chat
 from core.sampling import SamplingParams
+from core.scoring import mean_hidden_states
 from finetune.cards import write_card
 from finetune.config import ConfigError, TrainConfig, config_for, load_config
 from finetune.data.support import (
@@ -143,29 +144,6 @@ def to_examples(
 
 
 @torch.inference_mode()
-def mean_hidden_states(
-    model: Any, tokenizer: Any, texts: list[str], device: torch.device, batch_size: int
-) -> np.ndarray:
-    """[n, hidden] mean over each text's tokens of the decoder's final (normed) hidden state.
-
-    Raw text, no template, right-padded so every real token keeps positions 0..len-1 and a text's
-    features do not depend on its batch. The decoder alone: no vocabulary projection is computed."""
-    model.eval()
-    decoder = model.get_decoder()  # a PeftModel forwards this to the LoRA-wrapped base, adapter active
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt"
-        ).to(device)
-        hidden = decoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state.float()
-        mask = enc.attention_mask.unsqueeze(-1).float()  # [b, seq, 1]
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # [b, hidden]
-        out[idx] = pooled.cpu().numpy()
-    return out
-
-
 def fit_logreg(
     features: np.ndarray, labels: list[str], grid: list[float], dev_share: float, seed: int, recipe: dict[str, Any]
 ) -> tuple[IntentHead, dict[str, float]]:

@@ -1,0 +1,137 @@
+"""The support bot as one service: the knowledge base, the rules, the conversations in Redis and the
+answering pipeline, wired together. Routes and the CLI call this; it knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from apps.support.answer import Plan, Reply, SupportBot
+from apps.support.conversations import ConversationStore
+from apps.support.documents import Document, parse_document
+from apps.support.intents import IntentClassifier
+from apps.support.kb import KnowledgeBase
+from apps.support.pii import mask_pii
+from apps.support.rules import Rules, load_rules
+from apps.support.settings import SupportSettings
+
+log = logging.getLogger(__name__)
+
+KB_CHECK_S = 5.0
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+
+class SupportService:
+    def __init__(self, settings: SupportSettings, client: redis.Redis, engine: Any, rules: Rules | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.rules = rules or load_rules(settings.rules_path)
+        self.store = ConversationStore(client, namespace=settings.namespace, session_ttl_s=settings.session_ttl_s)
+        self.kb = KnowledgeBase(settings.kb_dir, engine)
+        self.kb.warm_up()
+        self.intents = IntentClassifier(engine, settings.adapter)
+        self.bot = SupportBot(engine, self.kb, self.rules, settings, self.intents)
+        self._checked_at = time.monotonic()
+
+    def fresh_kb(self) -> KnowledgeBase:
+        """The knowledge base, reloaded when another process (``domainllm support ingest``) wrote a
+        newer version; checked at most every few seconds."""
+        now = time.monotonic()
+        if now - self._checked_at >= KB_CHECK_S:
+            self._checked_at = now
+            if self.kb.refresh():
+                log.info("knowledge base reloaded: %d chunks", len(self.kb))
+        return self.kb
+
+    # ---- conversations ------------------------------------------------------------------------------
+
+    def create_session(self, meta: dict[str, Any] | None = None) -> str:
+        return self.store.create_session(meta)
+
+    def _earlier_questions(self, session_id: str) -> list[str]:
+        history = self.store.history(session_id, limit=2 * self.settings.history_turns)
+        return [m["text"] for m in history if m.get("role") == "user"]
+
+    def begin(self, session_id: str, message: str) -> Plan:
+        """Check the session and the message, then plan the answer (nothing stored on bad input)."""
+        self.store.require(session_id)
+        message = self.bot.check_message(message)
+        self.fresh_kb()
+        earlier = self._earlier_questions(session_id)
+        plan = self.bot.plan(message, earlier)
+        self.store.add_message(session_id, "user", message)
+        return plan
+
+    def complete(self, session_id: str, reply: Reply) -> dict[str, Any]:
+        """Store the bot's reply and its outcome; open a handoff when it hands off."""
+        body = reply.public()
+        message_id = self.store.add_message(
+            session_id,
+            "assistant",
+            reply.answer,
+            source=reply.source,
+            handoff=reply.handoff,
+            confidence=round(reply.confidence, 4),
+            intent=reply.intent or "unknown",
+        )
+        self.store.record_outcome(
+            session_id,
+            message_id,
+            question=reply.question,
+            intent=reply.intent or "unknown",
+            handoff=reply.handoff,
+            source=reply.source,
+            confidence=reply.confidence,
+            unanswered=reply.handoff and not (reply.reason or "").startswith("rule:"),
+        )
+        if reply.handoff:
+            record = self.store.open_handoff(session_id, reply.reason or "handoff")
+            body["handoff_id"] = record["id"]
+            log.info("session %s handed off: %s", session_id, reply.reason)
+        return {"message_id": message_id, **body}
+
+    def message(self, session_id: str, message: str) -> dict[str, Any]:
+        """One message answered in full (the non-streaming route)."""
+        plan = self.begin(session_id, message)
+        if plan.reply is not None:
+            return self.complete(session_id, plan.reply)
+        assert plan.prompt is not None
+        completion = self.engine.generate(plan.prompt, model=self.bot.model, params=self.bot.sampling())
+        return self.complete(session_id, self.bot.finish(plan, completion.text))
+
+    def request_handoff(self, session_id: str, reason: str | None) -> dict[str, Any]:
+        self.store.require(session_id)
+        record = self.store.open_handoff(session_id, mask_pii(reason or "") or "customer asked for a person")
+        return {"handoff": True, "handoff_id": record["id"], "message": self.rules.handoff_message}
+
+    def feedback(self, session_id: str, message_id: str, rating: str, comment: str | None) -> dict[str, Any]:
+        self.store.feedback(session_id, message_id, rating, comment)
+        return {"ok": True}
+
+    def handoffs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.store.handoffs(status=status, limit=limit)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.store.stats(),
+            "kb": {"documents": len(self.kb.documents()), "chunks": len(self.kb)},
+            "intents_available": self.intents.available if self.engine.ready else None,
+            "model": self.bot.model if self.engine.ready else None,
+        }
+
+    # ---- knowledge base -----------------------------------------------------------------------------
+
+    def add_documents(self, docs: list[Document]) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.kb.upsert_many(docs)]
+
+    def add_file(
+        self, name: str, data: bytes, *, doc_id: str | None, url: str | None, title: str | None
+    ) -> list[dict[str, Any]]:
+        docs = parse_document(name, data, doc_id=doc_id, url=url, title=title)
+        return self.add_documents(docs)
