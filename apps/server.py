@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from apps import llm, ops
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
 from apps.recommend.routes import router as recommend_router
 from apps.sentiment.routes import router as sentiment_router
+from apps.support.pii import PiiLogFilter
 from apps.support.routes import pages as support_pages
 from apps.support.routes import router as support_router
+from apps.support.settings import get_support_settings
 from core.config import Settings, get_settings
 from core.engine import Engine
 
@@ -93,6 +96,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.engine = None
 
 
+def _mask_pii_in_logs() -> None:
+    """Mask emails, phone, card and account numbers in every log line the root handlers write."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
+            handler.addFilter(PiiLogFilter())
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """The app. ``engine``: an engine the caller owns (tests); by default the lifespan builds one."""
     settings = settings or get_settings()
@@ -109,10 +119,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.state.warmup_error = None
     install_error_handlers(app)
+    _mask_pii_in_logs()
     # Added innermost first: metrics see every answer, including the 413s and 500s made below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(ops.RequestMetricsMiddleware)
+    # the widget runs on the support team's own site: its chat calls are cross-origin (admin headers
+    # are not allowed, so a browser page cannot use an admin key)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=get_support_settings().cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "X-Support-Key"],
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -54,6 +54,7 @@ _INJECTION = re.compile(
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _TEMPLATE_SLOT = re.compile(r"\{\{[^}]*\}\}")
+_MODEL_CITATION = re.compile(r"\s*\[\d+\]")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Passage:
     title: str
     url: str | None
     cosine: float  # MiniLM similarity to the (part of the) question it was retrieved for
+    chunk_id: str = ""
 
 
 @dataclass
@@ -108,17 +110,25 @@ class Plan:
     retrieval: float = 0.0
 
 
+_STARTS_QUESTION = re.compile(rf"^\W*(and |also |plus )?{_QUESTION_WORDS}\b", re.IGNORECASE)
+
+
 def split_parts(question: str, max_parts: int) -> list[str]:
-    """The parts of a multi-part question: by question marks, then by "and <question word>"."""
-    parts = [p.strip() for p in re.split(r"(?<=\?)\s+", question) if p.strip()]
+    """The parts of a multi-part question: by question marks, then by "and <question word>". A
+    sentence that asks nothing ("It's been two weeks.") stays with the part before it, as does a
+    fragment of one or two words."""
+    parts = [p.strip() for p in re.split(r"(?<=[?.!])\s+", question) if p.strip()]
     if len(parts) == 1:
         parts = [p.strip(" ,") for p in _PART_SPLIT.split(question) if p.strip(" ,")]
     merged: list[str] = []
-    for p in parts:  # a fragment of one or two words belongs to the part before it
-        if merged and len(p.split()) < 3:
+    for p in parts:
+        asks = p.endswith("?") or bool(_STARTS_QUESTION.match(p))
+        if merged and (len(p.split()) < 3 or not asks):
             merged[-1] = f"{merged[-1]} {p}"
         else:
             merged.append(p)
+    if len(merged) > 1 and not (merged[0].endswith("?") or _STARTS_QUESTION.match(merged[0])):
+        merged[:2] = [f"{merged[0]} {merged[1]}"]  # a statement first is the context of the question
     if len(merged) > max_parts:
         merged = [*merged[: max_parts - 1], " ".join(merged[max_parts - 1 :])]
     return merged or [question]
@@ -146,6 +156,7 @@ def neutralise(text: str) -> str:
 def clean_generation(text: str) -> str:
     """The model's answer without template slots it learnt from its training data ("{{Order
     Number}}"), and cut at the last full sentence when generation stopped mid-sentence."""
+    text = _MODEL_CITATION.sub("", text)  # its own [n] follow the prompt's numbering: finish() cites anew
     sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
     kept = [s for s in sentences if not _TEMPLATE_SLOT.search(s)]
     if kept and not re.search(r"[.!?)\]]$", kept[-1]) and len(kept) > 1:
@@ -177,6 +188,10 @@ class SupportBot:
     def check_message(self, message: str) -> str:
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequestError("message must be a non-empty string")
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError("message is not valid Unicode text (lone surrogate characters)") from None
         if len(message) > self.settings.max_message_chars:
             raise InputTooLargeError(
                 f"message holds {len(message)} characters; the limit is {self.settings.max_message_chars}",
@@ -206,7 +221,8 @@ class SupportBot:
             return Plan(masked, None, reply=reply)
         question = standalone_question(masked, [mask_pii(q) for q in earlier_questions or []])
         intent = self.intents.classify([masked])[0]
-        topic = self.rules.handoff_topic(masked, intent.name if intent else None)
+        sure = intent is not None and intent.confidence >= self.settings.intent_rule_confidence
+        topic = self.rules.handoff_topic(masked, intent.name if sure and intent else None)
         if topic is not None:
             return Plan(question, intent, reply=self._handoff(question, intent, f"rule:{topic}"))
         parts = split_parts(question, self.settings.max_parts)
@@ -214,16 +230,17 @@ class SupportBot:
             faq = self.kb.faq_match(question)
             if faq is not None and faq.score >= self.settings.faq_threshold:
                 citation = Citation(1, faq.doc_id, faq.title or faq.question, faq.url)
-                reply = Reply(faq.answer, [citation], float(faq.score), intent and intent.name, False, "faq")
+                score = min(1.0, max(0.0, float(faq.score)))  # float32 cosines can pass 1.0
+                reply = Reply(faq.answer, [citation], score, intent and intent.name, False, "faq")
                 reply.question = question
                 return Plan(question, intent, reply=reply)
         passages, strength = self._retrieve(parts)
-        if strength < self.settings.min_retrieval:
+        if not passages or strength < self.settings.min_retrieval:
             reply = self._handoff(question, intent, "no_match", retrieval=strength)
             return Plan(question, intent, reply=reply, passages=passages, retrieval=strength)
         prompt = grounded_prompt(
             question,
-            [f"{p.title}: {p.text}" for p in passages],
+            [f"{p.title}: {p.text}" if p.title else p.text for p in passages],
             self.engine.tokenizer,
             passage_tokens=self.settings.passage_tokens,
             instruction=INSTRUCTION,
@@ -232,22 +249,23 @@ class SupportBot:
 
     def _retrieve(self, parts: list[str]) -> tuple[list[Passage], float]:
         """The passages for all parts (each part's best first) and the retrieval strength: the mean
-        over parts of each part's best cosine (query to title + section + passage), so one
-        unanswerable part weakens the whole."""
+        over parts of each part's best cosine (query to title + section + passage) among the
+        passages kept, so one unanswerable part weakens the whole. Text that tries to instruct the
+        model is dropped first (a passage left empty does not count)."""
         per_part = max(1, -(-self.settings.top_k // len(parts)))
         chosen: dict[str, Passage] = {}
         strengths = []
         for part in parts:
-            hits = self.kb.search(part, k=self.settings.top_k, mode="hybrid")
-            scored = sorted(hits, key=lambda h: h.dense_score or 0.0, reverse=True)
-            strengths.append(float(scored[0].dense_score or 0.0) if scored else 0.0)
-            for hit in scored[:per_part]:
-                if hit.chunk_id not in chosen:
-                    text = neutralise(hit.text)
-                    if text:
-                        chosen[hit.chunk_id] = Passage(
-                            text, hit.doc_id, hit.title, hit.url, float(hit.dense_score or 0.0)
-                        )
+            kept = []
+            for hit in self.kb.search(part, k=self.settings.top_k, mode="hybrid"):
+                text = neutralise(hit.text)
+                title = "" if _INJECTION.search(hit.title) else hit.title
+                if text:
+                    kept.append(Passage(text, hit.doc_id, title, hit.url, float(hit.dense_score or 0.0), hit.chunk_id))
+            kept.sort(key=lambda p: p.cosine, reverse=True)
+            strengths.append(kept[0].cosine if kept else 0.0)
+            for passage in kept[:per_part]:
+                chosen.setdefault(passage.chunk_id, passage)
         passages = sorted(chosen.values(), key=lambda p: p.cosine, reverse=True)[: self.settings.top_k]
         return passages, float(np.mean(strengths)) if strengths else 0.0
 
@@ -266,7 +284,7 @@ class SupportBot:
         sims = _cosines(vecs[: len(sentences)], vecs[len(sentences) :])  # [sentences, passages]
         best = sims.max(axis=1)  # each sentence's best support
         support = float(best.mean())
-        confidence = 0.5 * plan.retrieval + 0.5 * support
+        confidence = min(1.0, max(0.0, 0.5 * plan.retrieval + 0.5 * support))
         if confidence < self.settings.min_confidence:
             return self._handoff(
                 plan.question, plan.intent, "low_confidence", retrieval=plan.retrieval, support=support
@@ -304,3 +322,43 @@ class SupportBot:
         assert plan.prompt is not None
         completion = self.engine.generate(plan.prompt, model=self.model, params=self.sampling())
         return self.finish(plan, completion.text)
+
+
+class StreamGuard:
+    """Lets generated text reach the customer a sentence at a time, and only text that passes the
+    checks ``finish`` applies: sentences with template slots are held back, the model's own [n]
+    markers are dropped, and the first never-say phrase stops the stream (the final event then
+    carries the handoff). The final event's answer stays authoritative."""
+
+    _BOUNDARY = re.compile(r"[.!?]\s+|\n+")
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        """Text that may be shown now ('' while a sentence is still being written)."""
+        if self.stopped:
+            return ""
+        self.buffer += delta
+        ends = [m.end() for m in self._BOUNDARY.finditer(self.buffer)]
+        if not ends:
+            return ""
+        ready, self.buffer = self.buffer[: ends[-1]], self.buffer[ends[-1] :]
+        return self._approve(ready)
+
+    def flush(self) -> str:
+        """What is left once generation ended."""
+        rest, self.buffer = self.buffer, ""
+        return "" if self.stopped else self._approve(rest)
+
+    def _approve(self, text: str) -> str:
+        text = _MODEL_CITATION.sub("", text)
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+        kept = [s.strip() for s in sentences if not _TEMPLATE_SLOT.search(s)]
+        approved = " ".join(kept)
+        if approved and self.rules.violations(approved):
+            self.stopped = True
+            return ""
+        return f"{approved} " if approved else ""

@@ -363,7 +363,6 @@ def _parse_pdf(name: str, data: bytes, doc_id: str, url: str | None, title: str 
     if b"%PDF-" not in data[:1024]:
         raise InvalidDocumentError(f"{name}: not a PDF (no %PDF header)", name=name)
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -373,8 +372,8 @@ def _parse_pdf(name: str, data: bytes, doc_id: str, url: str | None, title: str 
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
     except InvalidDocumentError:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise InvalidDocumentError(f"{name}: cannot read the PDF: {exc}", name=name) from None
+    except Exception as exc:  # pypdf raises many types on broken files (zlib, index, attribute errors)
+        raise InvalidDocumentError(f"{name}: cannot read the PDF: {type(exc).__name__}: {exc}", name=name) from None
     sections = [Section(f"page {i + 1}" if len(pages) > 1 else None, t) for i, t in enumerate(pages)]
     if not any(t.strip() for t in pages):
         raise InvalidDocumentError(f"{name}: the PDF has no extractable text (a scan?)", name=name)

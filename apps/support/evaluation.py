@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from apps.support.answer import Reply, SupportBot
-from apps.support.documents import parse_document_report
+from apps.support.documents import parse_document_report, slug_of
 from apps.support.intents import IntentClassifier
 from apps.support.kb import KnowledgeBase
 from apps.support.rules import load_rules
@@ -61,9 +61,9 @@ class Outcome:
 def load_sample_kb(kb: KnowledgeBase, samples: Path = SAMPLES_DIR) -> int:
     """Ingest the sample help centre (articles and FAQ, not the eval sets); the number of documents."""
     docs = []
-    for path in [*sorted((samples / "articles").glob("*")), samples / "faq.csv"]:
-        if path.is_file():
-            docs.extend(parse_document_report(path.name, path.read_bytes()).documents)
+    for path in sorted((samples / "articles").glob("*")):  # served at /help/<doc_id>, as `make run` does
+        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
+    docs.extend(parse_document_report("faq.csv", (samples / "faq.csv").read_bytes()).documents)
     kb.upsert_many(docs)
     return len(docs)
 

@@ -11,10 +11,12 @@ When Redis cannot be reached the routes answer 503 rather than 500.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +29,7 @@ from sse_starlette import EventSourceResponse
 from apps.deps import AdminDep, EngineDep, SettingsDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
 from apps.llm.streaming import submit_streaming
-from apps.support.answer import Plan, Reply
+from apps.support.answer import Plan, Reply, StreamGuard
 from apps.support.documents import Document, InvalidDocumentError, parse_document_report
 from apps.support.schemas import (
     DocumentsRequest,
@@ -43,7 +45,14 @@ from apps.support.schemas import (
 )
 from apps.support.service import SupportService, connect
 from apps.support.settings import PACKAGE_DIR, SupportSettings, get_support_settings
-from core.errors import AuthenticationError, DomainLLMError, InvalidRequestError, NotFoundError
+from core.errors import (
+    AuthenticationError,
+    DomainLLMError,
+    InputTooLargeError,
+    InvalidRequestError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -63,9 +72,21 @@ async def get_service(request: Request, core: SettingsDep, engine: EngineDep) ->
     service: SupportService | None = getattr(request.app.state, "support", None)
     if service is None:
         settings = support_settings(request)
-        service = await asyncio.to_thread(SupportService, settings, connect(core.effective_redis_url), engine)
-        request.app.state.support = service
+        service = await asyncio.to_thread(_build_once, request.app, settings, core.effective_redis_url, engine)
     return service
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _build_once(app: Any, settings: SupportSettings, redis_url: str, engine: Any) -> SupportService:
+    """One service per app even when the first requests arrive together."""
+    with _BUILD_LOCK:
+        existing: SupportService | None = getattr(app.state, "support", None)
+        if existing is None:
+            existing = SupportService(settings, connect(redis_url), engine)
+            app.state.support = existing
+        return existing
 
 
 ServiceDep = Annotated[SupportService, Depends(get_service)]
@@ -94,7 +115,7 @@ PublicKeyDep = Annotated[None, Depends(require_public_key)]
     summary="Start a chat session",
     responses=error_responses(401, 503),
 )
-def create_session(service: ServiceDep, _: PublicKeyDep, body: SessionRequest | None = None) -> dict[str, str]:
+def create_session(_: PublicKeyDep, service: ServiceDep, body: SessionRequest | None = None) -> dict[str, str]:
     return {"session_id": service.create_session(body.metadata if body else None)}
 
 
@@ -115,22 +136,36 @@ async def _stream(service: SupportService, session_id: str, plan: Plan) -> Async
             bridge, future = submit_streaming(
                 service.engine, plan.prompt, model=service.bot.model, params=service.bot.sampling()
             )
+            guard = StreamGuard(service.rules)
             async for delta in bridge.deltas(future):
-                yield {"event": "token", "data": json.dumps({"text": delta})}
+                if shown := guard.feed(delta):
+                    yield {"event": "token", "data": json.dumps({"text": shown})}
+            if shown := guard.flush():
+                yield {"event": "token", "data": json.dumps({"text": shown})}
             reply = await asyncio.to_thread(service.bot.finish, plan, future.result().text)
         final = await asyncio.to_thread(service.complete, session_id, reply)
         yield {"event": "final", "data": json.dumps(final)}
     except DomainLLMError as exc:
         yield {"event": "error", "data": stream_error_json(exc)}
     except redis.RedisError as exc:
-        log.error("support stream: Redis failed: %s", exc)
-        yield {
-            "event": "error",
-            "data": stream_error_json(InvalidRequestError("the support store is unavailable; retry")),
-        }
-    except Exception as exc:
+        log.error("support stream: Redis failed: %s", type(exc).__name__)
+        unavailable = StoreUnavailableError("the support store (Redis) is unavailable; retry shortly")
+        yield {"event": "error", "data": stream_error_json(unavailable)}
+    except Exception:
         log.exception("support stream failed")
-        yield {"event": "error", "data": stream_error_json(exc)}
+        yield {"event": "error", "data": stream_error_json(RuntimeError())}
+
+
+async def _answer(service: SupportService, session_id: str, plan: Plan) -> dict[str, Any]:
+    """The whole answer; the generation waits on the engine without holding a worker thread."""
+    reply = plan.reply
+    if reply is None:
+        assert plan.prompt is not None
+        future = service.engine.submit_generate(plan.prompt, model=service.bot.model, params=service.bot.sampling())
+        completion = await asyncio.wrap_future(future)
+        reply = await asyncio.to_thread(service.bot.finish, plan, completion.text)
+    result: dict[str, Any] = await asyncio.to_thread(service.complete, session_id, reply)
+    return result
 
 
 @router.post(
@@ -142,10 +177,10 @@ async def _stream(service: SupportService, session_id: str, plan: Plan) -> Async
     "authoritative: a generation that ends in a handoff is replaced by the handoff message).",
     responses=error_responses(400, 401, 404, 413, 503),
 )
-async def post_message(session_id: str, body: MessageRequest, service: ServiceDep, _: PublicKeyDep) -> Any:
+async def post_message(session_id: str, body: MessageRequest, _: PublicKeyDep, service: ServiceDep) -> Any:
+    plan = await asyncio.to_thread(service.begin, session_id, body.message)  # 4xx here, before any stream
     if not body.stream:
-        return await asyncio.to_thread(service.message, session_id, body.message)
-    plan = await asyncio.to_thread(service.begin, session_id, body.message)  # 4xx here, before the stream
+        return await _answer(service, session_id, plan)
     return EventSourceResponse(_stream(service, session_id, plan), sep="\n")
 
 
@@ -156,7 +191,7 @@ async def post_message(session_id: str, body: MessageRequest, service: ServiceDe
     responses=error_responses(401, 404, 503),
 )
 def request_handoff(
-    session_id: str, service: ServiceDep, _: PublicKeyDep, body: HandoffRequest | None = None
+    session_id: str, _: PublicKeyDep, service: ServiceDep, body: HandoffRequest | None = None
 ) -> dict[str, Any]:
     return service.request_handoff(session_id, body.reason if body else None)
 
@@ -166,16 +201,16 @@ def request_handoff(
     summary="Thumbs up or down on one answer",
     responses=error_responses(400, 401, 404, 503),
 )
-def feedback(body: FeedbackRequest, service: ServiceDep, _: PublicKeyDep) -> dict[str, Any]:
+def feedback(body: FeedbackRequest, _: PublicKeyDep, service: ServiceDep) -> dict[str, Any]:
     return service.feedback(body.session_id, body.message_id, body.rating, body.comment)
 
 
 @router.get(
     "/stats",
-    summary="Deflection, handoff and thumbs-up rates, top intents, unanswered questions",
+    summary="Deflection, handoff and thumbs-up rates, top intents, unanswered questions (admin key)",
     responses=error_responses(401, 503),
 )
-def stats(service: ServiceDep, _: PublicKeyDep) -> dict[str, Any]:
+def stats(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     return service.stats()
 
 
@@ -212,7 +247,7 @@ def post_documents(body: DocumentsRequest, service: ServiceDep, _: AdminDep) -> 
     docs = []
     for i, d in enumerate(body.documents):
         try:
-            doc_id = d.doc_id or f"doc-{abs(hash(d.title)) % 10**10}"
+            doc_id = d.doc_id or "doc-" + hashlib.sha1(d.title.encode("utf-8")).hexdigest()[:12]
             docs.append(Document(doc_id=doc_id, title=d.title, text=d.text, url=d.url))
         except InvalidDocumentError as exc:
             raise InvalidDocumentError(f"documents[{i}]: {exc.message}") from exc
@@ -239,7 +274,8 @@ async def post_file(
     if not data:
         raise InvalidDocumentError(f"{name}: the body is empty")
     if len(data) > service.settings.max_document_bytes:
-        raise InvalidRequestError(f"{name}: {len(data)} bytes; the limit is {service.settings.max_document_bytes}")
+        limit = service.settings.max_document_bytes
+        raise InputTooLargeError(f"{name}: {len(data)} bytes; the limit is {limit}", limit=limit, actual=len(data))
     if not strip_scripts:
         _refuse_scripts(name, data)
     parsed = await asyncio.to_thread(parse_document_report, name, data, doc_id=doc_id, url=url)
@@ -252,7 +288,7 @@ async def post_file(
 
 
 @router.delete(
-    "/kb/documents/{doc_id}", summary="Remove a document and its chunks", responses=error_responses(401, 404, 503)
+    "/kb/documents/{doc_id:path}", summary="Remove a document and its chunks", responses=error_responses(401, 404, 503)
 )
 def delete_document(doc_id: str, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
     if not service.kb.delete(doc_id):
@@ -262,6 +298,7 @@ def delete_document(doc_id: str, service: ServiceDep, _: AdminDep) -> dict[str, 
 
 @router.get("/kb/search", response_model=list[SearchHit], summary="Search the knowledge base")
 def search(
+    _: PublicKeyDep,
     service: ServiceDep,
     q: Annotated[str, Query(min_length=1, max_length=1000)],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
@@ -297,7 +334,7 @@ def widget_js() -> Response:
     return response
 
 
-@pages.get("/help/{doc_id}", response_class=HTMLResponse)
+@pages.get("/help/{doc_id:path}", response_class=HTMLResponse)
 def help_article(doc_id: str, request: Request, service: ServiceDep) -> HTMLResponse:
     doc = service.fresh_kb().get(doc_id)
     if doc is None:

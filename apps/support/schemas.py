@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, str] | None = Field(None, description="Free-form context: page URL, locale, …")
+    metadata: dict[str, str] | None = Field(
+        None, max_length=20, description="Free-form context: page URL, locale, … (at most 20 keys)."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _short_values(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for k, v in (value or {}).items():
+            if len(k) > 64 or len(v) > 500:
+                raise ValueError("metadata keys are at most 64 characters and values at most 500")
+        return value
 
 
 class SessionCreated(BaseModel):
@@ -74,6 +84,7 @@ class DocumentsRequest(BaseModel):
 
 class DocumentsUpserted(BaseModel):
     results: list[dict[str, Any]]
+    errors: list[dict[str, str]] = Field(default_factory=list, description="FAQ rows skipped, and why.")
 
 
 class SearchHit(BaseModel):

@@ -3,6 +3,7 @@ answering pipeline, wired together. Routes and the CLI call this; it knows nothi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
@@ -55,8 +56,16 @@ class SupportService:
         return self.store.create_session(meta)
 
     def _earlier_questions(self, session_id: str) -> list[str]:
+        """The customer's earlier questions that the bot answered (not greetings or handed-off ones),
+        oldest first: the context a follow-up may refer to."""
         history = self.store.history(session_id, limit=2 * self.settings.history_turns)
-        return [m["text"] for m in history if m.get("role") == "user"]
+        return [
+            m["text"]
+            for m, reply in itertools.pairwise(history)
+            if m.get("role") == "user"
+            and reply.get("role") == "assistant"
+            and (reply.get("meta") or {}).get("source") in ("faq", "generated")
+        ]
 
     def begin(self, session_id: str, message: str) -> Plan:
         """Check the session and the message, then plan the answer (nothing stored on bad input)."""
@@ -95,15 +104,6 @@ class SupportService:
             body["handoff_id"] = record["id"]
             log.info("session %s handed off: %s", session_id, reply.reason)
         return {"message_id": message_id, **body}
-
-    def message(self, session_id: str, message: str) -> dict[str, Any]:
-        """One message answered in full (the non-streaming route)."""
-        plan = self.begin(session_id, message)
-        if plan.reply is not None:
-            return self.complete(session_id, plan.reply)
-        assert plan.prompt is not None
-        completion = self.engine.generate(plan.prompt, model=self.bot.model, params=self.bot.sampling())
-        return self.complete(session_id, self.bot.finish(plan, completion.text))
 
     def request_handoff(self, session_id: str, reason: str | None) -> dict[str, Any]:
         self.store.require(session_id)

@@ -26,6 +26,10 @@ class SupportSettings(BaseSettings):
         default_factory=lambda: ["pk_demo_store"],
         description="Keys a widget may present in X-Support-Key; empty: no key needed.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Sites whose pages may call the chat API from a browser (the widget on another origin).",
+    )
     session_ttl_s: int = Field(24 * 3600, ge=60)
     history_turns: int = Field(6, ge=0, le=50, description="Earlier turns kept for follow-up rewriting.")
 
@@ -36,6 +40,9 @@ class SupportSettings(BaseSettings):
     min_confidence: float = Field(0.50, ge=0, le=1, description="Below this answer confidence: hand off.")
     max_new_tokens: int = Field(160, ge=16, le=1024)
     passage_tokens: int = Field(120, ge=16, le=512)
+    intent_rule_confidence: float = Field(
+        0.6, ge=0, le=1, description="An intent triggers a handoff rule only at this confidence or above."
+    )
     max_parts: int = Field(3, ge=1, le=6, description="Parts of a multi-part question answered separately.")
 
     # request limits

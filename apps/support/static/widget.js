@@ -372,7 +372,7 @@
     node.appendChild(el("div", { class: "sources", "data-testid": "message-sources" }, el("p", { text: "Sources" }), list));
   }
 
-  function renderFeedback(node, messageId) {
+  function renderFeedback(node, messageId, answerSession) {
     var thanks = el("span", { "data-testid": "feedback-thanks", hidden: true, text: "Thanks for your feedback" });
     var label = el("span", { text: "Was this helpful?" });
     var up = el("button", {
@@ -394,7 +394,7 @@
 
     function rate(rating, button) {
       up.disabled = down.disabled = true;
-      request("/v1/support/feedback", { session_id: sessionId, message_id: messageId, rating: rating }).then(
+      request("/v1/support/feedback", { session_id: answerSession, message_id: messageId, rating: rating }).then(
         function () {
           button.setAttribute("aria-pressed", "true");
           label.hidden = true;
@@ -443,7 +443,7 @@
         })
       );
     }
-    if (result.message_id) renderFeedback(node, result.message_id);
+    if (result.message_id) renderFeedback(node, result.message_id, sessionId); // the session that answered
     node.setAttribute("data-state", "done");
     scrollToEnd();
   }
