@@ -149,7 +149,7 @@ def neutralise(text: str) -> str:
     """Retrieved text without the sentences that try to instruct the model."""
     kept = [s for s in _SENTENCE.split(text) if s.strip() and not _INJECTION.search(s)]
     if len(kept) != len([s for s in _SENTENCE.split(text) if s.strip()]):
-        log.warning("dropped instruction-like text from a retrieved passage")
+        log.info("dropped instruction-like text from a retrieved passage")
     return " ".join(kept)
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from apps.recommend.testing import HashEmbedder, LocalRedis
 from apps.server import create_app
-from apps.support.answer import Plan, clean_generation, neutralise, split_parts, standalone_question
+from apps.support.answer import Plan, StreamGuard, clean_generation, neutralise, split_parts, standalone_question
 from apps.support.settings import SupportSettings
 from core.engine import Engine
 
@@ -168,7 +168,7 @@ def test_the_answer_streams_tokens_then_one_final_event(client: TestClient) -> N
     sid = session(client)
     r = client.post(
         f"/v1/support/sessions/{sid}/messages",
-        json={"message": "Can I return an unused item within 30 days?", "stream": True},
+        json={"message": "How long does shipping to the UK take?", "stream": True},
         headers=KEY,
     )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -176,6 +176,18 @@ def test_the_answer_streams_tokens_then_one_final_event(client: TestClient) -> N
     assert events.count("final") == 1 and events[-1] == "final" and events.count("token") >= 1
     final = json.loads([line for line in r.text.splitlines() if line.startswith("data: ")][-1][6:])
     assert {"message_id", "answer", "citations", "confidence", "intent", "handoff"} <= set(final)
+    data = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    tokens = [d["text"] for d in data[:-1]]
+    assert "".join(tokens) == final["answer"]
+
+
+def test_a_generated_stream_shows_only_checked_sentences(client: TestClient) -> None:
+    service = client.app.state.support  # type: ignore[attr-defined]
+    guard = StreamGuard(service.rules)
+    shown = [guard.feed(d) for d in ["Returns are ", "free within 30 days [2]. Your order {{Order", " Number}} is safe. "]]
+    assert shown == ["", "Returns are free within 30 days. ", ""]
+    assert guard.feed("Good news: every order is free. ") == "" and guard.stopped  # a never-say phrase ends it
+    assert guard.feed("More text. ") == "" and guard.flush() == ""
 
 
 def test_thumbs_up_is_counted_in_stats(client: TestClient) -> None:
