@@ -5,7 +5,7 @@
             ─ curated FAQ match above the threshold? → the FAQ answer (a template match)
             ─ split into parts, retrieve each (hybrid) ─ best passage too weak? → hand off
             ─ generate with the support adapter over the numbered passages
-            ─ clean, cite each sentence's best passage as [n], confidence = retrieval × support
+            ─ clean, cite each sentence's best passage as [n], confidence = retrieval and support, weighted
             ─ confidence too low or a never-say rule broken? → hand off
 
 ``plan`` does everything before generation, so a route can stream the generation itself;
@@ -284,11 +284,8 @@ class SupportBot:
         sims = _cosines(vecs[: len(sentences)], vecs[len(sentences) :])  # [sentences, passages]
         best = sims.max(axis=1)  # each sentence's best support
         support = float(best.mean())
-        confidence = min(1.0, max(0.0, 0.5 * plan.retrieval + 0.5 * support))
-        if confidence < self.settings.min_confidence:
-            return self._handoff(
-                plan.question, plan.intent, "low_confidence", retrieval=plan.retrieval, support=support
-            )
+        w = self.settings.retrieval_weight
+        confidence = min(1.0, max(0.0, w * plan.retrieval + (1 - w) * support))
         cited: dict[int, int] = {}  # passage index -> citation number, in order of first use
         out = []
         for sentence, row in zip(sentences, sims, strict=True):
@@ -303,15 +300,17 @@ class SupportBot:
             Citation(n, plan.passages[j].doc_id, plan.passages[j].title, plan.passages[j].url)
             for j, n in sorted(cited.items(), key=lambda jn: jn[1])
         ]
+        details = {
+            "retrieval": plan.retrieval,
+            "support": support,
+            "support_by_sentence": [round(float(b), 4) for b in best],
+            "would_cite": [c.doc_id for c in citations],
+            "would_answer": " ".join(out),
+        }
+        if confidence < self.settings.min_confidence:
+            return self._handoff(plan.question, plan.intent, "low_confidence", confidence=confidence, **details)
         return Reply(
-            " ".join(out),
-            citations,
-            confidence,
-            intent,
-            False,
-            "generated",
-            question=plan.question,
-            details={"retrieval": plan.retrieval, "support": support},
+            " ".join(out), citations, confidence, intent, False, "generated", question=plan.question, details=details
         )
 
     def answer(self, message: str, earlier_questions: list[str] | None = None) -> Reply:

@@ -11,8 +11,9 @@ answering pipeline (the real engine with the support adapter, MiniLM, the hybrid
 * ``out_of_kb``: questions the KB does not answer: each should hand off.
 * ``rules``: messages that a rule topic must always hand off (fraud, legal, a person asked for).
 
-The retrieval gate (``min_retrieval``) runs before generation, so the report also sweeps it over
-the recorded retrieval strengths: the trade-off between out-of-KB handoffs and in-KB answers.
+The report also sweeps the answer gate (``retrieval_weight``, ``min_confidence``) over the
+recorded retrieval strength and support of each generated answer: the trade-off between out-of-KB
+handoffs and in-KB answers, from which the defaults were chosen.
 """
 
 from __future__ import annotations
@@ -144,32 +145,47 @@ def summarise(outcomes: list[Outcome], settings: SupportSettings) -> dict[str, A
             "faq_threshold": settings.faq_threshold,
             "min_retrieval": settings.min_retrieval,
             "min_confidence": settings.min_confidence,
+            "retrieval_weight": settings.retrieval_weight,
             "adapter": settings.adapter,
         },
     }
-    report["gate_sweep"] = gate_sweep(in_kb, out_kb)
+    report["confidence_sweep"] = confidence_sweep(in_kb, out_kb)
     return report
 
 
-def gate_sweep(in_kb: list[Outcome], out_kb: list[Outcome]) -> list[dict[str, float]]:
-    """For other ``min_retrieval`` values, the handoff rate of each set: a question hands off when
-    it handed off for another reason (a rule, low confidence), or its retrieval strength falls
-    below the gate. FAQ matches and canned answers never reach the gate. A question the current gate
-    handed off counts as answered below its strength (its generation is not re-run)."""
+def confidence_sweep(in_kb: list[Outcome], out_kb: list[Outcome]) -> list[dict[str, float]]:
+    """The answer gate at other settings, from the recorded retrieval strength and support of every
+    answer that reached generation (greedy decoding: the same answers at any gate). Per
+    (``retrieval_weight``, ``min_confidence``): the in-KB share answered and answered right, and the
+    out-of-KB share handed off. Outcomes that never reached generation keep their outcome."""
 
-    def hands_off(o: Outcome, gate: float) -> bool:
-        if o.reply.handoff and o.reply.reason != "no_match":
-            return True
-        return o.retrieval is not None and o.reply.source in ("generated", "handoff") and o.retrieval < gate
+    def answered(o: Outcome, w: float, gate: float) -> bool | None:
+        d = o.reply.details
+        if "support" not in d:  # FAQ, canned, rule or retrieval-gate handoff: unchanged by this gate
+            return None
+        return bool(w * d["retrieval"] + (1 - w) * d["support"] >= gate)
 
-    return [
-        {
-            "min_retrieval": gate,
-            "out_of_kb_handoff": _rate([hands_off(o, gate) for o in out_kb]) or 0.0,
-            "in_kb_handoff": _rate([hands_off(o, gate) for o in in_kb]) or 0.0,
-        }
-        for gate in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-    ]
+    def right(o: Outcome) -> bool:
+        return bool(set(o.reply.details.get("would_cite", [])) & set(o.expected))
+
+    rows = []
+    for w in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        for gate in (0.46, 0.48, 0.5, 0.52, 0.54, 0.56, 0.58, 0.6):
+            ans_in = [answered(o, w, gate) for o in in_kb]
+            ans_out = [answered(o, w, gate) for o in out_kb]
+            in_answered = [a if a is not None else not o.reply.handoff for a, o in zip(ans_in, in_kb, strict=True)]
+            in_right = [(a and right(o)) if a is not None else o.right for a, o in zip(ans_in, in_kb, strict=True)]
+            out_handoff = [not a if a is not None else o.reply.handoff for a, o in zip(ans_out, out_kb, strict=True)]
+            rows.append(
+                {
+                    "retrieval_weight": w,
+                    "min_confidence": gate,
+                    "in_kb_answered": _rate(in_answered) or 0.0,
+                    "in_kb_right": _rate(in_right) or 0.0,
+                    "out_of_kb_handoff": _rate(out_handoff) or 0.0,
+                }
+            )
+    return rows
 
 
 def evaluate(engine: Any, settings: SupportSettings, out_dir: Path, limit: int | None = None) -> dict[str, Any]:
@@ -188,6 +204,7 @@ def evaluate(engine: Any, settings: SupportSettings, out_dir: Path, limit: int |
             "confidence": round(o.reply.confidence, 4),
             "retrieval": None if o.retrieval is None else round(o.retrieval, 4),
             "seconds": round(o.seconds, 3),
+            "details": o.reply.details,
         }
         for o in outcomes
     ]

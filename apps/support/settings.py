@@ -37,7 +37,10 @@ class SupportSettings(BaseSettings):
     top_k: int = Field(4, ge=1, le=10, description="Passages given to the model.")
     faq_threshold: float = Field(0.80, ge=0, le=1, description="Cosine of question to a curated FAQ question.")
     min_retrieval: float = Field(0.45, ge=0, le=1, description="Below this best-passage cosine: hand off.")
-    min_confidence: float = Field(0.50, ge=0, le=1, description="Below this answer confidence: hand off.")
+    min_confidence: float = Field(0.54, ge=0, le=1, description="Below this answer confidence: hand off.")
+    retrieval_weight: float = Field(
+        0.8, ge=0, le=1, description="confidence = w * retrieval strength + (1 - w) * the answer's support."
+    )
     max_new_tokens: int = Field(160, ge=16, le=1024)
     passage_tokens: int = Field(120, ge=16, le=512)
     intent_rule_confidence: float = Field(
