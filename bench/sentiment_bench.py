@@ -47,20 +47,21 @@ RESULTS = ROOT / "bench" / "results" / "sentiment_bench.json"
 SECRET = "bench-webhook-secret"
 RULES = f"""
 bucket: 1m
-watchlist: {{file: {ROOT / "apps/sentiment/config/watchlist.yaml"}}}
+watchlist: {{file: {ROOT / "apps/sentiment/rules/watchlist.yaml"}}}
 topics: {{labels: {{litigation: [company sued in court lawsuit]}}}}
 rules:
   - {{name: z, kind: zscore, scope: [entity], window: 5m, baseline: 1h, min_items: 5, min_negative_share: 0.5,
+     prior_share: 0.25,
      severity: {{warning: 2.0, critical: 3.5}}, cooldown: 1h}}
 """
 BURST = [
     "Globex shares plunge 18% after regulator opens accounting fraud probe",
-    "Globex chief financial officer resigns amid accounting investigation",
+    "Globex posts a record quarterly loss and scraps its dividend",
     "Investors file class action lawsuit against Globex over misstated revenue",
     "Moody's downgrades Globex debt to junk, citing weak controls",
-    "Globex auditor refuses to sign off on accounts, shares fall further",
+    "Globex shares crash to a record low as the fraud probe widens",
     "Globex suffers worst trading day in a decade as fraud fears spread",
-    "Globex lenders demand early repayment as losses mount",
+    "Globex warns of bankruptcy risk after profits collapse",
 ]
 
 
@@ -193,13 +194,19 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--monitor-every", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--latency-only", action="store_true", help="Rerun the latency part; keep the throughput in --out."
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "args": {k: str(v) for k, v in vars(args).items()},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    report["throughput"] = throughput(args.items, args.batch, args.repeats)
+    if args.latency_only:
+        report["throughput"] = json.loads(args.out.read_text())["throughput"]
+    else:
+        report["throughput"] = throughput(args.items, args.batch, args.repeats)
     t = report["throughput"]
     print(f"enrichment ({t['model']}, {t['items']} items): batched {t['items_per_s']['batched']} items/s, "
           f"one at a time {t['items_per_s']['one_at_a_time']} items/s, x{t['speedup']}")  # fmt: skip

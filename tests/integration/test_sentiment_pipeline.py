@@ -45,12 +45,12 @@ rules:
 
 BURST = [
     "Globex shares plunge 18% after regulator opens accounting fraud probe",
-    "Globex chief financial officer resigns amid accounting investigation",
+    "Globex posts a record quarterly loss and scraps its dividend",
     "Investors file class action lawsuit against Globex over misstated revenue",
     "Moody's downgrades Globex debt to junk, citing weak controls",
-    "Globex auditor refuses to sign off on accounts, shares fall further",
+    "Globex shares crash to a record low as the fraud probe widens",
     "Globex suffers worst trading day in a decade as fraud fears spread",
-    "Globex lenders demand early repayment as losses mount",
+    "Globex warns of bankruptcy risk after profits collapse",
 ]
 REPEAT = [
     "Globex shares slump again as losses widen and lenders cut credit lines",
