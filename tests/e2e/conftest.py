@@ -106,7 +106,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, deadli
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupportServer]:
     external = os.environ.get("SUPPORT_E2E_BASE_URL")
     if external:
@@ -157,7 +157,7 @@ def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-5000:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium for the e2e tests")
