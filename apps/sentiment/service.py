@@ -117,11 +117,16 @@ class SentimentContext:
             try:
                 result: IngestResult | str = self.ingest_file(path)
                 folder = "done"
+            except FileNotFoundError:  # another scan (beat and a manual run) took it first
+                continue
             except Exception as exc:  # one bad file must not stop the others; it is kept aside with why
                 log.warning("inbox file %s refused: %s", path.name, exc)
                 result, folder = str(exc), "failed"
             (inbox / folder).mkdir(exist_ok=True)
-            path.replace(inbox / folder / path.name)
+            try:
+                path.replace(inbox / folder / path.name)
+            except FileNotFoundError:  # moved by a concurrent scan; its items deduped by id
+                continue
             out.append((path.name, result))
         return out
 
