@@ -199,7 +199,10 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    task: Annotated[str, typer.Argument(help="sentiment, support, recommend, recommend-ranking, support-retrieval or support-answers")],
+    task: Annotated[
+        str,
+        typer.Argument(help="sentiment, support, recommend, recommend-ranking, support-retrieval or support-answers"),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
     users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
 ) -> None:

@@ -231,7 +231,7 @@ class SupportBot:
             if faq is not None and faq.score >= self.settings.faq_threshold:
                 citation = Citation(1, faq.doc_id, faq.title or faq.question, faq.url)
                 score = min(1.0, max(0.0, float(faq.score)))  # float32 cosines can pass 1.0
-                reply = Reply(faq.answer, [citation], score, intent and intent.name, False, "faq")
+                reply = Reply(faq.answer, [citation], score, intent.name if intent else None, False, "faq")
                 reply.question = question
                 return Plan(question, intent, reply=reply)
         passages, strength = self._retrieve(parts)

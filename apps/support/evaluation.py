@@ -42,7 +42,7 @@ SETS = ("in_kb", "out_of_kb", "rules")
 
 @dataclass
 class Outcome:
-    set: str
+    set_name: str
     question: str
     expected: list[str]
     reply: Reply
@@ -111,7 +111,7 @@ def _rate(flags: list[bool]) -> float | None:
 
 
 def summarise(outcomes: list[Outcome], settings: SupportSettings) -> dict[str, Any]:
-    by = {name: [o for o in outcomes if o.set == name] for name in SETS}
+    by = {name: [o for o in outcomes if o.set_name == name] for name in SETS}
     in_kb, out_kb, rules = by["in_kb"], by["out_of_kb"], by["rules"]
     answered = [o for o in in_kb if not o.reply.handoff]
     report: dict[str, Any] = {
@@ -193,7 +193,7 @@ def evaluate(engine: Any, settings: SupportSettings, out_dir: Path, limit: int |
     report = summarise(outcomes, settings)
     report["outcomes"] = [
         {
-            "set": o.set,
+            "set": o.set_name,
             "question": o.question,
             "expected": o.expected,
             "source": o.reply.source,

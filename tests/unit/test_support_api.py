@@ -184,7 +184,9 @@ def test_the_answer_streams_tokens_then_one_final_event(client: TestClient) -> N
 def test_a_generated_stream_shows_only_checked_sentences(client: TestClient) -> None:
     service = client.app.state.support  # type: ignore[attr-defined]
     guard = StreamGuard(service.rules)
-    shown = [guard.feed(d) for d in ["Returns are ", "free within 30 days [2]. Your order {{Order", " Number}} is safe. "]]
+    shown = [
+        guard.feed(d) for d in ["Returns are ", "free within 30 days [2]. Your order {{Order", " Number}} is safe. "]
+    ]
     assert shown == ["", "Returns are free within 30 days. ", ""]
     assert guard.feed("Good news: every order is free. ") == "" and guard.stopped  # a never-say phrase ends it
     assert guard.feed("More text. ") == "" and guard.flush() == ""
