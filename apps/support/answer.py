@@ -5,7 +5,7 @@
             ─ curated FAQ match above the threshold? → the FAQ answer (a template match)
             ─ split into parts, retrieve each (hybrid) ─ best passage too weak? → hand off
             ─ generate with the support adapter over the numbered passages
-            ─ clean, cite each sentence's best passage as [n], confidence = retrieval and support, weighted
+            ─ clean, cite each sentence's best document as [n], confidence = retrieval and support, weighted
             ─ confidence too low or a never-say rule broken? → hand off
 
 ``plan`` does everything before generation, so a route can stream the generation itself;
@@ -286,19 +286,23 @@ class SupportBot:
         support = float(best.mean())
         w = self.settings.retrieval_weight
         confidence = min(1.0, max(0.0, w * plan.retrieval + (1 - w) * support))
-        cited: dict[int, int] = {}  # passage index -> citation number, in order of first use
+        cited: dict[str, int] = {}  # doc id -> citation number, in order of first use
+        first_passage: dict[str, Passage] = {}
         out = []
         for sentence, row in zip(sentences, sims, strict=True):
             j = int(row.argmax())
             if row[j] >= 0.3:
-                n = cited.setdefault(j, len(cited) + 1)
+                doc = plan.passages[j]
+                n = cited.setdefault(doc.doc_id, len(cited) + 1)
+                first_passage.setdefault(doc.doc_id, doc)
                 sentence = f"{sentence.rstrip()} [{n}]"
             out.append(sentence)
         if not cited:  # grounded on the passages all the same: name the strongest one
-            cited[0] = 1
+            cited[plan.passages[0].doc_id] = 1
+            first_passage[plan.passages[0].doc_id] = plan.passages[0]
         citations = [
-            Citation(n, plan.passages[j].doc_id, plan.passages[j].title, plan.passages[j].url)
-            for j, n in sorted(cited.items(), key=lambda jn: jn[1])
+            Citation(n, doc_id, first_passage[doc_id].title, first_passage[doc_id].url)
+            for doc_id, n in sorted(cited.items(), key=lambda dn: dn[1])
         ]
         details = {
             "retrieval": plan.retrieval,
