@@ -182,6 +182,14 @@ class Engine:
         base = {"id": BASE, "base_model": self.base_model_name, "kind": "base"}
         return [base, *({**a.describe(), "kind": "lora"} for a in registry.all())]
 
+    def serving_config(self, name: str) -> dict[str, Any]:
+        """The ``serving`` section of an adapter's card (how it was trained to be prompted: labels,
+        instruction, ...); empty for the base model or an adapter without one."""
+        if name == BASE or not self.has_model(name):
+            return {}
+        card = self._registry().info(name).card or {}
+        return dict(card.get("serving") or {})
+
     def has_model(self, name: str) -> bool:
         return name == BASE or name in self._registry().names()
 
@@ -469,12 +477,16 @@ class Engine:
                 limit=self.settings.max_batch_texts * 16,
                 actual=len(texts),
             )
-        # on the engine thread, between batches, for the OpenMP reason given in warm_up: one MiniLM
-        # call from another thread made every later mixed-adapter batch 1.7x slower
+        return self._on_engine_thread(lambda: self.embedder.embed(texts, normalize=normalize))
+
+    def _on_engine_thread(self, run: Callable[[], np.ndarray]) -> np.ndarray:
+        """``run()`` on the engine thread, between batches (inline when already there), for the
+        OpenMP reason given in warm_up: one MiniLM call from another thread made every later
+        mixed-adapter batch 1.7x slower."""
         if self._batcher.on_worker():
-            return self.embedder.embed(texts, normalize=normalize)
+            return run()
         self._batcher.start()
-        result: np.ndarray = self._batcher.submit_solo(lambda: self.embedder.embed(texts, normalize=normalize)).result()
+        result: np.ndarray = self._batcher.submit_solo(run).result()
         return result
 
     def hidden_states(self, texts: list[str], *, model: str = BASE) -> np.ndarray:
@@ -503,8 +515,4 @@ class Engine:
                 model,
             )
 
-        if self._batcher.on_worker():
-            return run()
-        self._batcher.start()
-        result: np.ndarray = self._batcher.submit_solo(run).result()
-        return result
+        return self._on_engine_thread(run)

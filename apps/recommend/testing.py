@@ -30,6 +30,10 @@ class HashEmbedder:
             out[row] = out[row] / norm if norm > 0 else out[row]
         return out
 
+    def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
+        """The ``core.embeddings.Embedder`` protocol (vectors are always unit length)."""
+        return self(texts)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -51,11 +51,8 @@ class Enricher:
         return ADAPTER if self.engine.has_model(ADAPTER) else "base"
 
     def _serving(self) -> tuple[list[str], str]:
-        for entry in self.engine.list_models():
-            if entry["id"] == self.model:
-                serving = (entry.get("card") or {}).get("serving") or {}
-                return list(serving.get("labels") or LABELS), str(serving.get("instruction") or DEFAULT_INSTRUCTION)
-        return list(LABELS), DEFAULT_INSTRUCTION
+        serving = self.engine.serving_config(self.model)
+        return list(serving.get("labels") or LABELS), str(serving.get("instruction") or DEFAULT_INSTRUCTION)
 
     def sentiment(self, texts: list[str]) -> list[dict[str, float]]:
         """Label probabilities per text, in batches of the engine's per-request limit."""

@@ -47,7 +47,12 @@ class Outcome:
     expected: list[str]
     reply: Reply
     seconds: float
-    retrieval: float | None
+
+    @property
+    def retrieval(self) -> float | None:
+        """The retrieval strength, for answers that went past the FAQ and the rules."""
+        value = self.reply.details.get("retrieval")
+        return None if value is None else float(value)
 
     def cited(self) -> set[str]:
         ids = {c.doc_id for c in self.reply.citations}
@@ -89,18 +94,9 @@ def run(engine: Any, settings: SupportSettings, samples: Path = SAMPLES_DIR, lim
             rows = read_set(samples, name)[:limit]
             for row in rows:
                 started = time.perf_counter()
-                plan = bot.plan(row["question"])
-                if plan.reply is not None:
-                    reply = plan.reply
-                else:
-                    assert plan.prompt is not None
-                    text = engine.generate(plan.prompt, model=bot.model, params=bot.sampling()).text
-                    reply = bot.finish(plan, text)
-                retrieval = plan.retrieval if plan.passages else None
+                reply = bot.answer(row["question"])
                 outcomes.append(
-                    Outcome(
-                        name, row["question"], row.get("doc_ids", []), reply, time.perf_counter() - started, retrieval
-                    )
+                    Outcome(name, row["question"], row.get("doc_ids", []), reply, time.perf_counter() - started)
                 )
                 log.info("%s %s -> %s %s", name, row["question"][:60], reply.source, reply.reason or "")
     return outcomes

@@ -15,7 +15,6 @@ from apps.support.conversations import ConversationStore
 from apps.support.documents import Document, parse_document
 from apps.support.intents import IntentClassifier
 from apps.support.kb import KnowledgeBase
-from apps.support.pii import mask_pii
 from apps.support.rules import Rules, load_rules
 from apps.support.settings import SupportSettings
 
@@ -70,11 +69,9 @@ class SupportService:
     def begin(self, session_id: str, message: str) -> Plan:
         """Check the session and the message, then plan the answer (nothing stored on bad input)."""
         self.store.require(session_id)
-        message = self.bot.check_message(message)
         self.fresh_kb()
-        earlier = self._earlier_questions(session_id)
-        plan = self.bot.plan(message, earlier)
-        self.store.add_message(session_id, "user", message)
+        plan = self.bot.plan(message, self._earlier_questions(session_id))  # checks the message first
+        self.store.add_message(session_id, "user", message.strip())
         return plan
 
     def complete(self, session_id: str, reply: Reply) -> dict[str, Any]:
@@ -107,7 +104,7 @@ class SupportService:
 
     def request_handoff(self, session_id: str, reason: str | None) -> dict[str, Any]:
         self.store.require(session_id)
-        record = self.store.open_handoff(session_id, mask_pii(reason or "") or "customer asked for a person")
+        record = self.store.open_handoff(session_id, reason or "customer asked for a person")  # the store masks PII
         return {"handoff": True, "handoff_id": record["id"], "message": self.rules.handoff_message}
 
     def feedback(self, session_id: str, message_id: str, rating: str, comment: str | None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ To run the tests against a server you started yourself, set ``SUPPORT_E2E_BASE_U
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from apps.recommend.testing import free_port
 from core.config import PROJECT_ROOT
 from core.redis_server import start_background
 
@@ -48,12 +48,6 @@ ADMIN_KEY = "e2e-admin-key"
 PUBLIC_KEY = "pk_demo_store"
 STARTUP_TIMEOUT_S = 180  # the model loads in the background; /readyz says when it is in
 ARTICLES = PROJECT_ROOT / "data" / "samples" / "support" / "articles"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -117,7 +111,7 @@ def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         return
     real_model_dir: Path = request.getfixturevalue("real_model_dir")  # only when we start the server
     tmp = tmp_path_factory.mktemp("support-e2e")
-    redis_port, port = _free_port(), _free_port()
+    redis_port, port = free_port(), free_port()
     redis = start_background(redis_port, tmp / "redis")
     env = {
         **os.environ,

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -54,16 +53,6 @@ FAQ_CSV = (
 )
 
 
-class WordsEmbedder:
-    """The Embedder protocol over ``HashEmbedder``: texts that share words are close."""
-
-    def __init__(self) -> None:
-        self._inner = HashEmbedder()
-
-    def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
-        return self._inner(texts)
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
@@ -72,7 +61,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def make_app(tiny_settings: Any, engine: Engine, redis_url: str, tmp_path: Path, **overrides: Any) -> Any:
-    engine.embedder = WordsEmbedder()  # type: ignore[assignment]
+    engine.embedder = HashEmbedder()  # type: ignore[assignment]
     settings = SupportSettings(
         namespace=f"t{uuid.uuid4().hex[:8]}",
         kb_dir=tmp_path / "kb",
