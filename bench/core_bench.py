@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from core import metrics  # noqa: E402
 from core.config import Settings  # noqa: E402
+from core.decoding import output_cache  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from core.lora_stack import LoraRouter  # noqa: E402
 from core.model_store import is_prepared, prepare_default_model  # noqa: E402
@@ -601,7 +602,7 @@ def section_classify(ctx: Context, engine: Engine, peft_model: Any, texts: list[
 def decode_step_ms(model: Any, ids: torch.Tensor, kwargs: dict[str, Any], steps: int) -> float:
     """Median wall time of one decode step (one new token for every row) after a prefill of ``ids``."""
     out = model(input_ids=ids, use_cache=True, **kwargs)
-    cache, token = out.cache, out.logits[:, -1].argmax(-1)[:, None]  # [batch, 1]
+    cache, token = output_cache(out), out.logits[:, -1].argmax(-1)[:, None]  # [batch, 1]
     times = []
     for _ in range(steps):
         seconds, out = timed(lambda: model(input_ids=token, cache=cache, use_cache=True, **kwargs), str(ids.device))

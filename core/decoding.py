@@ -120,6 +120,12 @@ def _select(logits: torch.Tensor, states: list[_RowState]) -> torch.Tensor:
     return out
 
 
+def output_cache(out: Any) -> Any:
+    """The KV cache of a model output: ``cache`` in newer transformers 5.x, ``past_key_values`` in older ones."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.inference_mode()
 def decode_batch(
     model: torch.nn.Module,
@@ -150,7 +156,7 @@ def decode_batch(
             logits_to_keep=1,
             **adapters.kwargs,
         )
-        cache = out.cache
+        cache = output_cache(out)
         logits = out.logits[:, -1, :].float()  # [batch, vocab]
         next_pos = positions[:, -1] + 1  # [batch]
         active = list(range(batch))  # row index of each batch slot
@@ -181,7 +187,7 @@ def decode_batch(
                 use_cache=True,
                 **adapters.kwargs,
             )
-            cache = out.cache
+            cache = output_cache(out)
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
     return [s.completion() for s in states]

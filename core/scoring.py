@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.decoding import AdapterRows
+from core.decoding import AdapterRows, output_cache
 from core.sampling import ContinuationScore
 
 
@@ -111,7 +111,7 @@ def score_continuations(
     prefix = torch.tensor([prefix_ids], device=device)  # [1, P]
     with adapter_rows([adapter]) as adapters:
         out = model(input_ids=prefix, use_cache=True, **adapters.kwargs)
-    prefix_cache = out.cache
+    prefix_cache = output_cache(out)
     first_logprobs = torch.log_softmax(out.logits[0, -1, :].float(), dim=-1)  # [vocab]
     plen = len(prefix_ids)
     scores: list[ContinuationScore] = []

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from core.decoding import output_cache
 from core.scoring import label_first_tokens
 from finetune.config import TrainConfig
 
@@ -200,7 +201,7 @@ class LoraTrainer:
         assert head is not None
         device, n, plen = self.device, len(example.continuations), len(example.prompt_ids)
         out = self.model(input_ids=torch.tensor([example.prompt_ids], device=device), use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        cache = output_cache(out)
         cache.batch_repeat_interleave(n)
         lengths = torch.tensor([len(c) for c in example.continuations], device=device)
         width = int(lengths.max())

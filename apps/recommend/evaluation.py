@@ -37,7 +37,15 @@ import numpy as np
 from apps.recommend.catalogue import VectorIndex
 from apps.recommend.items import Event, Item
 from apps.recommend.pipeline import Pipeline, PipelineConfig, Profile, build_profile
-from apps.recommend.ranking import FEATURES, NO_LLM_FEATURES, Blender, LLMScorer, fallback_blender, fit_blender
+from apps.recommend.ranking import (
+    FEATURES,
+    NO_LLM_FEATURES,
+    Blender,
+    LLMScorer,
+    fallback_blender,
+    fit_blender,
+    residual_blender,
+)
 from apps.recommend.signals import MemorySignals
 from core.config import PROJECT_ROOT, Settings
 from core.errors import InvalidRequestError
@@ -323,10 +331,10 @@ def validation_rows(
     profiles: Callable[[str], Profile],
     now: Callable[[str], float],
     use_llm: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, y, shortlisted) over each user's candidates at the validation stage."""
-    xs, ys, shorts = [], [], []
-    for user in users:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, shortlisted, user index) over each user's candidates at the validation stage."""
+    xs, ys, shorts, groups = [], [], [], []
+    for n, user in enumerate(users):
         profile = profiles(user)
         seen = {e.item_id for e in split.history[user]}  # the whole history, not only the profile's window
         ids = [i for i in pipeline.candidates(profile, now(user)) if i not in seen]
@@ -337,9 +345,10 @@ def validation_rows(
         xs.append(x)
         ys.append(np.asarray([int(i == target) for i in ids]))
         shorts.append(scores > -0.5 if used else np.zeros(len(ids), dtype=bool))
+        groups.append(np.full(len(ids), n))
     if not xs:
-        return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=bool)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(shorts)
+        return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=int)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(shorts), np.concatenate(groups)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -433,14 +442,16 @@ def evaluate(
             )
         # blenders from the validation items: the pre-blend on every user, the LLM blend on the chosen users
         val_pipe, val_profile, val_now = pipelines["val"]
-        x, y, _ = validation_rows(val_pipe, everyone, split, val_profile, val_now, use_llm=False)
+        x, y, _, _ = validation_rows(val_pipe, everyone, split, val_profile, val_now, use_llm=False)
         pre = fit_blender(x, y, NO_LLM_FEATURES)
         pre_rows, pre_positives = len(y), int(y.sum())
         val_pipe.pre_ranker = pre
         llm_started = time.monotonic()
-        x, y, short = validation_rows(val_pipe, chosen, split, val_profile, val_now, use_llm=True)
+        x, y, short, groups = validation_rows(val_pipe, chosen, split, val_profile, val_now, use_llm=True)
         final: Blender = (
-            fit_blender(x[short], y[short], FEATURES) if len(set(y[short].tolist())) == 2 else fallback_blender(True)
+            residual_blender(pre, x[short], y[short], groups[short])
+            if len(set(y[short].tolist())) == 2
+            else fallback_blender(True)
         )
         report_stages["validation"] = {
             "pre_rows": pre_rows,

@@ -64,11 +64,14 @@ class Blender:
     def uses_llm(self) -> bool:
         return "llm" in self.features and float(self.weights[self.features.index("llm")]) != 0.0
 
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        """x: [n, len(FEATURES)] in FEATURES order -> [n] scores before the sigmoid."""
+        cols = [FEATURES.index(f) for f in self.features]
+        return (x[:, cols] - self.mean) / self.scale @ self.weights + self.intercept  # [n]
+
     def score(self, x: np.ndarray) -> np.ndarray:
         """x: [n, len(FEATURES)] in FEATURES order -> [n] scores in (0, 1)."""
-        cols = [FEATURES.index(f) for f in self.features]
-        z = (x[:, cols] - self.mean) / self.scale @ self.weights + self.intercept  # [n]
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.logit(x)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +139,64 @@ def fit_blender(x: np.ndarray, y: np.ndarray, features: Sequence[str], meta: dic
         intercept=float(model.intercept_[0]),
         kind="trained",
         meta={"sklearn": sklearn.__version__, "rows": len(y), "positives": int(y.sum()), **(meta or {})},
+    )
+
+
+LLM_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(31))  # 0.0 .. 3.0
+
+
+def residual_blender(
+    pre: Blender,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    grid: Sequence[float] = LLM_WEIGHT_GRID,
+    k: int = 10,
+) -> Blender:
+    """The LLM blend as one number on top of the pre-blend: logit = pre logit + w * z(llm).
+
+    x, y, groups: the shortlisted validation rows (features, 1 for a held-out positive, the user of
+    each row). w is the grid value with the best mean NDCG@k of each user's first positive within
+    that user's shortlist; ties go to the smaller w, so an LLM score that does not help gets w = 0.
+    Refitting every weight on the shortlist instead (``fit_blender`` over FEATURES) has to learn
+    seven weights from one positive per user (17 in a 50-user run) and undid what the pre-blend
+    learned from every user; one weight keeps the pre-blend and asks only how much the LLM adds.
+    """
+    if set(pre.features) != set(NO_LLM_FEATURES):
+        raise ValueError("the residual blend builds on a pre-blend over every feature but llm")
+    llm = x[:, FEATURES.index("llm")]
+    mean, scale = float(llm.mean()), float(llm.std()) or 1.0
+    base, z = pre.logit(x), (llm - mean) / scale
+    users = [np.flatnonzero(groups == g) for g in np.unique(groups[y == 1])]  # users whose item made the shortlist
+
+    def ndcg(w: float) -> float:
+        total = 0.0
+        for rows in users:
+            s = base[rows] + w * z[rows]
+            hit = y[rows] == 1
+            rank = int((s[~hit] > s[hit].max()).sum())  # 0-based rank of the first positive; ties count for it
+            total += 1.0 / math.log2(rank + 2) if rank < k else 0.0
+        return total / max(len(users), 1)
+
+    curve = {float(w): ndcg(float(w)) for w in grid}
+    best = max(curve.values())
+    weight = min(w for w, v in curve.items() if v >= best - 1e-12)
+    order = [pre.features.index(f) for f in NO_LLM_FEATURES]
+    return Blender(
+        features=FEATURES,
+        weights=np.asarray([weight, *(float(pre.weights[i]) for i in order)]),
+        mean=np.asarray([mean, *(float(pre.mean[i]) for i in order)]),
+        scale=np.asarray([scale, *(float(pre.scale[i]) for i in order)]),
+        intercept=pre.intercept,
+        kind="trained",
+        meta={
+            **pre.meta,
+            "method": "residual: pre-blend logit + w * z(llm), w by validation NDCG@10 on the shortlists",
+            "llm_weight": weight,
+            "shortlist_rows": len(y),
+            "shortlist_positives": int(y.sum()),
+            "ndcg_at_weight": {str(w): round(v, 5) for w, v in curve.items()},
+        },
     )
 
 

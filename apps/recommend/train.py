@@ -19,7 +19,14 @@ import numpy as np
 from apps.recommend.catalogue import VectorIndex
 from apps.recommend.items import Event
 from apps.recommend.pipeline import Pipeline, PipelineConfig, build_profile
-from apps.recommend.ranking import FEATURES, NO_LLM_FEATURES, LLMScorer, Rankers, fallback_blender, fit_blender
+from apps.recommend.ranking import (
+    NO_LLM_FEATURES,
+    LLMScorer,
+    Rankers,
+    fallback_blender,
+    fit_blender,
+    residual_blender,
+)
 from apps.recommend.settings import RecommendSettings
 from apps.recommend.signals import MemorySignals
 from core.errors import InvalidRequestError
@@ -33,6 +40,7 @@ class TrainingRows:
     y: np.ndarray  # [n]
     shortlisted: np.ndarray  # [n] bool: the row was in the LLM shortlist
     held_out: np.ndarray  # [n] bool: the row's user is in the evaluation fifth
+    users: np.ndarray  # [n] int: which user the row belongs to
 
 
 def _held_out(user: str) -> bool:
@@ -60,8 +68,8 @@ def training_rows(
     config = PipelineConfig(settings.candidates_per_source, settings.llm_candidates, settings.prompt_history)
     pre = fallback_blender(with_llm=False)
     pipeline = Pipeline(index, signals, config, fallback_blender(True), pre, llm)
-    xs, ys, short, held = [], [], [], []
-    for user in sorted(after):
+    xs, ys, short, held, users = [], [], [], [], []
+    for n, user in enumerate(sorted(after)):
         history = before.get(user, [])[::-1][: settings.history_len]  # newest first, as Redis keeps it
         profile = build_profile(history, index, settings.prompt_history)
         ids = [i for i in pipeline.candidates(profile, cut) if i not in profile.seen]
@@ -73,9 +81,10 @@ def training_rows(
         ys.append(np.asarray([int(i in after[user]) for i in ids]))
         short.append(shortlisted)
         held.append(np.full(len(ids), _held_out(user)))
+        users.append(np.full(len(ids), n))
     if not xs:
         raise InvalidRequestError("no user has events on both sides of the time cut")
-    return TrainingRows(np.concatenate(xs), np.concatenate(ys), np.concatenate(short), np.concatenate(held))
+    return TrainingRows(*(np.concatenate(a) for a in (xs, ys, short, held, users)))
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
@@ -97,7 +106,8 @@ def fit_rankers(rows: TrainingRows, llm_model: str | None) -> tuple[Rankers, dic
     }
     s_train, s_test = train & rows.shortlisted, test & rows.shortlisted
     if llm_model is not None and len(set(rows.y[s_train].tolist())) == 2:
-        final = fit_blender(rows.x[s_train], rows.y[s_train], FEATURES, {"llm_model": llm_model})
+        final = residual_blender(pre, rows.x[s_train], rows.y[s_train], rows.users[s_train])
+        final.meta["llm_model"] = llm_model
         report["held_out_auc"]["final_trained"] = _auc(rows.y[s_test], final.score(rows.x[s_test]))
         report["held_out_auc"]["final_fallback"] = _auc(rows.y[s_test], fallback_blender(True).score(rows.x[s_test]))
         report["shortlist_rows"] = int(rows.shortlisted.sum())

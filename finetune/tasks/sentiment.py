@@ -52,9 +52,8 @@ def weighted_f1(probs: torch.Tensor, gold: list[int], n_labels: int) -> float:
     return float(f1_score(gold, probs.argmax(-1).tolist(), labels=list(range(n_labels)), average="weighted"))
 
 
-def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
-    shared = settings.shared_data_dir
-    data = splits(config, shared)
+def training_rows(config: TrainConfig, data: SentimentSplits) -> tuple[list[LabelledText], list[LabelledText]]:
+    """(train, dev): the dev rows come out of the training split, then the config's subsampling."""
     train_rows, dev_rows = stratified_split(data.train, config.dev_rows / len(data.train), config.seed + 1)
     tfns_rows = config.options.get("tfns_rows")  # subsample TFNS only: every FPB row is kept
     if tfns_rows is not None:
@@ -63,6 +62,13 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
         train_rows = fpb + random.Random(config.seed).sample(tfns, min(int(tfns_rows), len(tfns)))
     if config.max_train_rows and len(train_rows) > config.max_train_rows:
         train_rows = random.Random(config.seed).sample(train_rows, config.max_train_rows)
+    return train_rows, dev_rows
+
+
+def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
+    shared = settings.shared_data_dir
+    data = splits(config, shared)
+    train_rows, dev_rows = training_rows(config, data)
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")
     train_ex = to_examples(trainer.tokenizer, train_rows, config)

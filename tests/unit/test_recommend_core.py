@@ -15,7 +15,16 @@ import redis
 from apps.recommend.catalogue import Catalogue
 from apps.recommend.items import Event, Item, parse_event, parse_item
 from apps.recommend.prompt import INSTRUCTION, split_prompt
-from apps.recommend.ranking import FEATURES, NO_LLM_FEATURES, Blender, LLMScorer, Rankers, fallback_blender, fit_blender
+from apps.recommend.ranking import (
+    FEATURES,
+    NO_LLM_FEATURES,
+    Blender,
+    LLMScorer,
+    Rankers,
+    fallback_blender,
+    fit_blender,
+    residual_blender,
+)
 from apps.recommend.rules import mmr
 from apps.recommend.signals import MemorySignals, RedisSignals
 from apps.recommend.testing import HashEmbedder, LocalRedis
@@ -88,6 +97,37 @@ def test_a_fitted_blender_round_trips_through_json_without_pickle(tmp_path: Path
     assert Rankers.load(path) is None  # unreadable: the service falls back to hand-set weights
     with pytest.raises(InvalidRequestError, match="one class"):
         fit_blender(x, np.zeros(400), FEATURES)
+
+
+def shortlists(llm_signal: float, users: int = 60, size: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user shortlists with one positive each: covis finds it now and then, the llm column
+    carries ``llm_signal`` of it on top of noise."""
+    rng = np.random.default_rng(1)
+    x = rng.random((users * size, len(FEATURES)))
+    y = np.zeros(users * size, dtype=int)
+    y[np.arange(users) * size + rng.integers(0, size, users)] = 1
+    x[:, FEATURES.index("covis")] += 0.3 * y
+    x[:, FEATURES.index("llm")] += llm_signal * y
+    return x, y, np.repeat(np.arange(users), size)
+
+
+def test_the_residual_blend_keeps_the_pre_blend_and_weighs_the_llm_by_validation() -> None:
+    x, y, groups = shortlists(llm_signal=0.6)
+    pre = fit_blender(x, y, NO_LLM_FEATURES)
+    useful = residual_blender(pre, x, y, groups)
+    assert useful.features == FEATURES and useful.uses_llm and useful.meta["llm_weight"] > 0
+    cols = [FEATURES.index(f) for f in NO_LLM_FEATURES]
+    assert np.allclose(useful.weights[1:], pre.weights) and np.allclose(useful.mean[1:], pre.mean)
+    ndcg = useful.meta["ndcg_at_weight"]
+    assert ndcg[str(useful.meta["llm_weight"])] > ndcg["0.0"]  # the LLM helps on these rows
+    assert np.allclose(useful.logit(x) - useful.weights[0] * (x[:, 0] - useful.mean[0]) / useful.scale[0], pre.logit(x))
+    assert cols == list(range(1, len(FEATURES)))
+
+    x, y, groups = shortlists(llm_signal=-0.6)  # an LLM score that points the wrong way gets no weight
+    noise = residual_blender(fit_blender(x, y, NO_LLM_FEATURES), x, y, groups)
+    assert noise.meta["llm_weight"] == 0.0 and not noise.uses_llm
+    with pytest.raises(ValueError, match="pre-blend"):
+        residual_blender(useful, x, y, groups)
 
 
 def test_the_fallback_blend_prefers_behaviour_and_the_llm() -> None:
