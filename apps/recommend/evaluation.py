@@ -396,7 +396,7 @@ def evaluate(
     engine: Any = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run both protocols for all systems; write ``quality_recommend_ranking.json``. ``engine``: a
+    """Run both protocols for all systems; write ``quality_recommend_ranking[_<adapter>].json``. ``engine``: a
     warmed engine to use (tests); by default one is built from ``settings`` and closed after."""
     started = time.monotonic()
     folder = data_dir or settings.shared_data_dir / "recsys" / "ml-latest-small"
@@ -498,7 +498,8 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "quality_recommend_ranking.json").write_text(json.dumps(report, indent=2))
+    name = "quality_recommend_ranking" + ("" if adapter == "recommend" else f"_{adapter}")
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     return report
 
 

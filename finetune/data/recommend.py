@@ -123,6 +123,50 @@ def movielens_groups(
     return out
 
 
+def next_item_groups(
+    history: dict[int, list[tuple[int, str, float]]],
+    *,
+    windows_per_user: int,
+    negatives: int,
+    seed: int,
+    holdout_last: int = 2,
+) -> list[list[PreferencePrompt]]:
+    """Groups for the next-item objective, in the same prompt: the 10 ratings before position t,
+    then the title the user rated at t (Yes, whatever the rating) and ``negatives`` titles the user
+    never rated, drawn by popularity (No), shuffled. Popular negatives are what the recommender's
+    candidate sources put next to the real next item. A user's last ``holdout_last`` ratings are
+    never targets: they are the ranking evaluation's validation and test items."""
+    rng = random.Random(seed)
+    counts: dict[str, int] = defaultdict(int)
+    for events in history.values():
+        for _, title, _ in events:
+            counts[title] += 1
+    titles = sorted(counts)
+    cumulative, total = [], 0
+    for t in titles:
+        total += counts[t]
+        cumulative.append(total)
+    out = []
+    for user in sorted(history):
+        events = history[user]
+        seen = {title for _, title, _ in events}
+        positions = list(range(HISTORY, len(events) - holdout_last))
+        rng.shuffle(positions)
+        for t in positions[:windows_per_user]:
+            head = window_prompts(events, t, 1)[0]
+            picked: list[str] = []
+            while len(picked) < negatives:
+                for title in rng.choices(titles, cum_weights=cumulative, k=2 * negatives):
+                    if title not in seen and title not in picked and len(picked) < negatives:
+                        picked.append(title)
+            rows = [PreferencePrompt(head.liked, head.disliked, head.target, "Yes")]
+            rows += [PreferencePrompt(head.liked, head.disliked, title, "No") for title in picked]
+            rng.shuffle(rows)
+            out.append(rows)
+    rng.shuffle(out)
+    return out
+
+
 def like_rates(history: dict[int, list[tuple[int, str, float]]]) -> dict[str, tuple[int, int]]:
     """title -> (likes, ratings): the popularity baseline's statistics."""
     stats: dict[str, list[int]] = defaultdict(lambda: [0, 0])

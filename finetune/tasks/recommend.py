@@ -29,6 +29,7 @@ from finetune.data.recommend import (
     like_rates,
     movielens_groups,
     movielens_prompts,
+    next_item_groups,
     read_movielens,
     read_tallrec,
 )
@@ -89,16 +90,25 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
     dev_users = set(rng.sample(users, max(1, len(users) // 10)))  # dev prompts come from unseen users
     train_history = {u: history[u] for u in users if u not in dev_users}
     targets_per_window = int(config.options.get("targets_per_window", 1))
-    dev_rows = movielens_prompts({u: history[u] for u in dev_users}, per_user=3, seed=config.seed)[: config.dev_rows]
+    next_item = config.options.get("objective", "like") == "next_item"
+    dev_history = {u: history[u] for u in dev_users}
+    if next_item:  # "was this the user's next title?": the ranking pipeline's question
+        negatives = int(config.options.get("negatives", 7))
+        dev_groups = next_item_groups(dev_history, windows_per_user=3, negatives=negatives, seed=config.seed)
+        dev_rows = [r for g in dev_groups for r in g][: config.dev_rows]
+    else:
+        dev_rows = movielens_prompts(dev_history, per_user=3, seed=config.seed)[: config.dev_rows]
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")
     split_agreement = None
-    if targets_per_window > 1:  # shared-prefix groups: max_train_rows counts groups
-        groups = movielens_groups(
-            train_history,
-            windows_per_user=int(config.options.get("windows_per_user", 10)),
-            targets_per_window=targets_per_window,
-            seed=config.seed,
+    if next_item or targets_per_window > 1:  # shared-prefix groups: max_train_rows counts groups
+        windows = int(config.options.get("windows_per_user", 10))
+        groups = (
+            next_item_groups(train_history, windows_per_user=windows, negatives=negatives, seed=config.seed)
+            if next_item
+            else movielens_groups(
+                train_history, windows_per_user=windows, targets_per_window=targets_per_window, seed=config.seed
+            )
         )[: config.max_train_rows or None]
         train_ex, split_agreement = to_group_examples(trainer.tokenizer, groups, config)
         log.info(
