@@ -3,8 +3,8 @@
     .venv/bin/python bench/recommend_bench.py                 # 40 timed requests per mode
     .venv/bin/python bench/recommend_bench.py --requests 10   # quicker
 
-One process: an embedded Redis on a free port, the real base model (and the recommend adapter when
-data/adapters/recommend exists), MiniLM, the sample catalogue and event log from
+One process: an embedded Redis on a free port, the real base model (and the recommend-next adapter,
+the app's default, when data/adapters/recommend-next exists), MiniLM, the sample catalogue and event log from
 data/samples/recommend. Each request is ``GET /v1/recommend/{user}?k=10`` through the FastAPI app
 (in-process HTTP), with 50 candidates scored by the LLM. Two modes on the same users in the same
 order:

@@ -206,14 +206,14 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
     users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
     adapter: Annotated[
-        str | None, typer.Option(help="recommend-ranking: the adapter that scores the shortlist (default recommend).")
+        str | None, typer.Option(help="recommend-ranking: the adapter that scores the shortlist (default recommend-next).")
     ] = None,
 ) -> None:
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
     if task == "recommend-ranking":  # the recommender's own ranking evaluation (apps/recommend/evaluation.py)
-        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter or "recommend")
+        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter or "recommend-next")
         return
     if task == "support-retrieval":  # the knowledge base's retrieval evaluation (apps/support/retrieval_eval.py)
         support_cli.eval_retrieval(out=out)

@@ -187,7 +187,7 @@ def eval_ranking(
     users: Annotated[int | None, typer.Option(help="Evaluate a random subsample of this many users.")] = None,
     llm_candidates: Annotated[int, typer.Option(help="Shortlist size the LLM scores per user.")] = 50,
     out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench/results"),
-    adapter: Annotated[str, typer.Option(help="The adapter that scores the shortlist.")] = "recommend",
+    adapter: Annotated[str, typer.Option(help="The adapter that scores the shortlist.")] = "recommend-next",
 ) -> None:
     """The MovieLens ranking evaluation (same as `domainllm eval recommend-ranking`)."""
     from apps.recommend.evaluation import evaluate, print_report

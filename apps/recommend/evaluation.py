@@ -392,7 +392,7 @@ def evaluate(
     out_dir: Path = RESULTS_DIR,
     users: int | None = None,
     llm_candidates: int = 50,
-    adapter: str = "recommend",
+    adapter: str = "recommend-next",
     engine: Any = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -498,7 +498,7 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "quality_recommend_ranking" + ("" if adapter == "recommend" else f"_{adapter}")
+    name = "quality_recommend_ranking" + ("" if adapter == "recommend-next" else f"_{adapter}")
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     return report
 

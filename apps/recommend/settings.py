@@ -20,7 +20,11 @@ class RecommendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOMAINLLM_RECOMMEND_", extra="ignore", env_file=".env")
 
     namespace: str = Field("recommend", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix.")
-    adapter: str = Field("recommend", description="Adapter for the LLM interest score; the base model if absent.")
+    adapter: str = Field(
+        "recommend-next",
+        description="Adapter for the LLM interest score (recommend-next: trained on 'was this the next title?', "
+        "which ranks better than the TALLRec 'will they like it?' adapter); the base model if absent.",
+    )
     ranker_path: Path = PROJECT_ROOT / "data" / "recommend" / "ranker.json"
     use_llm: bool = True
 

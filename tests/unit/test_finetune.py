@@ -176,3 +176,19 @@ def test_recommend_groups_share_the_history_window_and_split_tokens_match_whole_
     assert agreement == 1.0
     assert [len(e.continuations) for e in examples] == [len(g) for g in groups]
     assert [e.labels for e in examples] == [[cfg.labels.index(r.label) for r in g] for g in groups]
+
+
+def test_next_item_groups_hold_the_real_next_title_against_unrated_popular_ones_and_keep_the_last_two_out() -> None:
+    from finetune.data.recommend import HISTORY, next_item_groups
+
+    history = {u: [(t, f"U{u} movie {t}", 5.0 if t % 2 else 2.0) for t in range(HISTORY + 8)] for u in range(1, 6)}
+    groups = next_item_groups(history, windows_per_user=20, negatives=3, seed=0)
+    assert len(groups) == 5 * 6  # positions HISTORY .. len-3: the last two ratings are never targets
+    for group in groups:
+        assert len(group) == 4 and len({(r.liked, r.disliked) for r in group}) == 1
+        [positive] = [r for r in group if r.label == "Yes"]
+        user = int(positive.target.split()[0][1:])
+        titles = [title for _, title, _ in history[user]]
+        assert positive.target in titles[HISTORY:-2]
+        assert set(group[0].liked + group[0].disliked) <= set(titles)  # the window is that user's own
+        assert all(r.target not in titles for r in group if r.label == "No")  # negatives: never rated by the user
