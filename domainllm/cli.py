@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from apps.recommend import cli as recommend_cli
+from apps.recommend.settings import RANKING_ADAPTER
 from apps.sentiment import cli as sentiment_cli
 from apps.support import cli as support_cli
 from core.config import get_settings
@@ -206,14 +207,14 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
     users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
     adapter: Annotated[
-        str | None, typer.Option(help="recommend-ranking: the adapter that scores the shortlist (default recommend-next).")
-    ] = None,
+        str, typer.Option(help="recommend-ranking: the adapter that scores the shortlist.")
+    ] = RANKING_ADAPTER,
 ) -> None:
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
     if task == "recommend-ranking":  # the recommender's own ranking evaluation (apps/recommend/evaluation.py)
-        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter or "recommend-next")
+        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
         return
     if task == "support-retrieval":  # the knowledge base's retrieval evaluation (apps/support/retrieval_eval.py)
         support_cli.eval_retrieval(out=out)

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from apps.recommend.items import Event, format_of, parse_events_text, read_text
 from apps.recommend.service import RecommendService, connect
-from apps.recommend.settings import get_recommend_settings
+from apps.recommend.settings import RANKING_ADAPTER, get_recommend_settings
 from core.config import PROJECT_ROOT, get_settings
 from core.errors import DomainLLMError
 
@@ -187,7 +187,7 @@ def eval_ranking(
     users: Annotated[int | None, typer.Option(help="Evaluate a random subsample of this many users.")] = None,
     llm_candidates: Annotated[int, typer.Option(help="Shortlist size the LLM scores per user.")] = 50,
     out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench/results"),
-    adapter: Annotated[str, typer.Option(help="The adapter that scores the shortlist.")] = "recommend-next",
+    adapter: Annotated[str, typer.Option(help="The adapter that scores the shortlist.")] = RANKING_ADAPTER,
 ) -> None:
     """The MovieLens ranking evaluation (same as `domainllm eval recommend-ranking`)."""
     from apps.recommend.evaluation import evaluate, print_report

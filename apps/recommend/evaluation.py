@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +43,10 @@ from apps.recommend.ranking import (
     LLMScorer,
     fallback_blender,
     fit_blender,
+    ndcg_at_k,
     residual_blender,
 )
+from apps.recommend.settings import RANKING_ADAPTER
 from apps.recommend.signals import MemorySignals
 from core.config import PROJECT_ROOT, Settings
 from core.errors import InvalidRequestError
@@ -64,11 +65,6 @@ ANCHORS = {
 
 
 # ---- metrics -----------------------------------------------------------------------------------
-
-
-def ndcg_at_k(rank: int | None, k: int = K) -> float:
-    """One relevant item at 0-based ``rank`` (None: not ranked)."""
-    return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
 
 
 def recall_at_k(rank: int | None, k: int = K) -> float:
@@ -392,7 +388,7 @@ def evaluate(
     out_dir: Path = RESULTS_DIR,
     users: int | None = None,
     llm_candidates: int = 50,
-    adapter: str = "recommend-next",
+    adapter: str = RANKING_ADAPTER,
     engine: Any = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -498,7 +494,7 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "quality_recommend_ranking" + ("" if adapter == "recommend-next" else f"_{adapter}")
+    name = "quality_recommend_ranking" + ("" if adapter == RANKING_ADAPTER else f"_{adapter}")
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     return report
 

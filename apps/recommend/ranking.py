@@ -145,6 +145,11 @@ def fit_blender(x: np.ndarray, y: np.ndarray, features: Sequence[str], meta: dic
 LLM_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(31))  # 0.0 .. 3.0
 
 
+def ndcg_at_k(rank: int | None, k: int = 10) -> float:
+    """One relevant item at 0-based ``rank`` (None: not ranked)."""
+    return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
+
+
 def residual_blender(
     pre: Blender,
     x: np.ndarray,
@@ -152,6 +157,7 @@ def residual_blender(
     groups: np.ndarray,
     grid: Sequence[float] = LLM_WEIGHT_GRID,
     k: int = 10,
+    meta: dict[str, Any] | None = None,
 ) -> Blender:
     """The LLM blend as one number on top of the pre-blend: logit = pre logit + w * z(llm).
 
@@ -174,8 +180,7 @@ def residual_blender(
         for rows in users:
             s = base[rows] + w * z[rows]
             hit = y[rows] == 1
-            rank = int((s[~hit] > s[hit].max()).sum())  # 0-based rank of the first positive; ties count for it
-            total += 1.0 / math.log2(rank + 2) if rank < k else 0.0
+            total += ndcg_at_k(int((s[~hit] > s[hit].max()).sum()), k)  # the first positive; ties count for it
         return total / max(len(users), 1)
 
     curve = {float(w): ndcg(float(w)) for w in grid}
@@ -196,6 +201,7 @@ def residual_blender(
             "shortlist_rows": len(y),
             "shortlist_positives": int(y.sum()),
             "ndcg_at_weight": {str(w): round(v, 5) for w, v in curve.items()},
+            **(meta or {}),
         },
     )
 

@@ -16,12 +16,15 @@ EventType = Literal["view", "click", "cart", "purchase", "rating"]
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
 
 
+RANKING_ADAPTER = "recommend-next"  # the adapter whose P("Yes") ranks the shortlist (finetune/configs)
+
+
 class RecommendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOMAINLLM_RECOMMEND_", extra="ignore", env_file=".env")
 
     namespace: str = Field("recommend", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix.")
     adapter: str = Field(
-        "recommend-next",
+        RANKING_ADAPTER,
         description="Adapter for the LLM interest score (recommend-next: trained on 'was this the next title?', "
         "which ranks better than the TALLRec 'will they like it?' adapter); the base model if absent.",
     )

@@ -106,8 +106,9 @@ def fit_rankers(rows: TrainingRows, llm_model: str | None) -> tuple[Rankers, dic
     }
     s_train, s_test = train & rows.shortlisted, test & rows.shortlisted
     if llm_model is not None and len(set(rows.y[s_train].tolist())) == 2:
-        final = residual_blender(pre, rows.x[s_train], rows.y[s_train], rows.users[s_train])
-        final.meta["llm_model"] = llm_model
+        final = residual_blender(
+            pre, rows.x[s_train], rows.y[s_train], rows.users[s_train], meta={"llm_model": llm_model}
+        )
         report["held_out_auc"]["final_trained"] = _auc(rows.y[s_test], final.score(rows.x[s_test]))
         report["held_out_auc"]["final_fallback"] = _auc(rows.y[s_test], fallback_blender(True).score(rows.x[s_test]))
         report["shortlist_rows"] = int(rows.shortlisted.sum())

@@ -9,6 +9,7 @@ valid prompts (built from ml-100k users) are the evaluation set; we never train 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
@@ -137,15 +138,9 @@ def next_item_groups(
     candidate sources put next to the real next item. A user's last ``holdout_last`` ratings are
     never targets: they are the ranking evaluation's validation and test items."""
     rng = random.Random(seed)
-    counts: dict[str, int] = defaultdict(int)
-    for events in history.values():
-        for _, title, _ in events:
-            counts[title] += 1
-    titles = sorted(counts)
-    cumulative, total = [], 0
-    for t in titles:
-        total += counts[t]
-        cumulative.append(total)
+    rates = like_rates(history)
+    titles = sorted(rates)
+    cumulative = list(itertools.accumulate(rates[t][1] for t in titles))  # by number of ratings
     out = []
     for user in sorted(history):
         events = history[user]
