@@ -65,6 +65,9 @@ class TrainConfig:
     max_minutes: float = 40.0  # hard time budget; the best checkpoint so far is kept
     eval_every_steps: int | None = None  # also evaluate inside an epoch
     options: dict[str, Any] = field(default_factory=dict)  # task-specific knobs
+    # labels objective: run the tokens every prompt of a batch starts with (the chat template and the
+    # instruction) once per batch and repeat their KV cache; the loss is the same, the tokens fewer
+    share_prompt_prefix: bool = True
     # auto: bf16 autocast where the hardware runs it fast (CUDA, or a CPU with AVX512-BF16/AMX), else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 

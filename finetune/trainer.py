@@ -143,6 +143,26 @@ def collate_lm(batch: list[Example], pad_id: int, device: torch.device) -> dict[
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+MIN_SHARED_PREFIX = 8  # tokens; below this one more forward call costs more than it saves
+
+
+def common_prefix_example(batch: list[Example]) -> Example | None:
+    """The batch as one shared-prefix example: the token prefix every prompt starts with, and each
+    prompt's rest as a continuation (never empty: the answer position stays in it). None when the
+    common prefix is shorter than MIN_SHARED_PREFIX tokens."""
+    first = batch[0].prompt_ids
+    shared = min(len(e.prompt_ids) for e in batch) - 1
+    for e in batch[1:]:
+        shared = next((i for i in range(shared) if e.prompt_ids[i] != first[i]), shared)
+    if shared < MIN_SHARED_PREFIX:
+        return None
+    return Example(
+        prompt_ids=first[:shared],
+        continuations=[e.prompt_ids[shared:] for e in batch],
+        labels=[e.label for e in batch],
+    )
+
+
 class LabelHead:
     """Pooled first-token logits of each label at the last position -> [b, n_labels]."""
 
@@ -185,6 +205,10 @@ class LoraTrainer:
         if self.head is not None and batch[0].continuations:
             sums = [self._shared_prefix_loss(e) for e in batch]
             return torch.stack(sums).sum() / sum(len(e.continuations) for e in batch)
+        if self.head is not None and self.config.share_prompt_prefix:
+            shared = common_prefix_example(batch)
+            if shared is not None:
+                return self._shared_prefix_loss(shared) / len(batch)
         if self.head is not None:
             inputs = collate_left(batch, self.pad_id, self.device)
             out = self.model(**inputs, logits_to_keep=1, use_cache=False)
@@ -211,8 +235,17 @@ class LoraTrainer:
         cont_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # [n, L]
         mask = torch.cat([torch.ones((n, plen), dtype=torch.long, device=device), cont_mask], dim=1)
         positions = torch.arange(plen, plen + width, device=device).expand(n, width)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        last = out.logits[torch.arange(n, device=device), lengths - 1]  # [n, vocab]: after each continuation
+        # the LM head (576 x 49k) runs only at the positions that end a continuation, not at every one
+        ends, row_end = torch.unique(lengths - 1, return_inverse=True)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=ends,
+        )
+        last = out.logits[torch.arange(n, device=device), row_end]  # [n, vocab]: after each continuation
         target = torch.tensor(example.labels, device=device)
         return torch.nn.functional.cross_entropy(head(last), target, reduction="sum")
 

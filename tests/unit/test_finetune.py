@@ -11,7 +11,7 @@ from core.config import Settings
 from core.engine import Engine
 from core.prompts import classification_prompt
 from finetune.config import ConfigError, TrainConfig, load_config
-from finetune.trainer import Example, LoraTrainer
+from finetune.trainer import Example, LoraTrainer, common_prefix_example
 
 pytestmark = pytest.mark.unit
 
@@ -151,10 +151,32 @@ def test_shared_prefix_loss_equals_the_loss_of_each_whole_prompt(tiny_model_dir:
         return float(loss.detach()), grads
 
     shared_loss, shared_grads = loss_and_grads([shared])
+    trainer.config.share_prompt_prefix = False  # each whole prompt left-padded, as the engine serves them
     whole_loss, whole_grads = loss_and_grads(whole)
     assert shared_loss == pytest.approx(whole_loss, abs=1e-5)
     for a, b in zip(shared_grads, whole_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+    # the sentiment path: a plain batch of whole prompts finds its common prefix itself
+    trainer.config.share_prompt_prefix = True
+    batch_loss, batch_grads = loss_and_grads(whole)
+    assert batch_loss == pytest.approx(whole_loss, abs=1e-5)
+    for a, b in zip(batch_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_batch_shares_only_the_tokens_every_prompt_starts_with() -> None:
+    head = list(range(100, 110))
+    batch = [Example(prompt_ids=head + [1, 2, 3], label=0), Example(prompt_ids=head + [1, 5], label=2)]
+    shared = common_prefix_example(batch)
+    assert shared is not None
+    assert shared.prompt_ids == head + [1]
+    assert shared.continuations == [[2, 3], [5]]
+    assert shared.labels == [0, 2]
+    # a prompt that is all prefix still keeps its answer position in the continuation
+    same = common_prefix_example([Example(prompt_ids=head, label=1), Example(prompt_ids=head + [7], label=0)])
+    assert same is not None and same.continuations == [[109], [109, 7]]
+    # too short a common prefix: the plain left-padded batch is used
+    assert common_prefix_example([Example(prompt_ids=[1, 2, 3], label=0), Example(prompt_ids=[1, 4], label=0)]) is None
 
 
 def test_recommend_groups_share_the_history_window_and_split_tokens_match_whole_prompts(tiny_model_dir: Path) -> None:
