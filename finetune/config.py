@@ -89,6 +89,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        year = self.options.get("released_by")
+        if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1870 <= year <= 2100):
+            raise ConfigError(f"options.released_by must be a year (an integer from 1870 to 2100), got {year!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not self.data:

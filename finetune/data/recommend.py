@@ -80,6 +80,21 @@ def read_movielens(ratings_path: Path, movies_path: Path) -> dict[int, list[tupl
     return dict(history)
 
 
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def released_by(history: dict[int, list[tuple[int, str, float]]], year: int) -> dict[int, list[tuple[int, str, float]]]:
+    """Each user's ratings of titles released in or before ``year`` (a title without a year is
+    dropped), in the same order. ml-100k, where the TALLRec prompts come from, ends at 1998: the
+    same cut gives the training windows that catalogue's titles, each seen many more times."""
+    out = {}
+    for user, events in history.items():
+        kept = [e for e in events if (m := _YEAR.search(e[1])) is not None and int(m.group(1)) <= year]
+        if kept:
+            out[user] = kept
+    return out
+
+
 def window_prompts(events: list[tuple[int, str, float]], t: int, targets: int) -> list[PreferencePrompt]:
     """The 10 ratings before position t as liked / disliked titles, and a prompt for each of the
     ``targets`` ratings from t on."""

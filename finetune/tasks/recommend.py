@@ -32,6 +32,7 @@ from finetune.data.recommend import (
     next_item_groups,
     read_movielens,
     read_tallrec,
+    released_by,
 )
 from finetune.metrics import RESULTS_DIR, auc, plot_roc
 from finetune.trainer import Example, LoraTrainer
@@ -85,6 +86,13 @@ def to_group_examples(
 def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
     shared = settings.shared_data_dir
     history = read_movielens(config.path("ratings", shared), config.path("movies", shared))
+    holdout_last = int(config.options.get("holdout_last", 0))
+    if holdout_last and config.options.get("objective", "like") != "next_item":
+        # each user's last ratings (the ranking evaluation's validation and test items) are never
+        # targets nor history; next_item_groups keeps them out itself
+        history = {u: events[:-holdout_last] for u, events in history.items() if len(events) > holdout_last}
+    if config.options.get("released_by") is not None:
+        history = released_by(history, int(config.options["released_by"]))
     users = sorted(history)
     rng = random.Random(config.seed)
     dev_users = set(rng.sample(users, max(1, len(users) // 10)))  # dev prompts come from unseen users
@@ -97,7 +105,8 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
         dev_groups = next_item_groups(dev_history, windows_per_user=3, negatives=negatives, seed=config.seed)
         dev_rows = [r for g in dev_groups for r in g][: config.dev_rows]
     else:
-        dev_rows = movielens_prompts(dev_history, per_user=3, seed=config.seed)[: config.dev_rows]
+        per_user = max(3, -(-config.dev_rows // len(dev_users)))
+        dev_rows = movielens_prompts(dev_history, per_user=per_user, seed=config.seed)[: config.dev_rows]
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")
     split_agreement = None

@@ -54,6 +54,7 @@ def test_a_good_config_loads(shared: Path, tmp_path: Path) -> None:
         (GOOD + "epochz: 2\n", "unknown keys epochz"),
         (GOOD.replace("tfns: tfns.csv", ""), "no data file for 'tfns'"),
         ("[1, 2", "not valid YAML"),
+        (GOOD + "options: {released_by: last year}\n", "released_by must be a year"),
     ],
 )
 def test_bad_configs_fail_before_training_naming_the_problem(
@@ -214,3 +215,14 @@ def test_next_item_groups_hold_the_real_next_title_against_unrated_popular_ones_
         assert positive.target in titles[HISTORY:-2]
         assert set(group[0].liked + group[0].disliked) <= set(titles)  # the window is that user's own
         assert all(r.target not in titles for r in group if r.label == "No")  # negatives: never rated by the user
+
+
+def test_released_by_keeps_each_users_titles_up_to_that_year_in_order() -> None:
+    from finetune.data.recommend import released_by
+
+    history = {
+        1: [(1, "Heat (1995)", 5.0), (2, "Up (2009)", 2.0), (3, "Alien (1979)", 4.0), (4, "No Year", 3.0)],
+        2: [(5, "Her (2013)", 4.0)],
+    }
+    assert released_by(history, 1998) == {1: [(1, "Heat (1995)", 5.0), (3, "Alien (1979)", 4.0)]}
+    assert released_by(history, 2013)[2] == [(5, "Her (2013)", 4.0)]
