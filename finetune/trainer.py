@@ -150,14 +150,14 @@ def common_prefix_example(batch: list[Example]) -> Example | None:
     """The batch as one shared-prefix example: the token prefix every prompt starts with, and each
     prompt's rest as a continuation (never empty: the answer position stays in it). None when the
     common prefix is shorter than MIN_SHARED_PREFIX tokens."""
-    first = batch[0].prompt_ids
-    shared = min(len(e.prompt_ids) for e in batch) - 1
-    for e in batch[1:]:
-        shared = next((i for i in range(shared) if e.prompt_ids[i] != first[i]), shared)
+    prompts = [e.prompt_ids for e in batch]
+    shortest = min(len(p) for p in prompts)
+    agree = next((i for i, column in enumerate(zip(*prompts, strict=False)) if len(set(column)) > 1), shortest)
+    shared = min(agree, shortest - 1)
     if shared < MIN_SHARED_PREFIX:
         return None
     return Example(
-        prompt_ids=first[:shared],
+        prompt_ids=prompts[0][:shared],
         continuations=[e.prompt_ids[shared:] for e in batch],
         labels=[e.label for e in batch],
     )
@@ -202,21 +202,20 @@ class LoraTrainer:
             return self._loss_fp(batch)
 
     def _loss_fp(self, batch: list[Example]) -> torch.Tensor:
-        if self.head is not None and batch[0].continuations:
+        if self.head is None:
+            inputs = collate_lm(batch, self.pad_id, self.device)
+            return self.model(**inputs, use_cache=False).loss
+        if batch[0].continuations:
             sums = [self._shared_prefix_loss(e) for e in batch]
             return torch.stack(sums).sum() / sum(len(e.continuations) for e in batch)
-        if self.head is not None and self.config.share_prompt_prefix:
-            shared = common_prefix_example(batch)
-            if shared is not None:
-                return self._shared_prefix_loss(shared) / len(batch)
-        if self.head is not None:
-            inputs = collate_left(batch, self.pad_id, self.device)
-            out = self.model(**inputs, logits_to_keep=1, use_cache=False)
-            scores = self.head(out.logits[:, -1, :])  # [b, labels]
-            target = torch.tensor([e.label for e in batch], device=self.device)
-            return torch.nn.functional.cross_entropy(scores, target)
-        inputs = collate_lm(batch, self.pad_id, self.device)
-        return self.model(**inputs, use_cache=False).loss
+        shared = common_prefix_example(batch) if self.config.share_prompt_prefix else None
+        if shared is not None:
+            return self._shared_prefix_loss(shared) / len(batch)
+        inputs = collate_left(batch, self.pad_id, self.device)
+        out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+        scores = self.head(out.logits[:, -1, :])  # [b, labels]
+        target = torch.tensor([e.label for e in batch], device=self.device)
+        return torch.nn.functional.cross_entropy(scores, target)
 
     def _shared_prefix_loss(self, example: Example) -> torch.Tensor:
         """Summed label cross-entropy of every continuation after one prefix pass (gradients flow

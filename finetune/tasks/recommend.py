@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -86,8 +87,9 @@ def to_group_examples(
 def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
     shared = settings.shared_data_dir
     history = read_movielens(config.path("ratings", shared), config.path("movies", shared))
+    next_item = config.options.get("objective", "like") == "next_item"
     holdout_last = int(config.options.get("holdout_last", 0))
-    if holdout_last and config.options.get("objective", "like") != "next_item":
+    if holdout_last and not next_item:
         # each user's last ratings (the ranking evaluation's validation and test items) are never
         # targets nor history; next_item_groups keeps them out itself
         history = {u: events[:-holdout_last] for u, events in history.items() if len(events) > holdout_last}
@@ -98,14 +100,13 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
     dev_users = set(rng.sample(users, max(1, len(users) // 10)))  # dev prompts come from unseen users
     train_history = {u: history[u] for u in users if u not in dev_users}
     targets_per_window = int(config.options.get("targets_per_window", 1))
-    next_item = config.options.get("objective", "like") == "next_item"
     dev_history = {u: history[u] for u in dev_users}
     if next_item:  # "was this the user's next title?": the ranking pipeline's question
         negatives = int(config.options.get("negatives", 7))
         dev_groups = next_item_groups(dev_history, windows_per_user=3, negatives=negatives, seed=config.seed)
         dev_rows = [r for g in dev_groups for r in g][: config.dev_rows]
     else:
-        per_user = max(3, -(-config.dev_rows // len(dev_users)))
+        per_user = max(3, math.ceil(config.dev_rows / len(dev_users)))
         dev_rows = movielens_prompts(dev_history, per_user=per_user, seed=config.seed)[: config.dev_rows]
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")

@@ -167,14 +167,14 @@ def test_shared_prefix_loss_equals_the_loss_of_each_whole_prompt(tiny_model_dir:
 
 def test_a_batch_shares_only_the_tokens_every_prompt_starts_with() -> None:
     head = list(range(100, 110))
-    batch = [Example(prompt_ids=head + [1, 2, 3], label=0), Example(prompt_ids=head + [1, 5], label=2)]
+    batch = [Example(prompt_ids=[*head, 1, 2, 3], label=0), Example(prompt_ids=[*head, 1, 5], label=2)]
     shared = common_prefix_example(batch)
     assert shared is not None
-    assert shared.prompt_ids == head + [1]
+    assert shared.prompt_ids == [*head, 1]
     assert shared.continuations == [[2, 3], [5]]
     assert shared.labels == [0, 2]
     # a prompt that is all prefix still keeps its answer position in the continuation
-    same = common_prefix_example([Example(prompt_ids=head, label=1), Example(prompt_ids=head + [7], label=0)])
+    same = common_prefix_example([Example(prompt_ids=head, label=1), Example(prompt_ids=[*head, 7], label=0)])
     assert same is not None and same.continuations == [[109], [109, 7]]
     # too short a common prefix: the plain left-padded batch is used
     assert common_prefix_example([Example(prompt_ids=[1, 2, 3], label=0), Example(prompt_ids=[1, 4], label=0)]) is None
