@@ -1,7 +1,8 @@
 """Dependencies that routes declare with the ``Annotated`` aliases below.
 
-The engine and settings live on ``app.state`` (the lifespan puts them there); routes never reach
-for them directly, so a test can swap any of them with ``app.dependency_overrides``. They are
+The lifespan puts the ``Services`` that ``apps.composition.build_services`` made on ``app.state``;
+routes get the engine, the settings and each app's service only through these functions, never by
+building them, so a test can swap any of them with ``app.dependency_overrides``. They are
 ``async`` because they never block: FastAPI would run plain functions on a thread-pool hop.
 """
 
@@ -13,9 +14,14 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from core.config import PLACEHOLDER_SECRETS, Settings
-from core.engine import Engine
+from apps.composition import Services
+from apps.recommend.service import RecommendService
+from apps.sentiment.service import SentimentContext
+from apps.settings import AppSettings
+from apps.support.service import SupportService
+from core.config import PLACEHOLDER_SECRETS
 from core.errors import AdapterNotFoundError, AuthenticationError, ModelNotReadyError
+from core.interface import Engine
 
 # Key in ``request.state`` naming the model a request ran on; the metrics middleware labels with it.
 ADAPTER_STATE_KEY = "adapter"
@@ -33,14 +39,26 @@ _admin_header = APIKeyHeader(
 )
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+async def get_settings(request: Request) -> AppSettings:
+    settings: AppSettings = request.app.state.settings
     return settings
+
+
+def services_of(app: FastAPI) -> Services:
+    services: Services | None = getattr(app.state, "services", None)
+    if services is None:
+        raise ModelNotReadyError("the server is still starting; retry shortly")
+    return services
+
+
+async def get_services(request: Request) -> Services:
+    return services_of(request.app)
 
 
 def not_ready_reason(app: FastAPI) -> str | None:
     """Why the engine cannot serve yet, or None when it can (base, adapters and batch worker up)."""
-    engine: Engine | None = getattr(app.state, "engine", None)
+    services: Services | None = getattr(app.state, "services", None)
+    engine = services.engine if services is not None else None
     if engine is not None and engine.ready:
         return None
     failure = getattr(app.state, "warmup_error", None)
@@ -50,15 +68,30 @@ def not_ready_reason(app: FastAPI) -> str | None:
 
 
 async def get_engine(request: Request) -> Engine:
+    """The engine, once it can serve (503 with a reason until then)."""
     reason = not_ready_reason(request.app)
     if reason is not None:
         raise ModelNotReadyError(reason)
-    engine: Engine = request.app.state.engine
-    return engine
+    return services_of(request.app).engine
+
+
+async def get_support_service(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> SupportService:
+    """The support bot: it answers with the engine, so it waits for it (503 until ready)."""
+    return services_of(request.app).support
+
+
+async def get_sentiment_context(request: Request) -> SentimentContext:
+    """The live monitor (Redis and the queues only: news is stored and queued while the model loads)."""
+    return services_of(request.app).sentiment
+
+
+async def get_recommend_service(request: Request) -> RecommendService:
+    """The recommender: it serves without the LLM until the engine is ready, and says so."""
+    return services_of(request.app).recommend
 
 
 async def require_admin(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[AppSettings, Depends(get_settings)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_admin_header)],
 ) -> None:
@@ -87,6 +120,10 @@ def select_model(request: Request, engine: Engine, name: str) -> str:
     return name
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[AppSettings, Depends(get_settings)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+SupportDep = Annotated[SupportService, Depends(get_support_service)]
+SentimentDep = Annotated[SentimentContext, Depends(get_sentiment_context)]
+RecommendDep = Annotated[RecommendService, Depends(get_recommend_service)]
 AdminDep = Annotated[None, Depends(require_admin)]

@@ -66,7 +66,7 @@ async def readyz(request: Request) -> Readiness:
     reason = not_ready_reason(request.app)
     if reason is not None:
         raise ModelNotReadyError(reason)
-    engine = request.app.state.engine
+    engine = request.app.state.services.engine
     return Readiness(
         base_model=engine.base_model_name,
         models=[m["id"] for m in engine.list_models()],

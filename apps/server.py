@@ -1,6 +1,6 @@
 """The one FastAPI app of the suite: ``uvicorn apps.server:create_app --factory``.
 
-The lifespan builds the core ``Engine`` once and loads it in the background (a worker thread), so
+The lifespan builds the core ``LocalEngine`` once and loads it in the background (a worker thread), so
 the process answers /healthz at once and /readyz turns 200 when the model is in; until then the
 model routes answer 503 with Retry-After. Routers are gathered in ``ROUTERS``; each resource has
 its own module and reaches the engine only through the dependencies in ``apps.deps``.
@@ -15,18 +15,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from apps import llm, ops
+from apps.composition import Services, build_services
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
+from apps.http.cors import install_cors
+from apps.http.pii import mask_pii_in_logs
 from apps.recommend.routes import router as recommend_router
 from apps.sentiment.routes import router as sentiment_router
-from apps.support.pii import PiiLogFilter
+from apps.settings import AppSettings, get_settings
 from apps.support.routes import pages as support_pages
 from apps.support.routes import router as support_router
-from apps.support.settings import get_support_settings
-from core.config import Settings, get_settings
-from core.engine import Engine
+from core.config import Settings
+from core.interface import Engine
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ TAGS = [
 
 
 async def _warm_up(app: FastAPI) -> None:
-    engine: Engine = app.state.engine
+    engine: Engine = app.state.services.engine
     try:
         await asyncio.to_thread(engine.warm_up)
     except Exception as exc:  # keep serving /healthz and say why in /readyz; a restart will not fix a bad path
@@ -80,10 +81,11 @@ async def _warm_up(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Build (unless one was given) and load the engine; on shutdown close what we built."""
-    given: Engine | None = app.state.given_engine
-    engine = given or Engine(app.state.settings)
-    app.state.engine = engine
+    """Build every service once (unless the caller gave them), load the engine in the background,
+    and on shutdown close what we built."""
+    given: Services | None = app.state.given_services
+    services = given or build_services(app.state.settings, app.state.given_engine)
+    app.state.services = services
     app.state.started_at = time.time()
     app.state.warmup_error = None
     loading = asyncio.create_task(_warm_up(app))
@@ -92,20 +94,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await loading  # a loading thread cannot be cancelled; closing under it would leak its batcher
         if given is None:  # ours: close it, and let a next lifespan (a test client re-entered) build anew
-            engine.close()
-            app.state.engine = None
+            services.close(engine=app.state.given_engine is None)
+            app.state.services = None
 
 
-def _mask_pii_in_logs() -> None:
-    """Mask emails, phone, card and account numbers in every log line the root handlers write."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
-            handler.addFilter(PiiLogFilter())
-
-
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """The app. ``engine``: an engine the caller owns (tests); by default the lifespan builds one."""
-    settings = settings or get_settings()
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, services: Services | None = None
+) -> FastAPI:
+    """The app. ``engine`` or ``services``: what the caller owns (tests); by default the lifespan
+    builds both. A plain core ``Settings`` gets the app sections from the environment."""
+    settings = AppSettings.of(settings) if settings is not None else get_settings()
     app = FastAPI(
         title="domainllm",
         version="0.1.0",
@@ -116,22 +114,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.settings = settings
     app.state.given_engine = engine
-    app.state.engine = engine
+    app.state.given_services = services
+    app.state.services = services
     app.state.warmup_error = None
     install_error_handlers(app)
-    _mask_pii_in_logs()
+    mask_pii_in_logs()
     # Added innermost first: metrics see every answer, including the 413s and 500s made below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(ops.RequestMetricsMiddleware)
-    # the widget runs on the support team's own site: its chat calls are cross-origin (admin headers
-    # are not allowed, so a browser page cannot use an admin key)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=get_support_settings().cors_origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Support-Key"],
-    )
+    install_cors(app, settings.cors_origins)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 from core import metrics  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.decoding import output_cache  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import LocalEngine  # noqa: E402
 from core.lora_stack import LoraRouter  # noqa: E402
 from core.model_store import is_prepared, prepare_default_model  # noqa: E402
 from core.prompts import classification_prompt  # noqa: E402
@@ -153,13 +153,13 @@ def in_fresh_thread(fn: Callable[[], Any]) -> Any:
     return box["result"]
 
 
-def on_worker(engine: Engine, fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+def on_worker(engine: LocalEngine, fn: Callable[[], Any], device: str) -> tuple[float, Any]:
     """Time ``fn`` on the engine's worker thread, as a solo job between its batches. The bench
     reaches into the engine's batcher here only so that baselines share the engine's thread."""
     return engine._batcher.submit_solo(lambda: timed(fn, device)).result()
 
 
-def set_adapters(ctx: Context, engine: Engine, loaded: bool) -> None:
+def set_adapters(ctx: Context, engine: LocalEngine, loaded: bool) -> None:
     """Unload every adapter (the engine then runs the bare base model, no PEFT wrapper) or load them back."""
     for name in ADAPTERS:
         if loaded and not engine.has_model(name):
@@ -168,7 +168,7 @@ def set_adapters(ctx: Context, engine: Engine, loaded: bool) -> None:
             engine.unload_adapter(name)
 
 
-def router(engine: Engine) -> LoraRouter:
+def router(engine: LocalEngine) -> LoraRouter:
     assert engine.lora is not None, "the engine is warmed up by make_engine"
     return engine.lora
 
@@ -321,7 +321,7 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-def make_engine(base: Path, device: Any, *, adapters_dir: Path | None, quantization: Any = "none") -> Engine:
+def make_engine(base: Path, device: Any, *, adapters_dir: Path | None, quantization: Any = "none") -> LocalEngine:
     settings = Settings(
         base_model=str(base),
         adapters_dir=adapters_dir,
@@ -333,7 +333,7 @@ def make_engine(base: Path, device: Any, *, adapters_dir: Path | None, quantizat
         # sure they meet in one micro-batch (the measured batch sizes are in the JSON).
         batch_wait_ms=50,
     )
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     # warm_up loads (and with int8 quantises) on the calling thread: keep that off the main thread
     in_fresh_thread(engine.warm_up)
     return engine
@@ -401,7 +401,7 @@ def chat(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (request {i})"}]
 
 
-def engine_generate(engine: Engine, models: list[str], new_tokens: int) -> list[Any]:
+def engine_generate(engine: LocalEngine, models: list[str], new_tokens: int) -> list[Any]:
     """All requests submitted at once, as concurrent callers would; returns their completions."""
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     futures = [engine.submit_generate(chat(i), model=m, params=params) for i, m in enumerate(models)]
@@ -426,7 +426,7 @@ def peft_generate_one(
     return [int(t) for t in out[0, x.shape[1] :]]
 
 
-def section_generate(ctx: Context, engine: Engine, peft_model: Any) -> None:
+def section_generate(ctx: Context, engine: LocalEngine, peft_model: Any) -> None:
     """Engine runs (mixed adapters; base rows through the PEFT wrapper; base with the adapters
     unloaded, i.e. no PEFT wrapper) and one-at-a-time PEFT requests, interleaved round by round so
     that machine noise hits all of them alike."""
@@ -535,7 +535,7 @@ def peft_label_probs(model: Any, ids: list[int], label_tokens: list[list[int]], 
     return torch.softmax(pooled, dim=0).tolist()
 
 
-def section_classify(ctx: Context, engine: Engine, peft_model: Any, texts: list[str]) -> None:
+def section_classify(ctx: Context, engine: LocalEngine, peft_model: Any, texts: list[str]) -> None:
     n, res = 32, ctx.results.setdefault("1_classify_mixed", {})
     texts = texts[:n]
     models = [ADAPTERS[i % 3] for i in range(n)]
@@ -610,7 +610,7 @@ def decode_step_ms(model: Any, ids: torch.Tensor, kwargs: dict[str, Any], steps:
     return 1000 * statistics.median(times)
 
 
-def section_lora_diagnosis(ctx: Context, engine: Engine, plain: Any, peft_model: Any) -> None:
+def section_lora_diagnosis(ctx: Context, engine: LocalEngine, plain: Any, peft_model: Any) -> None:
     """Per-decode-step cost at batch 32: where the LoRA overhead comes from, and what core does about
     it. PEFT's mixed-batch forward runs on the bench's own PEFT model; core's stacked LoRA on the
     engine's model, through the router the engine opens around every batch (same adapters, same base)."""
@@ -695,7 +695,7 @@ def hf_generate_one(model: Any, ids: list[int], new_tokens: int, pad_id: int, de
     return [int(t) for t in out[0, x.shape[1] :]]
 
 
-def section_score_vs_generate(ctx: Context, engine: Engine, plain: Any, rows: list[tuple[str, str]]) -> None:
+def section_score_vs_generate(ctx: Context, engine: LocalEngine, plain: Any, rows: list[tuple[str, str]]) -> None:
     """score_labels against two ways of classifying by generation: the engine's batched generate, and
     one request at a time with plain transformers ``generate`` (the code you would write without
     the engine). Both parse the label out of the generated text."""
@@ -803,7 +803,7 @@ def plain_continuation(model: Any, prefix: list[int], cont: list[int], answers: 
     return total, torch.softmax(pooled, dim=0)[0].item()
 
 
-def section_shared_prefix(ctx: Context, engine: Engine, plain: Any) -> None:
+def section_shared_prefix(ctx: Context, engine: LocalEngine, plain: Any) -> None:
     res = ctx.results.setdefault("4_shared_prefix", {})
     prefix, candidates, source = movie_history(ctx.shared, engine.tokenizer, 558, 50)
     prefix_ids = engine.tokenize(prefix)
@@ -868,13 +868,13 @@ def section_shared_prefix(ctx: Context, engine: Engine, plain: Any) -> None:
 # ---- 5. int8 -------------------------------------------------------------------------------------
 
 
-def score_one_each(engine: Engine, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
+def score_one_each(engine: LocalEngine, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
     """One concurrent request per (text, model): they meet in one mixed-adapter micro-batch."""
     futures = [engine.submit_score_labels([t], LABELS, model=m) for t, m in pairs]
     return [r[0] for r in wait_all(futures)]
 
 
-def label_chunks(engine: Engine, texts: list[str], device: str, models: list[str] | None = None) -> tuple[float, Any]:
+def label_chunks(engine: LocalEngine, texts: list[str], device: str, models: list[str] | None = None) -> tuple[float, Any]:
     """Label probabilities of ``texts`` in chunks of 32 (one micro-batch each); texts/s from the
     median chunk time, so the chunks double as repeats. ``models``: one per text (one request per
     text, so that they mix), else every text on the base in one request per chunk."""
@@ -893,13 +893,13 @@ def label_chunks(engine: Engine, texts: list[str], device: str, models: list[str
     return 32 / timing.median if timing.runs else float("nan"), probs
 
 
-def perplexity(engine: Engine, sentences: list[str]) -> float:
+def perplexity(engine: LocalEngine, sentences: list[str]) -> float:
     """Token-level perplexity of the sentences after a short fixed prefix (engine's shared-prefix path)."""
     scores = engine.score_continuations("Financial news:\n", sentences)
     return math.exp(-sum(s.logprob for s in scores) / sum(s.n_tokens for s in scores))
 
 
-def precision_run(ctx: Context, engine: Engine, texts: list[str], sentences: list[str]) -> dict[str, Any]:
+def precision_run(ctx: Context, engine: LocalEngine, texts: list[str], sentences: list[str]) -> dict[str, Any]:
     """On the base model: generation speed at batch 1 and batch ``requests``, label scoring speed and
     label probabilities, perplexity."""
     sz = ctx.sizes
@@ -926,7 +926,7 @@ def precision_run(ctx: Context, engine: Engine, texts: list[str], sentences: lis
     }
 
 
-def precision_run_lora(ctx: Context, engine: Engine, texts: list[str]) -> dict[str, Any]:
+def precision_run_lora(ctx: Context, engine: LocalEngine, texts: list[str]) -> dict[str, Any]:
     """With the three adapters loaded: mixed-adapter label scoring and mixed generation."""
     sz = ctx.sizes
     mixed = [ADAPTERS[i % 3] for i in range(sz.requests)]
@@ -949,7 +949,7 @@ def accuracy(probs: list[dict[str, float]], gold: list[str]) -> float | None:
     return sum(max(p, key=p.__getitem__) == g for p, g in zip(probs, gold, strict=True)) / len(gold)
 
 
-def section_int8(ctx: Context, fp32: Engine, rows: list[tuple[str, str]], sentences: list[str]) -> None:
+def section_int8(ctx: Context, fp32: LocalEngine, rows: list[tuple[str, str]], sentences: list[str]) -> None:
     """fp32 on the running engine (adapters unloaded, then loaded back), which is then closed; int8
     on a fresh engine without adapters, then on one with the adapters loaded at start. One engine
     at a time (see the module docstring), so fp32 and int8 run one after the other."""

@@ -43,7 +43,7 @@ from apps.recommend.settings import RecommendSettings  # noqa: E402
 from apps.recommend.testing import LocalRedis  # noqa: E402
 from apps.server import create_app  # noqa: E402
 from core.config import get_settings  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import LocalEngine  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples" / "recommend"
 OUT = ROOT / "bench" / "results" / "recommend_bench.json"
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     core = get_settings()
-    engine = Engine(core)
+    engine = LocalEngine(core)
     with tempfile.TemporaryDirectory() as tmp:
         server = LocalRedis(Path(tmp) / "redis").start()
         try:

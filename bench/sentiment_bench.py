@@ -41,7 +41,7 @@ from apps.sentiment.loopback import RedisProcess, WebhookReceiver  # noqa: E402
 from apps.sentiment.service import SentimentContext  # noqa: E402
 from apps.sentiment.settings import DEFAULT_CONFIG, SentimentSettings  # noqa: E402
 from core.config import get_settings  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import LocalEngine  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sentiment_bench.json"
 SECRET = "bench-webhook-secret"
@@ -79,7 +79,7 @@ def headlines(n: int) -> tuple[list[str], str]:
 def throughput(n: int, batch: int, repeats: int) -> dict[str, Any]:
     titles, source = headlines(n)
     items = [normalize_item({"title": t, "published_at": 1_700_000_000 + i}, via="file") for i, t in enumerate(titles)]
-    engine = Engine(get_settings())
+    engine = LocalEngine(get_settings())
     engine.warm_up()
     try:
         enricher = Enricher(engine, load_monitor_config(DEFAULT_CONFIG))

@@ -43,7 +43,7 @@ from apps.support.kb import KnowledgeBase  # noqa: E402
 from apps.support.rules import load_rules  # noqa: E402
 from apps.support.settings import SAMPLES_DIR, SupportSettings  # noqa: E402
 from core.config import get_settings  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import LocalEngine  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "support_bench.json"
 
@@ -74,7 +74,7 @@ def bench_faq(bot: SupportBot, n: int) -> dict[str, Any]:
     return {**summary(times), "faq_matched": matched}
 
 
-def bench_generated(engine: Engine, bot: SupportBot, n: int) -> dict[str, Any]:
+def bench_generated(engine: LocalEngine, bot: SupportBot, n: int) -> dict[str, Any]:
     first, total, tokens = [], [], []
     questions = [r["question"] for r in read_set(SAMPLES_DIR, "in_kb")]
     tried = 0
@@ -154,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     n_faq, n_gen = (10, 4) if args.quick else (40, 12)
 
-    engine = Engine(get_settings())
+    engine = LocalEngine(get_settings())
     engine.warm_up()
     settings = SupportSettings()
     results: dict[str, Any] = {

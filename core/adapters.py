@@ -128,12 +128,6 @@ class AdapterRegistry:
             raise AdapterNotFoundError(name, [BASE, *self.names()])
         return name
 
-    def adapter_names_kwargs(self, names: list[str]) -> dict[str, Any]:
-        """Forward kwargs that select one adapter per batch row (empty while no adapter is loaded)."""
-        if self._peft is None:
-            return {}
-        return {"adapter_names": [self.resolve(n) for n in names]}
-
     def load(self, name: str, path: Path) -> AdapterInfo:
         validate_name(name)
         if name in self._adapters:

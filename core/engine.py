@@ -1,6 +1,6 @@
 """The inference engine: one base model, its adapters, and the operations the apps need.
 
-    engine = Engine(settings); engine.warm_up()
+    engine = LocalEngine(settings); engine.warm_up()
     engine.generate(messages, model="support", params=SamplingParams(max_new_tokens=64))
     engine.score_labels(texts, ["negative", "neutral", "positive"], model="sentiment")
     engine.score_continuations(history_prompt, candidates, model="recommend", answer_labels=["Yes", "No"])
@@ -33,17 +33,16 @@ from core.config import DEFAULT_BASE_MODEL, Settings
 from core.decoding import DecodeRow, beam_search, decode_batch
 from core.embeddings import MiniLMEmbedder
 from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyError
+from core.interface import DeltaCallback, Prompt
 from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
-from core.prompts import Message, classification_prompt, render_chat
+from core.prompts import classification_prompt, render_chat
 from core.quantize import quantize_int8
 from core.sampling import Completion, ContinuationScore, SamplingParams
 from core.scoring import LabelRow, label_first_tokens, mean_hidden_states, score_continuations, score_label_rows
 
 log = logging.getLogger(__name__)
 
-Prompt = str | list[Message]
-DeltaCallback = Callable[[str], None]
 
 
 class _AdapterRow(Protocol):
@@ -71,7 +70,9 @@ def _check_unicode(text: str, what: str) -> None:
         raise InvalidRequestError(f"{what} must be valid Unicode text (it holds a lone surrogate)") from None
 
 
-class Engine:
+class LocalEngine:
+    """The base model and its adapters in this process: implements ``core.interface.Engine``."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = torch.device(settings.resolved_device())
@@ -189,6 +190,21 @@ class Engine:
             return {}
         card = self._registry().info(name).card or {}
         return dict(card.get("serving") or {})
+
+    def adapters(self) -> list[AdapterInfo]:
+        """The loaded adapters (empty until the base model is in)."""
+        return self.registry.all() if self.registry is not None else []
+
+    def adapter_file(self, name: str, filename: str) -> Path | None:
+        """A file shipped in an adapter's folder (an intent head, say), or None when absent."""
+        if name == BASE or not self.has_model(name):
+            return None
+        path = self._registry().info(name).path / filename
+        return path if path.is_file() else None
+
+    @property
+    def max_batch_texts(self) -> int:
+        return self.settings.max_batch_texts
 
     def has_model(self, name: str) -> bool:
         return name == BASE or name in self._registry().names()

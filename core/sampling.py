@@ -59,7 +59,3 @@ class ContinuationScore:
     logprob: float  # sum of the continuation's token log-probabilities
     n_tokens: int
     next_label_probs: dict[str, float] | None = None  # P(answer label | prefix + continuation)
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(self.n_tokens, 1)

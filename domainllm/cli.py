@@ -84,9 +84,9 @@ def redis(
 @app.command()
 def models() -> None:
     """List the base model and the adapters found under the adapter folder."""
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
-    engine = Engine(get_settings())
+    engine = LocalEngine(get_settings())
     try:
         engine.warm_up()
     except DomainLLMError as exc:
@@ -103,10 +103,10 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.0,
 ) -> None:
     """Answer one chat message from the command line, streaming the tokens."""
-    from core.engine import Engine
+    from core.engine import LocalEngine
     from core.sampling import SamplingParams
 
-    engine = Engine(get_settings())
+    engine = LocalEngine(get_settings())
     try:
         engine.warm_up()
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
@@ -129,9 +129,9 @@ def load_adapter_check(
     name: Annotated[str | None, typer.Option(help="Name (default: the folder name).")] = None,
 ) -> None:
     """Check that an adapter folder loads on the configured base model."""
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
-    engine = Engine(get_settings().model_copy(update={"load_adapters_on_start": False}))
+    engine = LocalEngine(get_settings().model_copy(update={"load_adapters_on_start": False}))
     try:
         engine.warm_up()
         info = engine.load_adapter(name or path.name, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.tiny import build_random_lora, build_tiny_model
 
 
@@ -41,8 +41,8 @@ def tiny_settings(tiny_model_dir: Path, tiny_adapters: dict[str, Path], tmp_path
 
 
 @pytest.fixture
-def tiny_engine(tiny_settings: Settings) -> Iterator[Engine]:
-    engine = Engine(tiny_settings)
+def tiny_engine(tiny_settings: Settings) -> Iterator[LocalEngine]:
+    engine = LocalEngine(tiny_settings)
     engine.warm_up()
     yield engine
     engine.close()

@@ -18,8 +18,7 @@ from __future__ import annotations
 from celery import Celery
 
 from apps.sentiment import dispatch as names
-from apps.sentiment.settings import get_sentiment_settings
-from core.config import get_settings
+from apps.settings import get_settings
 
 
 def _every(seconds: float, task: str) -> dict[str, object]:
@@ -28,7 +27,8 @@ def _every(seconds: float, task: str) -> dict[str, object]:
 
 
 def make_app() -> Celery:
-    core, sentiment = get_settings(), get_sentiment_settings()
+    core = get_settings()
+    sentiment = core.sentiment
     app = Celery("domainllm", broker=core.effective_redis_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,

@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from apps.sentiment import dispatch as names
 from apps.sentiment.delivery import TARGETS, DeliveryError, deliver
 from apps.sentiment.enrich import enrich_ids
-from apps.sentiment.settings import get_sentiment_settings
+from apps.settings import get_settings
 from core.errors import EngineOverloadedError, ModelNotReadyError
 from workers import runtime
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
-_settings = get_sentiment_settings()
+_settings = get_settings().sentiment
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, EngineOverloadedError, ModelNotReadyError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "max_retries": 8}
 

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from apps.deps import EngineDep, SettingsDep, select_model
 from apps.errors import error_responses
+from apps.http.streaming import DeltaBridge, sse_response, submit_streaming
 from apps.llm.schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -21,7 +22,6 @@ from apps.llm.schemas import (
     new_id,
     now,
 )
-from apps.llm.streaming import DeltaBridge, sse_response, submit_streaming
 from core.sampling import Completion
 
 router = APIRouter(prefix="/v1", tags=["generation"])

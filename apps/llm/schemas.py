@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
+from apps.http.requests import RequestModel
 from core.config import Settings
 from core.errors import InvalidRequestError
 from core.prompts import Message
@@ -48,40 +49,6 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-# ---- the base of every request body -----------------------------------------------------------
-
-
-def _check_unicode(value: Any) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                "text must be valid Unicode: lone surrogate escapes such as \\ud800 are not allowed"
-            ) from None
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_unicode(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key)
-            _check_unicode(item)
-
-
-class RequestModel(BaseModel):
-    """Base of every request body: all its text must be real Unicode.
-
-    JSON may spell lone surrogates ("\\ud800"); Python decodes them into strings that neither UTF-8
-    nor the tokenizer accept, which would fail deep in the engine. They are refused here, at the edge.
-    """
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        _check_unicode(value)
-        return value
 
 
 # ---- sampling ----------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def train_ranker(
     """Fit the blenders (logistic regression) on logged events and save them as JSON (no pickle)."""
     from apps.recommend.ranking import LLMScorer
     from apps.recommend.train import fit_rankers, training_rows
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
     settings = get_recommend_settings()
     service = _service()
@@ -128,7 +128,7 @@ def train_ranker(
             logged = service.signals.logged_events()
         scorer = None
         if llm:
-            engine = Engine(get_settings())
+            engine = LocalEngine(get_settings())
             with console.status("loading the model"):
                 engine.warm_up()
             scorer = LLMScorer(engine, settings.adapter)
@@ -159,9 +159,9 @@ def show(
     """Print a user's recommendations (counted and marked shown like any request)."""
     engine = None
     if llm:
-        from core.engine import Engine
+        from core.engine import LocalEngine
 
-        engine = Engine(get_settings())
+        engine = LocalEngine(get_settings())
         engine.warm_up()
     try:
         result = _service(engine).recommend(user, k=k, context_item=context_item, category=category)

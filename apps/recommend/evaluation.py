@@ -403,9 +403,9 @@ def evaluate(
     item_ids = sorted(items)
     own_engine = engine is None
     if own_engine:
-        from core.engine import Engine
+        from core.engine import LocalEngine
 
-        engine = Engine(settings)
+        engine = LocalEngine(settings)
         engine.warm_up()
     try:
         vectors = embed_items([items[i] for i in item_ids], engine.embed, settings.data_dir / "runtime" / "cache")

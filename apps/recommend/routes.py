@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from apps.deps import AdminDep, SettingsDep, not_ready_reason
+from apps.deps import AdminDep, RecommendDep
 from apps.errors import error_responses, store_guarded_route
 from apps.recommend.schemas import (
     EventsAccepted,
@@ -27,8 +27,6 @@ from apps.recommend.schemas import (
     RecommendResponse,
     StatsResponse,
 )
-from apps.recommend.service import RecommendService, connect
-from apps.recommend.settings import get_recommend_settings
 from core.errors import InvalidRequestError
 
 router = APIRouter(
@@ -36,29 +34,7 @@ router = APIRouter(
 )
 
 
-def build_service(request: Request, core: Any) -> RecommendService:
-    """The app's service: Redis from the core settings, vectors from the engine's MiniLM, and the LLM
-    once the engine is ready."""
-    app = request.app
-    engine = app.state.engine
-
-    def ready_engine() -> Any:
-        return app.state.engine if not_ready_reason(app) is None else None
-
-    settings = getattr(app.state, "recommend_settings", None) or get_recommend_settings()
-    client = connect(core.effective_redis_url)
-    return RecommendService(settings, client, lambda texts: engine.embedder.embed(texts), ready_engine)
-
-
-async def get_service(request: Request, core: SettingsDep) -> RecommendService:
-    service: RecommendService | None = getattr(request.app.state, "recommend", None)
-    if service is None:
-        service = build_service(request, core)
-        request.app.state.recommend = service
-    return service
-
-
-ServiceDep = Annotated[RecommendService, Depends(get_service)]
+ServiceDep = RecommendDep
 FILE_TYPES = {
     "text/csv": "csv",
     "application/x-ndjson": "jsonl",

@@ -49,11 +49,6 @@ class UnknownRecommendationError(NotFoundError):
     error_type = "unknown_recommendation"
 
 
-def connect(url: str) -> redis.Redis:
-    """A client with timeouts: a Redis that hangs must fail the request (503), not freeze it."""
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
-
-
 def _errors(errors: list[RowError]) -> list[dict[str, str]]:
     return [asdict(e) for e in errors]
 

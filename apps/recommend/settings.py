@@ -3,7 +3,6 @@ what every app shares (model, Redis, limits)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +57,3 @@ class RecommendSettings(BaseSettings):
             raise ValueError("DOMAINLLM_RECOMMEND_EXCLUDE_EVENT_TYPES lists a type twice")
         return self
 
-
-@lru_cache(maxsize=1)
-def get_recommend_settings() -> RecommendSettings:
-    return RecommendSettings()

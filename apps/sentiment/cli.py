@@ -90,9 +90,9 @@ def replay(
         enrich_inline = None
         if inline:
             from apps.sentiment.enrich import Enricher, enrich_ids
-            from core.engine import Engine
+            from core.engine import LocalEngine
 
-            engine = Engine(get_settings())
+            engine = LocalEngine(get_settings())
             engine.warm_up()
             enricher = Enricher(engine, ctx.config)
 

@@ -13,7 +13,7 @@ from apps.sentiment.items import NewsItem
 from apps.sentiment.store import LABELS, NewsStore
 from apps.sentiment.topics import TopicClassifier
 from apps.sentiment.watchlist import Watchlist
-from core.engine import Engine
+from core.engine import LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EnrichStats:
 
 
 class Enricher:
-    def __init__(self, engine: Engine, config: MonitorConfig, watchlist: Watchlist | None = None) -> None:
+    def __init__(self, engine: LocalEngine, config: MonitorConfig, watchlist: Watchlist | None = None) -> None:
         self.engine = engine
         self.config = config
         self.watchlist = watchlist if watchlist is not None else load_watchlist(config)

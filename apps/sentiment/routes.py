@@ -12,14 +12,12 @@ import time
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Response
 from kombu.exceptions import OperationalError
 
-from apps.deps import AdminDep, EngineDep, SettingsDep
+from apps.deps import AdminDep, EngineDep, SentimentDep, ServicesDep
 from apps.errors import error_responses, store_guarded_route
 from apps.sentiment.config import parse_duration
-from apps.sentiment.dispatch import CeleryDispatcher, client_app
-from apps.sentiment.enrich import Enricher
 from apps.sentiment.ingest import IngestResult
 from apps.sentiment.items import parse_time
 from apps.sentiment.schemas import (
@@ -32,9 +30,7 @@ from apps.sentiment.schemas import (
     TrendsResponse,
 )
 from apps.sentiment.service import SentimentContext
-from apps.sentiment.settings import SentimentSettings, get_sentiment_settings
 from apps.sentiment.trends import chart_png, pick_step, scope_of, series
-from core.engine import Engine
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
 router = APIRouter(
@@ -44,27 +40,8 @@ router = APIRouter(
 )
 
 
-async def get_sentiment_context(request: Request, core: SettingsDep) -> SentimentContext:
-    """One context per app, built on first use (Redis clients connect lazily, so this is cheap)."""
-    ctx: SentimentContext | None = getattr(request.app.state, "sentiment", None)
-    if ctx is None:
-        settings: SentimentSettings = getattr(request.app.state, "sentiment_settings", None) or get_sentiment_settings()
-        dispatcher = CeleryDispatcher(client_app(core.effective_redis_url), settings.enrich_batch_size)
-        ctx = SentimentContext.build(settings, core, dispatcher=dispatcher)
-        request.app.state.sentiment = ctx
-    return ctx
-
-
-def _enricher(request: Request, engine: Engine, ctx: SentimentContext) -> Enricher:
-    cached: Enricher | None = getattr(request.app.state, "sentiment_enricher", None)
-    if cached is None or cached.engine is not engine:
-        cached = Enricher(engine, ctx.config)
-        request.app.state.sentiment_enricher = cached
-    return cached
-
-
 MAX_EXPLAINED_TEXTS = 8
-ContextDep = Annotated[SentimentContext, Depends(get_sentiment_context)]
+ContextDep = SentimentDep
 
 NEWS_EXAMPLE = {
     "items": [
@@ -114,9 +91,9 @@ async def push_news(
     responses=error_responses(400, 413, 422, 503),
 )
 async def classify(
-    body: SentimentClassifyRequest, request: Request, engine: EngineDep, ctx: ContextDep
+    body: SentimentClassifyRequest, engine: EngineDep, ctx: ContextDep, services: ServicesDep
 ) -> SentimentClassifyResponse:
-    enricher = _enricher(request, engine, ctx)
+    enricher = services.enricher(ctx)
     if body.explain and len(body.texts) > MAX_EXPLAINED_TEXTS:
         raise InvalidRequestError(
             f"explain costs one model pass per word: send at most {MAX_EXPLAINED_TEXTS} texts with explain=true"

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.llm.schemas import RequestModel
+from apps.http.requests import RequestModel
 
 
 class NewsAccepted(BaseModel):

@@ -23,8 +23,9 @@ from apps.sentiment.feeds import PollResult, poll_feed
 from apps.sentiment.ingest import IngestResult, ingest_file, normalize_all, store_items
 from apps.sentiment.monitor import run_monitor
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
 from core.config import Settings
+from core.redis_client import connect
 
 log = logging.getLogger(__name__)
 _CONFIGS: dict[tuple[str, float], MonitorConfig] = {}
@@ -60,7 +61,7 @@ class SentimentContext:
         dispatcher: Dispatcher | None = None,
     ) -> SentimentContext:
         path = Path(config_path) if config_path else settings.config_path
-        client = client or connect(core.effective_redis_url)
+        client = client or connect(core.effective_redis_url, decode=True)
         ns = namespace or settings.namespace
         return cls(
             settings=settings,

@@ -7,7 +7,6 @@ watchlist, anomaly rules) are in the YAML file named by ``config_path``: see ``a
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -81,7 +80,3 @@ class SentimentSettings(BaseSettings):
             names.append("email")
         return names
 
-
-@lru_cache(maxsize=1)
-def get_sentiment_settings() -> SentimentSettings:
-    return SentimentSettings()

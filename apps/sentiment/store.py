@@ -77,13 +77,6 @@ class BucketCounts:
         return self.counts.get("negative", 0) / self.n if self.n else None
 
 
-def connect(url: str) -> redis.Redis:
-    """A client with timeouts: a Redis that hangs must fail a task (and retry it), not freeze it."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-    )
-
-
 def scopes_for(entities: list[str], topics: list[str]) -> list[str]:
     return ["all", *(f"entity:{e}" for e in entities), *(f"topic:{t}" for t in topics)]
 

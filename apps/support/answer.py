@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from apps.http.pii import mask_pii
 from apps.support.intents import Intent, IntentClassifier
-from apps.support.pii import mask_pii
 from apps.support.rules import Rules
 from apps.support.settings import SupportSettings
 from core.errors import InputTooLargeError, InvalidRequestError

@@ -196,9 +196,9 @@ def eval_answers(
 
     from apps.support.evaluation import evaluate
     from apps.support.settings import get_support_settings
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
-    engine = Engine(get_settings())
+    engine = LocalEngine(get_settings())
     try:
         with console.status("loading the engine"):
             engine.warm_up()

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from apps.support.pii import mask_pii
+from apps.http.pii import mask_pii
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
 ROLES = ("user", "assistant", "system")

@@ -16,7 +16,6 @@ import html
 import json
 import logging
 import secrets
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,9 +25,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from sse_starlette import EventSourceResponse
 
-from apps.deps import AdminDep, EngineDep, SettingsDep
+from apps.deps import AdminDep, SupportDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
-from apps.llm.streaming import submit_streaming
+from apps.http.streaming import submit_streaming
 from apps.support.answer import Plan, Reply, StreamGuard
 from apps.support.documents import Document, InvalidDocumentError, parse_document_report
 from apps.support.schemas import (
@@ -43,8 +42,8 @@ from apps.support.schemas import (
     SessionCreated,
     SessionRequest,
 )
-from apps.support.service import SupportService, connect
-from apps.support.settings import PACKAGE_DIR, SupportSettings, get_support_settings
+from apps.support.service import SupportService
+from apps.support.settings import PACKAGE_DIR, SupportSettings
 from core.errors import (
     AuthenticationError,
     DomainLLMError,
@@ -64,32 +63,11 @@ pages = APIRouter(tags=["support"], include_in_schema=False)
 
 
 def support_settings(request: Request) -> SupportSettings:
-    return getattr(request.app.state, "support_settings", None) or get_support_settings()
+    settings: SupportSettings = request.app.state.settings.support
+    return settings
 
 
-async def get_service(request: Request, core: SettingsDep, engine: EngineDep) -> SupportService:
-    """The app's one service, built on first use once the engine is ready (the KB embeds with it)."""
-    service: SupportService | None = getattr(request.app.state, "support", None)
-    if service is None:
-        settings = support_settings(request)
-        service = await asyncio.to_thread(_build_once, request.app, settings, core.effective_redis_url, engine)
-    return service
-
-
-_BUILD_LOCK = threading.Lock()
-
-
-def _build_once(app: Any, settings: SupportSettings, redis_url: str, engine: Any) -> SupportService:
-    """One service per app even when the first requests arrive together."""
-    with _BUILD_LOCK:
-        existing: SupportService | None = getattr(app.state, "support", None)
-        if existing is None:
-            existing = SupportService(settings, connect(redis_url), engine)
-            app.state.support = existing
-        return existing
-
-
-ServiceDep = Annotated[SupportService, Depends(get_service)]
+ServiceDep = SupportDep
 
 
 async def require_public_key(

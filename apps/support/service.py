@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 KB_CHECK_S = 5.0
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-
-
 class SupportService:
     def __init__(self, settings: SupportSettings, client: redis.Redis, engine: Any, rules: Rules | None = None) -> None:
         self.settings = settings

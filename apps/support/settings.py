@@ -3,7 +3,6 @@ what every app shares (model, Redis, limits)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -25,10 +24,6 @@ class SupportSettings(BaseSettings):
     public_keys: list[str] = Field(
         default_factory=lambda: ["pk_demo_store"],
         description="Keys a widget may present in X-Support-Key; empty: no key needed.",
-    )
-    cors_origins: list[str] = Field(
-        default_factory=lambda: ["*"],
-        description="Sites whose pages may call the chat API from a browser (the widget on another origin).",
     )
     session_ttl_s: int = Field(24 * 3600, ge=60)
     history_turns: int = Field(6, ge=0, le=50, description="Earlier turns kept for follow-up rewriting.")
@@ -58,7 +53,3 @@ class SupportSettings(BaseSettings):
             raise ValueError("DOMAINLLM_SUPPORT_PUBLIC_KEYS holds an empty key")
         return self
 
-
-@lru_cache(maxsize=1)
-def get_support_settings() -> SupportSettings:
-    return SupportSettings()

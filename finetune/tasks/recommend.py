@@ -183,7 +183,7 @@ def embedding_scores(rows: list[PreferencePrompt], embed: Any) -> list[float]:
 
 
 def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
     config = load_config(config_for("recommend"), settings.shared_data_dir)
     shared = settings.shared_data_dir
@@ -193,7 +193,7 @@ def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RES
     started = time.monotonic()
     scores: dict[str, list[float]] = {"popularity": popularity_scores(rows, like_rates(history))}
     scores["user_like_ratio"] = [len(r.liked) / max(1, len(r.liked) + len(r.disliked)) for r in rows]
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     try:
         scores["minilm_similarity"] = embedding_scores(rows, engine.embed)

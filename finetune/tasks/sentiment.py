@@ -1,7 +1,7 @@
 """The sentiment adapter: negative / neutral / positive over financial news, scored by label logits.
 
 Train: FPB 50Agree minus the standard test rows + TFNS train minus a fixed 15% held-out.
-Evaluate (same run): the adapter and the zero-shot base, both through ``Engine.score_labels`` (the
+Evaluate (same run): the adapter and the zero-shot base, both through ``LocalEngine.score_labels`` (the
 served path), and TF-IDF + logistic regression trained on the same rows, on the FPB test split and
 the TFNS held-out split.
 """
@@ -112,7 +112,7 @@ def tfidf_baseline(train_rows: list[LabelledText], tests: dict[str, list[Labelle
 
 
 def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
-    from core.engine import Engine
+    from core.engine import LocalEngine
     from finetune.config import config_for, load_config
 
     config = load_config(config_for("sentiment"), settings.shared_data_dir)
@@ -121,7 +121,7 @@ def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RES
     labels = config.labels
     started = time.monotonic()
     systems: dict[str, dict[str, list[dict[str, float]]]] = {"tfidf_logreg": tfidf_baseline(data.train, tests)}
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     try:
         models = ["base"] + ([adapter] if engine.has_model(adapter) else [])

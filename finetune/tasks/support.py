@@ -262,7 +262,7 @@ def generation_scores(references: list[str], hypotheses: list[str]) -> dict[str,
 
 
 def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
-    from core.engine import Engine
+    from core.engine import LocalEngine
 
     config = load_config(config_for("support"), settings.shared_data_dir)
     opts = SupportOptions.from_config(config)
@@ -271,7 +271,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
     kb, held_out = bitext_splits(config, shared, opts)
     rows = random.Random(config.seed).sample(held_out, min(opts.eval_rows, len(held_out)))
     references = [r.response for r in rows]
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     try:
         has_adapter = engine.has_model(adapter)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.sampling import SamplingParams
 
 pytestmark = [
@@ -28,14 +28,14 @@ BF16_TOL = 3e-2  # bf16 keeps ~3 significant digits; batch shape changes the red
 
 
 @pytest.fixture
-def cuda_engine(tiny_settings: Settings) -> Iterator[Engine]:
-    engine = Engine(tiny_settings.model_copy(update={"device": "cuda", "batch_wait_ms": 100}))
+def cuda_engine(tiny_settings: Settings) -> Iterator[LocalEngine]:
+    engine = LocalEngine(tiny_settings.model_copy(update={"device": "cuda", "batch_wait_ms": 100}))
     engine.warm_up()
     yield engine
     engine.close()
 
 
-def test_engine_loads_in_bf16_on_cuda_and_generates(cuda_engine: Engine) -> None:
+def test_engine_loads_in_bf16_on_cuda_and_generates(cuda_engine: LocalEngine) -> None:
     assert cuda_engine.registry is not None
     weight = next(cuda_engine.registry.model.parameters())
     assert weight.device.type == "cuda"
@@ -50,7 +50,7 @@ def test_engine_loads_in_bf16_on_cuda_and_generates(cuda_engine: Engine) -> None
         assert len(completion.token_ids) == 8
 
 
-def test_mixed_adapter_batch_matches_solo_within_bf16(cuda_engine: Engine) -> None:
+def test_mixed_adapter_batch_matches_solo_within_bf16(cuda_engine: LocalEngine) -> None:
     solo = {(m, t): cuda_engine.score_labels([t], LABELS, model=m)[0] for m in MODELS for t in TEXTS}
     pairs = [(m, t) for m in MODELS for t in TEXTS]
     futures = [cuda_engine.submit_score_labels([t], LABELS, model=m) for m, t in pairs]  # one mixed batch

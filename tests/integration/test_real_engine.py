@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.sampling import SamplingParams
 from core.tiny import build_random_lora
 
@@ -37,7 +37,7 @@ def real_adapters(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def real_engine(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def real_engine(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
     settings = Settings(
         environment="test",
         admin_key="test-admin-key",
@@ -45,13 +45,13 @@ def real_engine(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         adapters_dir=tmp_path_factory.mktemp("no-adapters"),
         batch_wait_ms=30,
     )
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     yield engine
     engine.close()
 
 
-def test_answers_a_simple_question_sensibly(real_engine: Engine) -> None:
+def test_answers_a_simple_question_sensibly(real_engine: LocalEngine) -> None:
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     deltas: list[str] = []
     out = real_engine.generate(chat, params=SamplingParams(max_new_tokens=32), on_delta=deltas.append)
@@ -61,7 +61,7 @@ def test_answers_a_simple_question_sensibly(real_engine: Engine) -> None:
 
 
 def test_two_adapters_share_one_base_and_cost_only_their_own_weights(
-    real_engine: Engine, real_adapters: dict[str, Path]
+    real_engine: LocalEngine, real_adapters: dict[str, Path]
 ) -> None:
     registry = real_engine.registry
     base_ptrs = {n: p.data_ptr() for n, p in registry.base_model.named_parameters()}
@@ -92,7 +92,7 @@ def test_two_adapters_share_one_base_and_cost_only_their_own_weights(
     assert outs["support"] != outs["base"] and outs["sentiment"] != outs["base"]
 
 
-def test_mixed_adapter_batch_equals_solo_on_the_real_model(real_engine: Engine, real_adapters: dict[str, Path]) -> None:
+def test_mixed_adapter_batch_equals_solo_on_the_real_model(real_engine: LocalEngine, real_adapters: dict[str, Path]) -> None:
     for name, path in real_adapters.items():
         if not real_engine.has_model(name):
             real_engine.load_adapter(name, path)

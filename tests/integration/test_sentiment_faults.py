@@ -21,6 +21,7 @@ from apps.sentiment.items import NewsItem
 from apps.sentiment.loopback import RedisProcess, WebhookReceiver, free_port
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
+from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import PROJECT_ROOT, Settings
 
@@ -164,7 +165,7 @@ def test_webhook_down_retried_dead_lettered_then_resent(world: dict[str, Any]) -
         assert status["log"]["state"] == "sent"
         receiver.start()  # the receiver is back; resend on request
         app = create_app(settings=core)
-        app.state.sentiment = ctx
+        app.dependency_overrides[get_sentiment_context] = lambda: ctx
         with TestClient(app) as client:
             assert client.post(f"/v1/sentiment/alerts/{alert.id}/resend").status_code == 401
             r = client.post(f"/v1/sentiment/alerts/{alert.id}/resend", headers=ADMIN)

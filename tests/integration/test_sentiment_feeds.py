@@ -16,7 +16,8 @@ from apps.sentiment.feeds import poll_feed
 from apps.sentiment.loopback import FeedServer, RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
+from core.redis_client import connect
 from core.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def server() -> Iterator[FeedServer]:
 
 @pytest.fixture
 def store(redis_url: str) -> NewsStore:
-    return NewsStore(connect(redis_url), f"t{uuid.uuid4().hex[:8]}")
+    return NewsStore(connect(redis_url, decode=True), f"t{uuid.uuid4().hex[:8]}")
 
 
 SETTINGS = SentimentSettings(feed_timeout_s=1.5, feed_backoff_s=30, feed_max_bytes=2_000_000)
@@ -112,7 +113,7 @@ def test_hanging_feed_times_out_and_others_still_poll(
     server.hang["/hang.xml"] = 30
     good = server.set("/good.xml", rss(entry("Copper jumps", "https://x.example/c")).encode())
     settings = SETTINGS.model_copy(update={"namespace": f"t{uuid.uuid4().hex[:8]}"})
-    ctx = SentimentContext.build(settings, tiny_settings, client=connect(redis_url))
+    ctx = SentimentContext.build(settings, tiny_settings, client=connect(redis_url, decode=True))
     started = time.monotonic()
     results = ctx.poll_feeds([server.url + "/hang.xml", good])
     assert time.monotonic() - started < 10

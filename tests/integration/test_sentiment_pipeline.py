@@ -27,8 +27,10 @@ from fastapi.testclient import TestClient
 from apps.sentiment.alerts import AlertStore
 from apps.sentiment.loopback import FeedServer, RedisProcess, SmtpSink, WebhookReceiver
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
+from core.redis_client import connect
 from apps.server import create_app
+from apps.settings import AppSettings
 from core.config import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -95,11 +97,11 @@ class Pipeline:
 
     @property
     def store(self) -> NewsStore:
-        return NewsStore(connect(self.redis.url), self.ns)
+        return NewsStore(connect(self.redis.url, decode=True), self.ns)
 
     @property
     def alerts(self) -> AlertStore:
-        return AlertStore(connect(self.redis.url), self.ns)
+        return AlertStore(connect(self.redis.url, decode=True), self.ns)
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -201,8 +203,9 @@ def test_same_item_three_ways_twice_is_stored_and_counted_once(pipeline: Pipelin
     before = store.stats()
     # 1. the API, twice
     core = tiny_settings.model_copy(update={"redis_url": pipeline.redis.url})
-    app = create_app(settings=core)
-    app.state.sentiment_settings = SentimentSettings(namespace=pipeline.ns, config_path=pipeline.config)
+    app = create_app(
+        settings=AppSettings.of(core, sentiment=SentimentSettings(namespace=pipeline.ns, config_path=pipeline.config))
+    )
     with TestClient(app) as client:
         answers = [client.post("/v1/sentiment/news", json=item).json() for _ in range(2)]
     assert [a["accepted"] for a in answers] == [1, 0] and answers[0]["ids"] == answers[1]["ids"]

@@ -17,7 +17,7 @@ from apps.support.kb import KnowledgeBase
 from apps.support.rules import load_rules
 from apps.support.settings import SupportSettings
 from core.config import PROJECT_ROOT, Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ ADAPTERS = PROJECT_ROOT / "data" / "adapters"
 def bot(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupportBot]:
     if not (ADAPTERS / "support" / "adapter_config.json").is_file():
         pytest.skip("the committed support adapter is missing")
-    engine = Engine(
+    engine = LocalEngine(
         Settings(environment="test", admin_key="test-admin-key", base_model=str(real_model_dir), adapters_dir=ADAPTERS)
     )
     engine.warm_up()

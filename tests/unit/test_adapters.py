@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import AdapterLoadError, AdapterNotFoundError, ConflictError, InvalidRequestError
 from core.sampling import SamplingParams
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
 
-def test_adapters_in_the_folder_load_on_start(tiny_engine: Engine) -> None:
+def test_adapters_in_the_folder_load_on_start(tiny_engine: LocalEngine) -> None:
     assert [m["id"] for m in tiny_engine.list_models()] == ["base", "alpha", "beta"]
     alpha = tiny_engine.registry.info("alpha")
     assert alpha.rank == 4
@@ -24,7 +24,7 @@ def test_adapters_in_the_folder_load_on_start(tiny_engine: Engine) -> None:
     assert "q_proj" in alpha.target_modules
 
 
-def test_unload_and_reload_at_run_time(tiny_engine: Engine, tiny_adapters: dict[str, Path]) -> None:
+def test_unload_and_reload_at_run_time(tiny_engine: LocalEngine, tiny_adapters: dict[str, Path]) -> None:
     before = tiny_engine.generate("hello", model="alpha", params=PARAMS).token_ids
     tiny_engine.unload_adapter("alpha")
     assert not tiny_engine.has_model("alpha")
@@ -34,7 +34,7 @@ def test_unload_and_reload_at_run_time(tiny_engine: Engine, tiny_adapters: dict[
     assert tiny_engine.generate("hello", model="alpha", params=PARAMS).token_ids == before
 
 
-def test_unloading_every_adapter_restores_the_plain_base(tiny_engine: Engine) -> None:
+def test_unloading_every_adapter_restores_the_plain_base(tiny_engine: LocalEngine) -> None:
     base_before = tiny_engine.generate("hello", params=PARAMS).token_ids
     tiny_engine.unload_adapter("alpha")
     tiny_engine.unload_adapter("beta")
@@ -42,13 +42,13 @@ def test_unloading_every_adapter_restores_the_plain_base(tiny_engine: Engine) ->
     assert tiny_engine.generate("hello", params=PARAMS).token_ids == base_before
 
 
-def test_loading_a_name_twice_is_a_conflict(tiny_engine: Engine, tiny_adapters: dict[str, Path]) -> None:
+def test_loading_a_name_twice_is_a_conflict(tiny_engine: LocalEngine, tiny_adapters: dict[str, Path]) -> None:
     with pytest.raises(ConflictError):
         tiny_engine.load_adapter("alpha", tiny_adapters["beta"])
 
 
 @pytest.mark.parametrize("name", ["base", "__base__", "Bad Name", "", "../etc", "x" * 80])
-def test_invalid_names_are_refused(tiny_engine: Engine, tiny_adapters: dict[str, Path], name: str) -> None:
+def test_invalid_names_are_refused(tiny_engine: LocalEngine, tiny_adapters: dict[str, Path], name: str) -> None:
     with pytest.raises(InvalidRequestError):
         tiny_engine.load_adapter(name, tiny_adapters["alpha"])
 
@@ -77,7 +77,7 @@ def _broken_copies(src: Path, root: Path) -> dict[str, Path]:
 
 
 def test_broken_adapter_folders_fail_clearly_and_the_loaded_ones_keep_serving(
-    tiny_engine: Engine, tiny_adapters: dict[str, Path], tmp_path: Path
+    tiny_engine: LocalEngine, tiny_adapters: dict[str, Path], tmp_path: Path
 ) -> None:
     expected = {m: tiny_engine.generate("hello", model=m, params=PARAMS).token_ids for m in ("base", "alpha", "beta")}
     for name, path in _broken_copies(tiny_adapters["alpha"], tmp_path).items():
@@ -92,7 +92,7 @@ def test_a_broken_first_adapter_leaves_the_base_untouched(
     tiny_settings, tiny_adapters: dict[str, Path], tmp_path: Path
 ) -> None:
     settings = tiny_settings.model_copy(update={"adapters_dir": tmp_path / "empty"})
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     try:
         base = engine.generate("hello", params=PARAMS).token_ids
@@ -114,7 +114,7 @@ def test_discovery_skips_broken_folders_and_reports_them(
     shutil.copytree(tiny_adapters["beta"], folder / "beta")
     shutil.copytree(tiny_adapters["alpha"], folder / "broken")
     (folder / "broken" / "adapter_model.safetensors").write_bytes(b"nope")
-    engine = Engine(tiny_settings.model_copy(update={"adapters_dir": folder}))
+    engine = LocalEngine(tiny_settings.model_copy(update={"adapters_dir": folder}))
     engine.warm_up()
     try:
         assert [m["id"] for m in engine.list_models()] == ["base", "beta"]

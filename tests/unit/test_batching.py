@@ -9,7 +9,7 @@ from concurrent.futures import Future
 import pytest
 
 from core.batching import MicroBatcher
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import DomainLLMError
 from core.sampling import SamplingParams
 
@@ -25,7 +25,7 @@ PROMPTS = [
 ]
 
 
-def _solo_then_batched(engine: Engine, submit) -> tuple[list, list, list[tuple[str, int]]]:
+def _solo_then_batched(engine: LocalEngine, submit) -> tuple[list, list, list[tuple[str, int]]]:
     solo = [submit(m, p).result() for m, p in PROMPTS]
     before = len(engine.recent_batches)
     futures = [submit(m, p) for m, p in PROMPTS]  # all queued within the batch window
@@ -33,7 +33,7 @@ def _solo_then_batched(engine: Engine, submit) -> tuple[list, list, list[tuple[s
     return solo, batched, engine.recent_batches[before:]
 
 
-def test_mixed_adapter_generation_batch_equals_solo(tiny_engine: Engine) -> None:
+def test_mixed_adapter_generation_batch_equals_solo(tiny_engine: LocalEngine) -> None:
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
 
     def submit(model: str, prompt: str) -> Future:
@@ -45,7 +45,7 @@ def test_mixed_adapter_generation_batch_equals_solo(tiny_engine: Engine) -> None
         assert b.token_ids == s.token_ids
 
 
-def test_mixed_adapter_label_batch_equals_solo(tiny_engine: Engine) -> None:
+def test_mixed_adapter_label_batch_equals_solo(tiny_engine: LocalEngine) -> None:
     labels = ["negative", "neutral", "positive"]
 
     def submit(model: str, prompt: str) -> Future:
@@ -58,7 +58,7 @@ def test_mixed_adapter_label_batch_equals_solo(tiny_engine: Engine) -> None:
             assert b[0][label] == pytest.approx(s[0][label], abs=1e-5)
 
 
-def test_rows_that_finish_early_leave_the_batch_without_disturbing_others(tiny_engine: Engine) -> None:
+def test_rows_that_finish_early_leave_the_batch_without_disturbing_others(tiny_engine: LocalEngine) -> None:
     short = SamplingParams(max_new_tokens=2, ignore_eos=True)
     long = SamplingParams(max_new_tokens=12, ignore_eos=True)
     chat = [{"role": "user", "content": "Where is my order?"}]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import AdapterNotFoundError, InputTooLargeError, InvalidRequestError
 from core.sampling import SamplingParams
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 CHAT = [{"role": "user", "content": "Where is my order?"}]
 
 
-def test_greedy_is_deterministic_and_respects_max_tokens(tiny_engine: Engine) -> None:
+def test_greedy_is_deterministic_and_respects_max_tokens(tiny_engine: LocalEngine) -> None:
     params = SamplingParams(max_new_tokens=7, ignore_eos=True)
     a = tiny_engine.generate(CHAT, params=params)
     b = tiny_engine.generate(CHAT, params=params)
@@ -24,7 +24,7 @@ def test_greedy_is_deterministic_and_respects_max_tokens(tiny_engine: Engine) ->
     assert a.prompt_tokens == len(tiny_engine.tokenize(tiny_engine.render(CHAT)))
 
 
-def test_greedy_matches_a_plain_forward_loop(tiny_engine: Engine) -> None:
+def test_greedy_matches_a_plain_forward_loop(tiny_engine: LocalEngine) -> None:
     """Our KV-cached decode loop picks the same tokens as recomputing the whole sequence each step."""
     model = tiny_engine.registry.base_model  # no adapter: plain base
     ids = tiny_engine.tokenize(tiny_engine.render(CHAT))
@@ -39,7 +39,7 @@ def test_greedy_matches_a_plain_forward_loop(tiny_engine: Engine) -> None:
     assert got.token_ids == expected
 
 
-def test_sampling_with_a_seed_is_reproducible(tiny_engine: Engine) -> None:
+def test_sampling_with_a_seed_is_reproducible(tiny_engine: LocalEngine) -> None:
     params = SamplingParams(max_new_tokens=12, temperature=1.5, top_p=0.95, seed=42, ignore_eos=True)
     runs = [tiny_engine.generate(CHAT, params=params).token_ids for _ in range(2)]
     other = tiny_engine.generate(CHAT, params=SamplingParams(**{**params.__dict__, "seed": 7})).token_ids
@@ -47,13 +47,13 @@ def test_sampling_with_a_seed_is_reproducible(tiny_engine: Engine) -> None:
     assert other != runs[0]
 
 
-def test_beam_search_runs_per_adapter(tiny_engine: Engine) -> None:
+def test_beam_search_runs_per_adapter(tiny_engine: LocalEngine) -> None:
     params = SamplingParams(max_new_tokens=6, num_beams=3)
     out = {m: tiny_engine.generate(CHAT, model=m, params=params) for m in ("base", "alpha")}
     assert all(c.completion_tokens >= 1 for c in out.values())
 
 
-def test_streaming_deltas_concatenate_to_the_text(tiny_engine: Engine) -> None:
+def test_streaming_deltas_concatenate_to_the_text(tiny_engine: LocalEngine) -> None:
     deltas: list[str] = []
     params = SamplingParams(max_new_tokens=16, ignore_eos=True)
     final = tiny_engine.generate(CHAT, model="beta", params=params, on_delta=deltas.append)
@@ -61,7 +61,7 @@ def test_streaming_deltas_concatenate_to_the_text(tiny_engine: Engine) -> None:
     assert "".join(deltas) == final.text
 
 
-def test_stop_string_truncates_and_is_never_streamed(tiny_engine: Engine) -> None:
+def test_stop_string_truncates_and_is_never_streamed(tiny_engine: LocalEngine) -> None:
     params = SamplingParams(max_new_tokens=24, ignore_eos=True)
     full = tiny_engine.generate(CHAT, params=params).text
     assert len(full) > 6
@@ -75,7 +75,7 @@ def test_stop_string_truncates_and_is_never_streamed(tiny_engine: Engine) -> Non
     assert "".join(deltas) == got.text
 
 
-def test_adapters_change_outputs(tiny_engine: Engine) -> None:
+def test_adapters_change_outputs(tiny_engine: LocalEngine) -> None:
     texts = ["the market fell sharply", "shares rose on merger news"]
     labels = ["negative", "neutral", "positive"]
     probs = {m: tiny_engine.score_labels(texts, labels, model=m) for m in ("base", "alpha", "beta")}
@@ -87,7 +87,7 @@ def test_adapters_change_outputs(tiny_engine: Engine) -> None:
             assert sum(row.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_unknown_adapter_is_an_error_not_a_fallback(tiny_engine: Engine) -> None:
+def test_unknown_adapter_is_an_error_not_a_fallback(tiny_engine: LocalEngine) -> None:
     with pytest.raises(AdapterNotFoundError, match="available: base, alpha, beta"):
         tiny_engine.generate(CHAT, model="nope")
     with pytest.raises(AdapterNotFoundError):
@@ -110,7 +110,7 @@ def test_unknown_adapter_is_an_error_not_a_fallback(tiny_engine: Engine) -> None
         (lambda e: e.score_continuations("prefix", ["ok"], answer_labels=["Yes"]), InvalidRequestError),
     ],
 )
-def test_bad_input_raises_clear_errors(tiny_engine: Engine, call, error) -> None:
+def test_bad_input_raises_clear_errors(tiny_engine: LocalEngine, call, error) -> None:
     with pytest.raises(error):
         call(tiny_engine)
 
@@ -132,14 +132,14 @@ def test_sampling_params_reject_nonsense(kwargs) -> None:
         SamplingParams(**kwargs)
 
 
-def test_labels_sharing_a_first_token_fall_back_to_full_likelihood(tiny_engine: Engine) -> None:
+def test_labels_sharing_a_first_token_fall_back_to_full_likelihood(tiny_engine: LocalEngine) -> None:
     labels = ["market up", "market down"]
     [probs] = tiny_engine.score_labels(["shares rose"], labels)
     assert set(probs) == set(labels)
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_score_continuations_match_independent_forward_passes(tiny_engine: Engine) -> None:
+def test_score_continuations_match_independent_forward_passes(tiny_engine: LocalEngine) -> None:
     prefix = "Customers who liked this movie also liked"
     conts = [" the market", " a refund for the damaged item", " Yes"]
     scores = tiny_engine.score_continuations(prefix, conts, model="alpha", answer_labels=["Yes", "No"])
@@ -149,7 +149,7 @@ def test_score_continuations_match_independent_forward_passes(tiny_engine: Engin
         for cont, score in zip(conts, scores, strict=True):
             c_ids = tiny_engine.tokenize(cont)
             ids = torch.tensor([p_ids + c_ids])
-            logits = registry.model(input_ids=ids, **registry.adapter_names_kwargs(["alpha"])).logits[0]
+            logits = registry.model(input_ids=ids, adapter_names=[registry.resolve("alpha")]).logits[0]
             logp = torch.log_softmax(logits.float(), dim=-1)  # [seq, vocab]
             expected = sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
             assert score.logprob == pytest.approx(expected, abs=1e-3)
@@ -157,7 +157,7 @@ def test_score_continuations_match_independent_forward_passes(tiny_engine: Engin
             assert sum(score.next_label_probs.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_embeddings_are_unit_vectors_and_semantic(tiny_engine: Engine) -> None:
+def test_embeddings_are_unit_vectors_and_semantic(tiny_engine: LocalEngine) -> None:
     vecs = tiny_engine.embed(["refund my order", "I want my money back", "the stock market crashed"])
     assert vecs.shape == (3, 384)
     assert abs(float((vecs**2).sum(axis=1).mean()) - 1.0) < 1e-4
@@ -165,7 +165,7 @@ def test_embeddings_are_unit_vectors_and_semantic(tiny_engine: Engine) -> None:
     assert sims[0, 1] > sims[0, 2]
 
 
-def test_a_row_whose_client_went_away_stops_early(tiny_engine: Engine) -> None:
+def test_a_row_whose_client_went_away_stops_early(tiny_engine: LocalEngine) -> None:
     seen: list[str] = []
     out = tiny_engine.generate(
         CHAT,
@@ -177,20 +177,20 @@ def test_a_row_whose_client_went_away_stops_early(tiny_engine: Engine) -> None:
     assert out.completion_tokens < 50
 
 
-def test_odd_but_valid_sampling_values_never_break_a_batch(tiny_engine: Engine) -> None:
+def test_odd_but_valid_sampling_values_never_break_a_batch(tiny_engine: LocalEngine) -> None:
     tiny = SamplingParams(max_new_tokens=4, temperature=1e-40, top_p=1e-300, seed=2**62, ignore_eos=True)
     assert tiny_engine.generate(CHAT, params=tiny).completion_tokens == 4
     with pytest.raises(InvalidRequestError, match="seed"):
         SamplingParams(seed=10**30)
 
 
-def test_lone_surrogates_are_a_clear_error(tiny_engine: Engine) -> None:
+def test_lone_surrogates_are_a_clear_error(tiny_engine: LocalEngine) -> None:
     with pytest.raises(InvalidRequestError, match="Unicode"):
         tiny_engine.generate([{"role": "user", "content": "hi \ud800"}])
     with pytest.raises(InvalidRequestError, match="Unicode"):
         tiny_engine.score_labels(["x"], ["a", "b\udfff"])
 
 
-def test_a_message_that_is_not_an_object_is_a_clear_error(tiny_engine: Engine) -> None:
+def test_a_message_that_is_not_an_object_is_a_clear_error(tiny_engine: LocalEngine) -> None:
     with pytest.raises(InvalidRequestError, match="each message must be an object"):
         tiny_engine.generate(["hello"])  # type: ignore[list-item]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.prompts import classification_prompt
 from finetune.config import ConfigError, TrainConfig, load_config
 from finetune.trainer import Example, LoraTrainer, common_prefix_example
@@ -110,7 +110,7 @@ def test_labels_objective_learns_and_the_saved_adapter_serves_the_same_scores(
     settings = Settings(
         environment="test", admin_key="k", base_model=str(tiny_model_dir), adapters_dir=tmp_path / "adapters"
     )
-    engine = Engine(settings)
+    engine = LocalEngine(settings)
     engine.warm_up()
     try:
         served = engine.score_labels(list(texts), cfg.labels, model="toy")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import AdapterNotFoundError
 from core.lora_stack import LoraRouter
 from core.sampling import SamplingParams
@@ -66,24 +66,24 @@ def _ids(rows: int, seq: int = 9) -> torch.Tensor:
     return torch.randint(3, 400, (rows, seq), generator=torch.Generator().manual_seed(rows))  # [rows, seq]
 
 
-def _router(engine: Engine) -> LoraRouter:
+def _router(engine: LocalEngine) -> LoraRouter:
     assert engine.lora is not None
     return engine.lora
 
 
 @torch.inference_mode()
-def _routed_logits(engine: Engine, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
+def _routed_logits(engine: LocalEngine, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
     assert engine.registry is not None
     with _router(engine).rows(names) as adapters:
         return engine.registry.model(input_ids=ids, **adapters.kwargs).logits.float()  # [rows, seq, vocab]
 
 
 @torch.inference_mode()
-def _peft_logits(engine: Engine, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
+def _peft_logits(engine: LocalEngine, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
     """PEFT's own mixed-batch forward, outside any router context."""
     assert engine.registry is not None
     registry = engine.registry
-    return registry.model(input_ids=ids, **registry.adapter_names_kwargs(names)).logits.float()
+    return registry.model(input_ids=ids, adapter_names=[registry.resolve(n) for n in names]).logits.float()
 
 
 @torch.inference_mode()
@@ -96,7 +96,7 @@ def _fresh_peft_logits(base: Path, adapter: Path, ids: torch.Tensor) -> torch.Te
     return model(input_ids=ids).logits.float()
 
 
-def _assert_mixed_matches(engine: Engine, names: list[str], path: str, *, alone: bool = True) -> None:
+def _assert_mixed_matches(engine: LocalEngine, names: list[str], path: str, *, alone: bool = True) -> None:
     """The routed mixed batch equals PEFT's adapter_names batch and each row run alone (both ways)."""
     ids = _ids(len(names))
     before = _router(engine).paths[path]
@@ -109,7 +109,7 @@ def _assert_mixed_matches(engine: Engine, names: list[str], path: str, *, alone:
         torch.testing.assert_close(mixed[i : i + 1], _peft_logits(engine, row, [name]), atol=ATOL, rtol=0)
 
 
-def test_mixed_batch_logits_match_peft_and_each_row_alone(tiny_engine: Engine) -> None:
+def test_mixed_batch_logits_match_peft_and_each_row_alone(tiny_engine: LocalEngine) -> None:
     names = ["alpha", "beta", "base", "alpha", "base"]
     _assert_mixed_matches(tiny_engine, names, "stacked")
     paths = _router(tiny_engine).paths
@@ -120,7 +120,7 @@ def test_mixed_batch_logits_match_peft_and_each_row_alone(tiny_engine: Engine) -
     )
 
 
-def test_mixed_greedy_generation_equals_one_at_a_time(tiny_engine: Engine) -> None:
+def test_mixed_greedy_generation_equals_one_at_a_time(tiny_engine: LocalEngine) -> None:
     """Rows of different lengths leave the batch early: the row mask must follow the KV cache."""
     jobs = [("alpha", 3), ("base", 9), ("beta", 5), ("alpha", 9), ("beta", 1)]
     solo = [
@@ -138,7 +138,7 @@ def test_mixed_greedy_generation_equals_one_at_a_time(tiny_engine: Engine) -> No
 
 
 def test_stacks_follow_adapters_loaded_and_unloaded_at_run_time(
-    tiny_engine: Engine, tiny_adapters: dict[str, Path], extra_adapters: dict[str, Path]
+    tiny_engine: LocalEngine, tiny_adapters: dict[str, Path], extra_adapters: dict[str, Path]
 ) -> None:
     _assert_mixed_matches(tiny_engine, ["alpha", "beta", "base"], "stacked")
     tiny_engine.load_adapter("gamma", extra_adapters["gamma"])  # rank 2, scaling 3.5, three modules only
@@ -157,7 +157,7 @@ def test_stacks_follow_adapters_loaded_and_unloaded_at_run_time(
 
 
 def test_dora_is_not_stacked_and_runs_apart_with_correct_results(
-    tiny_engine: Engine, tiny_model_dir: Path, extra_adapters: dict[str, Path]
+    tiny_engine: LocalEngine, tiny_model_dir: Path, extra_adapters: dict[str, Path]
 ) -> None:
     tiny_engine.load_adapter("dora", extra_adapters["dora"])
     router = _router(tiny_engine)
@@ -183,7 +183,7 @@ def test_dora_is_not_stacked_and_runs_apart_with_correct_results(
 
 @pytest.mark.filterwarnings(f"ignore:{LORA_BIAS_WARNING}")
 def test_an_adapter_that_cannot_be_stacked_falls_back_to_peft_adapter_names(
-    tiny_engine: Engine, tiny_model_dir: Path, extra_adapters: dict[str, Path]
+    tiny_engine: LocalEngine, tiny_model_dir: Path, extra_adapters: dict[str, Path]
 ) -> None:
     tiny_engine.load_adapter("biased", extra_adapters["biased"])  # lora_bias: PEFT can mix it, we cannot stack it
     _assert_mixed_matches(tiny_engine, ["biased", "alpha", "base"], "peft_names")
@@ -198,7 +198,7 @@ def test_stacking_works_over_an_int8_base(tiny_settings: Settings) -> None:
     """LoRA layers that wrap int8 dynamically quantised Linears: the hooks add to their float output.
     Rows alone differ from rows in a batch under int8 (one activation scale per batch), so the
     reference is PEFT's mixed batch only."""
-    engine = Engine(tiny_settings.model_copy(update={"quantization": "int8"}))
+    engine = LocalEngine(tiny_settings.model_copy(update={"quantization": "int8"}))
     engine.warm_up()
     try:
         _assert_mixed_matches(engine, ["alpha", "beta", "base", "beta"], "stacked", alone=False)
@@ -206,7 +206,7 @@ def test_stacking_works_over_an_int8_base(tiny_settings: Settings) -> None:
         engine.close()
 
 
-def test_state_is_restored_after_an_error_and_contexts_do_not_nest(tiny_engine: Engine) -> None:
+def test_state_is_restored_after_an_error_and_contexts_do_not_nest(tiny_engine: LocalEngine) -> None:
     assert tiny_engine.registry is not None
     ids, names = _ids(3), ["alpha", "beta", "base"]
     reference = _peft_logits(tiny_engine, ids, names)
@@ -223,7 +223,7 @@ def test_state_is_restored_after_an_error_and_contexts_do_not_nest(tiny_engine: 
     torch.testing.assert_close(_routed_logits(tiny_engine, ids, names), reference, atol=ATOL, rtol=0)
 
 
-def test_beam_search_through_the_router_equals_peft_generate(tiny_engine: Engine) -> None:
+def test_beam_search_through_the_router_equals_peft_generate(tiny_engine: LocalEngine) -> None:
     assert tiny_engine.registry is not None
     params = SamplingParams(max_new_tokens=6, num_beams=3)
     got = tiny_engine.generate(CHAT, model="beta", params=params)

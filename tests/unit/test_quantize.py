@@ -12,7 +12,7 @@ import torch
 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.quantize import int8_target_names, quantize_int8
 from core.sampling import SamplingParams
 
@@ -22,29 +22,29 @@ LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["The market fell sharply after the earnings report.", "Shares of the bank rose on merger news."]
 
 
-def _engine(settings: Settings, **update: object) -> Iterator[Engine]:
-    engine = Engine(settings.model_copy(update=update))
+def _engine(settings: Settings, **update: object) -> Iterator[LocalEngine]:
+    engine = LocalEngine(settings.model_copy(update=update))
     engine.warm_up()
     yield engine
     engine.close()
 
 
 @pytest.fixture
-def fp32_engine(tiny_settings: Settings) -> Iterator[Engine]:
+def fp32_engine(tiny_settings: Settings) -> Iterator[LocalEngine]:
     yield from _engine(tiny_settings)
 
 
 @pytest.fixture
-def int8_engine(tiny_settings: Settings) -> Iterator[Engine]:
+def int8_engine(tiny_settings: Settings) -> Iterator[LocalEngine]:
     yield from _engine(tiny_settings, quantization="int8")
 
 
 @pytest.fixture
-def int8_base_engine(tiny_settings: Settings) -> Iterator[Engine]:
+def int8_base_engine(tiny_settings: Settings) -> Iterator[LocalEngine]:
     yield from _engine(tiny_settings, quantization="int8", load_adapters_on_start=False)
 
 
-def _modules(engine: Engine) -> dict[str, torch.nn.Module]:
+def _modules(engine: LocalEngine) -> dict[str, torch.nn.Module]:
     assert engine.registry is not None
     return dict(engine.registry.model.named_modules())
 
@@ -65,7 +65,7 @@ def test_quantize_int8_is_in_place_and_silent(tiny_model_dir: Path) -> None:
     assert type(modules["model.layers.0.mlp.down_proj"]) is torch.nn.Linear
 
 
-def test_int8_engine_without_adapters_generates_and_scores(int8_base_engine: Engine, fp32_engine: Engine) -> None:
+def test_int8_engine_without_adapters_generates_and_scores(int8_base_engine: LocalEngine, fp32_engine: LocalEngine) -> None:
     modules = _modules(int8_base_engine)
     assert isinstance(modules["lm_head"], QuantizedLinear)
 
@@ -80,7 +80,7 @@ def test_int8_engine_without_adapters_generates_and_scores(int8_base_engine: Eng
         assert max(abs(q[k] - f[k]) for k in LABELS) < 0.01
 
 
-def test_int8_engine_with_adapters_keeps_lora_float(int8_engine: Engine, fp32_engine: Engine) -> None:
+def test_int8_engine_with_adapters_keeps_lora_float(int8_engine: LocalEngine, fp32_engine: LocalEngine) -> None:
     modules = _modules(int8_engine)
     lora_a = [m for name, m in modules.items() if ".lora_A.alpha" in name]
     base_layers = [m for name, m in modules.items() if name.endswith("q_proj.base_layer")]

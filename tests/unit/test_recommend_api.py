@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from apps.recommend.service import RecommendService
 from apps.recommend.settings import RecommendSettings
 from apps.recommend.testing import HashEmbedder, LocalRedis
+from apps.deps import get_recommend_service
 from apps.server import create_app
-from core.engine import Engine
+from core.engine import LocalEngine
 
 pytestmark = pytest.mark.unit
 
@@ -32,6 +34,11 @@ PRODUCTS = {
     "tea": ["green tea", "black tea", "herbal tea", "tea pot", "tea strainer"],
 }
 
+
+
+def serve(app: FastAPI, service: RecommendService) -> None:
+    """Route the app's recommend dependency to ``service`` (a test's own Redis and settings)."""
+    app.dependency_overrides[get_recommend_service] = lambda: service
 
 def catalogue() -> list[dict[str, Any]]:
     items = []
@@ -58,7 +65,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-def make_service(redis_url: str, tmp_path: Path, engine: Engine | None, **overrides: Any) -> RecommendService:
+def make_service(redis_url: str, tmp_path: Path, engine: LocalEngine | None, **overrides: Any) -> RecommendService:
     settings = RecommendSettings(
         namespace=f"t{uuid.uuid4().hex[:8]}",
         ranker_path=tmp_path / "no-ranker.json",
@@ -69,10 +76,10 @@ def make_service(redis_url: str, tmp_path: Path, engine: Engine | None, **overri
 
 
 @pytest.fixture
-def client(tiny_settings: Any, tiny_engine: Engine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
+def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(tiny_settings, engine=tiny_engine)
     # shown items are kept off for these tests so each rule is seen on its own (one test turns it on)
-    app.state.recommend = make_service(redis_url, tmp_path, tiny_engine, exclude_shown=False)
+    serve(app, make_service(redis_url, tmp_path, tiny_engine, exclude_shown=False))
     with TestClient(app) as c:
         deadline = time.monotonic() + 30
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
@@ -176,17 +183,17 @@ def test_a_new_user_gets_a_sensible_non_empty_list(client: TestClient) -> None:
 
 
 def test_the_llm_scores_with_the_adapter_when_present_else_the_base(
-    tiny_settings: Any, tiny_engine: Engine, redis_url: str, tmp_path: Path
+    tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path
 ) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
     for adapter, expected in [("alpha", "alpha"), ("recommend", "base")]:
-        app.state.recommend = make_service(redis_url, tmp_path, tiny_engine, adapter=adapter)
+        serve(app, make_service(redis_url, tmp_path, tiny_engine, adapter=adapter))
         with TestClient(app) as c:
             c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
             events(c, ("dave", "tea-0", "view"))
             body = recommend(c, "dave", k=3)
         assert body["model"] == expected and body["ranker"] == "fallback"
-    app.state.recommend = make_service(redis_url, tmp_path, None)  # the engine still loading
+    serve(app, make_service(redis_url, tmp_path, None))  # the engine still loading
     with TestClient(app) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         events(c, ("dave", "tea-0", "view"))
@@ -195,10 +202,10 @@ def test_the_llm_scores_with_the_adapter_when_present_else_the_base(
 
 
 def test_items_shown_recently_are_not_shown_again(
-    tiny_settings: Any, tiny_engine: Engine, redis_url: str, tmp_path: Path
+    tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path
 ) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
-    app.state.recommend = make_service(redis_url, tmp_path, tiny_engine, exclude_shown=True)
+    serve(app, make_service(redis_url, tmp_path, tiny_engine, exclude_shown=True))
     with TestClient(app) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         first, second = recommend(c, "erin", k=5), recommend(c, "erin", k=5)
@@ -250,7 +257,7 @@ def test_filters_category_price_exclude_and_mmr(client: TestClient) -> None:
 
 
 def state(c: TestClient) -> tuple[Any, ...]:
-    service: RecommendService = c.app.state.recommend  # type: ignore[attr-defined]
+    service: RecommendService = c.app.dependency_overrides[get_recommend_service]()  # type: ignore[attr-defined]
     return (
         [e.to_json() for e in service.signals.history("ivy")],
         service.client.zrange(f"{service.ns}:pop", 0, -1, withscores=True),
@@ -349,7 +356,7 @@ def test_a_catalogue_file_with_broken_rows_ingests_the_good_ones_and_reports_the
     assert "id must be" in reasons["line 6"]
     assert "in_stock must be true or false" in reasons["line 7"]
     assert "more fields" in reasons["line 9"]
-    service: RecommendService = client.app.state.recommend  # type: ignore[attr-defined]
+    service: RecommendService = client.app.dependency_overrides[get_recommend_service]()  # type: ignore[attr-defined]
     index = service.catalogue.sync()
     assert "new-1" in index and "new-7" in index and not index.items["new-7"].in_stock
     assert index.items["new-1"].tags == ("kitchen", "board")
@@ -373,9 +380,9 @@ def test_item_batches_via_json_are_all_or_nothing(client: TestClient) -> None:
     assert state(client) == before
 
 
-def test_redis_down_is_a_503_not_a_500(tiny_settings: Any, tiny_engine: Engine, tmp_path: Path) -> None:
+def test_redis_down_is_a_503_not_a_500(tiny_settings: Any, tiny_engine: LocalEngine, tmp_path: Path) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
-    app.state.recommend = make_service("redis://127.0.0.1:1/0", tmp_path, tiny_engine)
+    serve(app, make_service("redis://127.0.0.1:1/0", tmp_path, tiny_engine))
     with TestClient(app) as c:
         r = c.get("/v1/recommend/anyone")
     assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable"
@@ -386,16 +393,16 @@ def test_redis_down_is_a_503_not_a_500(tiny_settings: Any, tiny_engine: Engine, 
 )
 def test_purchases_stay_excluded_after_they_leave_the_recent_history(
     tiny_settings: Any,
-    tiny_engine: Engine,
+    tiny_engine: LocalEngine,
     redis_url: str,
     tmp_path: Path,
     exclude_types: list[str],
     excluded: bool,
 ) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
-    app.state.recommend = make_service(
+    serve(app, make_service(
         redis_url, tmp_path, tiny_engine, exclude_shown=False, history_len=2, exclude_event_types=exclude_types
-    )
+    ))
     with TestClient(app) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         events(c, ("jo", "garden-0", "purchase"), ("jo", "garden-1", "cart"))

@@ -28,7 +28,7 @@ from apps.recommend.ranking import (
 from apps.recommend.rules import mmr
 from apps.recommend.signals import MemorySignals, RedisSignals
 from apps.recommend.testing import HashEmbedder, LocalRedis
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import InvalidRequestError
 from core.prompts import classification_prompt
 from finetune.data import recommend as training
@@ -46,7 +46,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
 # ---- the prompt and the LLM score -------------------------------------------------------------
 
 
-def test_the_split_prompt_is_exactly_the_training_prompt(tiny_engine: Engine) -> None:
+def test_the_split_prompt_is_exactly_the_training_prompt(tiny_engine: LocalEngine) -> None:
     assert INSTRUCTION == training.INSTRUCTION
     row = training.PreferencePrompt(("Heat (1995)", 'The "Thing" (1982)'), ("Cats (2019)",), "Alien (1979)", "Yes")
     trained = classification_prompt(tiny_engine.tokenizer, row.text(), ["Yes", "No"], training.INSTRUCTION)
@@ -61,7 +61,7 @@ def test_the_split_prompt_is_exactly_the_training_prompt(tiny_engine: Engine) ->
     assert parts == tok.encode(trained, add_special_tokens=False)
 
 
-def test_shared_prefix_scores_equal_scoring_each_candidate_alone(tiny_engine: Engine) -> None:
+def test_shared_prefix_scores_equal_scoring_each_candidate_alone(tiny_engine: LocalEngine) -> None:
     scorer = LLMScorer(tiny_engine, "alpha")
     liked, disliked = ["Trail Running Shoe", "Running Socks"], ["Garden Hose"]
     titles = ["Running Jacket", "Espresso Beans", "A Much Longer Product Title With Many Words", "Tea"]

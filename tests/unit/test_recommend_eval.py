@@ -27,7 +27,7 @@ from apps.recommend.evaluation import (
 )
 from apps.recommend.items import Event
 from apps.recommend.testing import HashEmbedder
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import InvalidRequestError
 
 pytestmark = pytest.mark.unit
@@ -114,7 +114,7 @@ def _write_movielens(folder: Path, users: int = 40, movies: int = 150, seed: int
 
 
 def test_a_whole_run_writes_both_protocols_for_every_system(
-    tiny_engine: Engine, tmp_path: Path, monkeypatch: Any
+    tiny_engine: LocalEngine, tmp_path: Path, monkeypatch: Any
 ) -> None:
     folder = tmp_path / "ml"
     _write_movielens(folder)

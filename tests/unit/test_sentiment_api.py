@@ -14,7 +14,8 @@ from apps.sentiment.items import NewsItem
 from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import connect
+from core.redis_client import connect
+from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import Settings
 
@@ -33,10 +34,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def api(tiny_settings: Settings, redis_url: str) -> Iterator[tuple[TestClient, SentimentContext]]:
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
     ctx = SentimentContext.build(
-        SentimentSettings(), core, namespace=f"t{uuid.uuid4().hex[:8]}", client=connect(redis_url)
+        SentimentSettings(), core, namespace=f"t{uuid.uuid4().hex[:8]}", client=connect(redis_url, decode=True)
     )
     app = create_app(settings=core)
-    app.state.sentiment = ctx
+    app.dependency_overrides[get_sentiment_context] = lambda: ctx
     with TestClient(app) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:

@@ -16,11 +16,12 @@ from apps.sentiment.ingest import store_items
 from apps.sentiment.items import normalize_item
 from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.settings import DEFAULT_CONFIG
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
+from core.redis_client import connect
 from apps.sentiment.topics import evaluate_topics
 from apps.sentiment.watchlist import Watchlist
 from core.config import PROJECT_ROOT, Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.tiny import build_random_lora
 
 pytestmark = pytest.mark.unit
@@ -42,10 +43,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def engine_with_sentiment(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine_with_sentiment(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
     adapters = tmp_path_factory.mktemp("sentiment-adapters")
     build_random_lora(tiny_model_dir, adapters / "sentiment", rank=4, seed=3)
-    engine = Engine(Settings(environment="test", base_model=str(tiny_model_dir), adapters_dir=adapters,
+    engine = LocalEngine(Settings(environment="test", base_model=str(tiny_model_dir), adapters_dir=adapters,
                              admin_key="k-test", data_dir=adapters / "data", batch_wait_ms=5))  # fmt: skip
     engine.warm_up()
     yield engine
@@ -91,7 +92,7 @@ def test_sentfin_entity_list_finds_the_labelled_entities() -> None:
 # ---- sentiment, topics, explanation --------------------------------------------------------------
 
 
-def test_enricher_falls_back_to_base_and_says_so(tiny_engine: Engine, config) -> None:  # type: ignore[no-untyped-def]
+def test_enricher_falls_back_to_base_and_says_so(tiny_engine: LocalEngine, config) -> None:  # type: ignore[no-untyped-def]
     enricher = Enricher(tiny_engine, config)
     assert enricher.model == "base"
     item = normalize_item({"title": "Globex shares plunge after the regulator opens a probe"}, via="api")
@@ -101,7 +102,7 @@ def test_enricher_falls_back_to_base_and_says_so(tiny_engine: Engine, config) ->
     assert e["entities_keys"] == ["GLBX"] and e["topic_method"].startswith("embedding")
 
 
-def test_enricher_uses_the_sentiment_adapter_and_batches(engine_with_sentiment: Engine, config) -> None:  # type: ignore[no-untyped-def]
+def test_enricher_uses_the_sentiment_adapter_and_batches(engine_with_sentiment: LocalEngine, config) -> None:  # type: ignore[no-untyped-def]
     enricher = Enricher(engine_with_sentiment, config)
     assert enricher.model == "sentiment"
     items = [normalize_item({"title": f"Headline number {i} about Apple"}, via="api") for i in range(6)]
@@ -112,13 +113,13 @@ def test_enricher_uses_the_sentiment_adapter_and_batches(engine_with_sentiment: 
         assert b["scores"] == pytest.approx(s["scores"], abs=1e-3)
 
 
-def test_occlusion_gives_one_weight_per_word(tiny_engine: Engine, config) -> None:  # type: ignore[no-untyped-def]
+def test_occlusion_gives_one_weight_per_word(tiny_engine: LocalEngine, config) -> None:  # type: ignore[no-untyped-def]
     words = Enricher(tiny_engine, config).explain("Oil prices fall sharply today")
     assert [w["word"] for w in words] == ["Oil", "prices", "fall", "sharply", "today"]
     assert all(isinstance(w["weight"], float) for w in words)
 
 
-def test_topic_accuracy_on_the_hand_labelled_headlines(tiny_engine: Engine, config) -> None:  # type: ignore[no-untyped-def]
+def test_topic_accuracy_on_the_hand_labelled_headlines(tiny_engine: LocalEngine, config) -> None:  # type: ignore[no-untyped-def]
     report = evaluate_topics(Enricher(tiny_engine, config).topics, LABELLED)
     print("topic accuracy:", report)
     assert report["n"] == 44
@@ -128,8 +129,8 @@ def test_topic_accuracy_on_the_hand_labelled_headlines(tiny_engine: Engine, conf
 # ---- counted once --------------------------------------------------------------------------------
 
 
-def test_a_batch_run_twice_counts_each_item_once(tiny_engine: Engine, config, redis_url: str) -> None:  # type: ignore[no-untyped-def]
-    store = NewsStore(connect(redis_url), f"t{uuid.uuid4().hex[:8]}")
+def test_a_batch_run_twice_counts_each_item_once(tiny_engine: LocalEngine, config, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    store = NewsStore(connect(redis_url, decode=True), f"t{uuid.uuid4().hex[:8]}")
     items = [normalize_item({"title": f"Globex update {i}", "published_at": 1790000000 + i}, via="api")
              for i in range(5)]  # fmt: skip
     store_items(store, items, [], "test")

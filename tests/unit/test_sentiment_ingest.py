@@ -17,7 +17,9 @@ from apps.sentiment.items import normalize_item, normalize_url, parse_time
 from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
+from core.redis_client import connect
+from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import Settings
 from core.errors import InputTooLargeError, InvalidRequestError
@@ -41,7 +43,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def store(redis_url: str) -> NewsStore:
-    return NewsStore(connect(redis_url), f"t{uuid.uuid4().hex[:8]}")
+    return NewsStore(connect(redis_url, decode=True), f"t{uuid.uuid4().hex[:8]}")
 
 
 # ---- items ---------------------------------------------------------------------------------------
@@ -147,9 +149,10 @@ def test_the_sample_feed_files_hold_the_same_items(store: NewsStore) -> None:
 def client(tiny_settings: Settings, redis_url: str) -> Iterator[TestClient]:
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
     app = create_app(settings=core)
-    app.state.sentiment = SentimentContext.build(
-        SentimentSettings(), core, namespace=f"t{uuid.uuid4().hex[:8]}", client=connect(redis_url)
+    ctx = SentimentContext.build(
+        SentimentSettings(), core, namespace=f"t{uuid.uuid4().hex[:8]}", client=connect(redis_url, decode=True)
     )
+    app.dependency_overrides[get_sentiment_context] = lambda: ctx
     with TestClient(app) as c:
         yield c
 
@@ -218,7 +221,7 @@ def test_new_items_are_queued_and_the_sweeper_requeues_the_stale(redis_url: str,
     dispatcher = RecordingDispatcher()
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
     ctx = SentimentContext.build(SentimentSettings(pending_grace_s=60), core, namespace=f"t{uuid.uuid4().hex[:8]}",
-                                 client=connect(redis_url), dispatcher=dispatcher)  # fmt: skip
+                                 client=connect(redis_url, decode=True), dispatcher=dispatcher)  # fmt: skip
     result = ctx.ingest_records([("a", ITEM), ("b", ITEM)], via="api", source="api")
     assert dispatcher.enriched == [result.new_ids] and len(result.new_ids) == 1
     assert ctx.sweep() == 0  # not stale yet

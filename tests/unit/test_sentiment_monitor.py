@@ -17,7 +17,8 @@ from apps.sentiment.items import NewsItem
 from apps.sentiment.loopback import RedisProcess, SmtpSink, WebhookReceiver, free_port
 from apps.sentiment.monitor import evaluate, run_monitor
 from apps.sentiment.settings import SentimentSettings
-from apps.sentiment.store import NewsStore, connect
+from apps.sentiment.store import NewsStore
+from core.redis_client import connect
 from apps.sentiment.trends import chart_png, series
 
 pytestmark = pytest.mark.unit
@@ -35,7 +36,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def stores(redis_url: str) -> tuple[NewsStore, AlertStore]:
-    ns, client = f"t{uuid.uuid4().hex[:8]}", connect(redis_url)
+    ns, client = f"t{uuid.uuid4().hex[:8]}", connect(redis_url, decode=True)
     return NewsStore(client, ns), AlertStore(client, ns)
 
 

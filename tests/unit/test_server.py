@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from apps.deps import get_engine, not_ready_reason
-from apps.llm.streaming import DeltaBridge
+from apps.http.streaming import DeltaBridge
 from apps.server import create_app
 from core.config import Settings
-from core.engine import Engine
+from core.engine import LocalEngine
 from core.errors import EngineOverloadedError
 from core.sampling import SamplingParams
 
@@ -310,7 +310,7 @@ def test_unloading_every_adapter_keeps_base_serving(client: TestClient) -> None:
 # ---- readiness and health ----------------------------------------------------------------------
 
 
-class GatedEngine(Engine):
+class GatedEngine(LocalEngine):
     """An engine whose warm-up waits for the test to open the gate."""
 
     def __init__(self, settings: Settings) -> None:
@@ -405,7 +405,7 @@ def test_metrics_by_route_template_and_adapter(client: TestClient) -> None:
 
 
 async def _stream_then_disconnect(
-    app: FastAPI, engine: Engine, body: dict[str, Any]
+    app: FastAPI, engine: LocalEngine, body: dict[str, Any]
 ) -> tuple[list[bytes], Future[Any]]:
     """Drive the ASGI app directly: read a few events, then hang up like a closed browser tab.
 
@@ -454,7 +454,7 @@ async def _stream_then_disconnect(
     return sent, other
 
 
-def test_client_disconnect_mid_stream_does_not_hurt_the_server(tiny_engine: Engine, tiny_settings: Settings) -> None:
+def test_client_disconnect_mid_stream_does_not_hurt_the_server(tiny_engine: LocalEngine, tiny_settings: Settings) -> None:
     app = create_app(settings=tiny_settings, engine=tiny_engine)
     body = {**CHAT, "max_tokens": 200, "stream": True}
     sent, other = asyncio.run(_stream_then_disconnect(app, tiny_engine, body))

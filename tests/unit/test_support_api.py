@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from apps.recommend.testing import HashEmbedder, LocalRedis
 from apps.server import create_app
+from apps.settings import AppSettings
 from apps.support.answer import Plan, StreamGuard, clean_generation, neutralise, split_parts, standalone_question
 from apps.support.settings import SupportSettings
-from core.engine import Engine
+from core.engine import LocalEngine
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +61,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-def make_app(tiny_settings: Any, engine: Engine, redis_url: str, tmp_path: Path, **overrides: Any) -> Any:
+def make_app(tiny_settings: Any, engine: LocalEngine, redis_url: str, tmp_path: Path, **overrides: Any) -> Any:
     engine.embedder = HashEmbedder()  # type: ignore[assignment]
     settings = SupportSettings(
         namespace=f"t{uuid.uuid4().hex[:8]}",
@@ -69,13 +70,12 @@ def make_app(tiny_settings: Any, engine: Engine, redis_url: str, tmp_path: Path,
         **{"faq_threshold": 0.75, "min_retrieval": 0.2, "min_confidence": 0.0, "max_new_tokens": 16, **overrides},
     )
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
-    app = create_app(core, engine=engine)
-    app.state.support_settings = settings
+    app = create_app(AppSettings.of(core, support=settings), engine=engine)
     return app
 
 
 @pytest.fixture
-def client(tiny_settings: Any, tiny_engine: Engine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
+def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(make_app(tiny_settings, tiny_engine, redis_url, tmp_path)) as c:
         r = c.post("/v1/support/kb/documents", json={"documents": DOCS}, headers=ADMIN)
         assert r.status_code == 200, r.text
@@ -113,7 +113,7 @@ def test_a_close_faq_question_gets_the_curated_answer_with_its_source(client: Te
 
 
 def test_a_generated_answer_is_cited_by_its_supporting_passage(client: TestClient) -> None:
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     plan: Plan = service.bot.plan("Can I return an unused item within 30 days for a refund?")
     assert plan.prompt is not None, plan.reply  # no FAQ matches it: it goes to the model
     assert "[1] Returns policy:" in plan.prompt[-1]["content"]
@@ -124,14 +124,14 @@ def test_a_generated_answer_is_cited_by_its_supporting_passage(client: TestClien
 
 
 def test_an_empty_generation_hands_off(client: TestClient) -> None:
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     plan: Plan = service.bot.plan("Can I return an unused item within 30 days for a refund?")
     reply = service.bot.finish(plan, "  {{Order Number}}  ")
     assert reply.handoff and reply.reason == "empty_answer"
 
 
 def test_a_question_outside_the_kb_hands_off_and_opens_a_handoff(
-    tiny_settings: Any, tiny_engine: Engine, redis_url: str, tmp_path: Path
+    tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path
 ) -> None:
     with TestClient(make_app(tiny_settings, tiny_engine, redis_url, tmp_path, min_retrieval=0.5)) as c:
         assert c.post("/v1/support/kb/documents", json={"documents": DOCS}, headers=ADMIN).status_code == 200
@@ -171,7 +171,7 @@ def test_the_answer_streams_tokens_then_one_final_event(client: TestClient) -> N
 
 
 def test_a_generated_stream_shows_only_checked_sentences(client: TestClient) -> None:
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     guard = StreamGuard(service.rules)
     shown = [
         guard.feed(d) for d in ["Returns are ", "free within 30 days [2]. Your order {{Order", " Number}} is safe. "]
@@ -202,13 +202,13 @@ def test_the_talk_to_a_person_button_opens_one_handoff(client: TestClient) -> No
 def test_pii_is_masked_before_it_is_stored(client: TestClient) -> None:
     sid = session(client)
     ask(client, sid, "My email is jane.doe@example.com, how long does shipping to the UK take?")
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     texts = " ".join(m["text"] for m in service.store.history(sid))
     assert "jane.doe@example.com" not in texts and "[EMAIL]" in texts
 
 
 def test_injected_instructions_in_a_document_never_reach_the_model(client: TestClient) -> None:
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     plan: Plan = service.bot.plan("How do journalists contact the press team for samples?")
     assert plan.prompt is not None, plan.reply
     prompt = json.dumps(plan.prompt)
@@ -242,7 +242,7 @@ def test_kb_search_and_delete(client: TestClient) -> None:
 
 def test_bad_messages_are_refused_and_store_nothing(client: TestClient) -> None:
     sid = session(client)
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     before = service.store.history(sid)
     for message, status in (("", 400), ("   ", 400), ("x" * 100_000, 413)):
         r = client.post(f"/v1/support/sessions/{sid}/messages", json={"message": message}, headers=KEY)
@@ -271,7 +271,7 @@ def test_chat_needs_the_public_key(client: TestClient) -> None:
 def test_bad_documents_are_refused_and_the_kb_is_unchanged(
     client: TestClient, name: str, content: bytes, needle: str
 ) -> None:
-    service = client.app.state.support  # type: ignore[attr-defined]
+    service = client.app.state.services.support  # type: ignore[attr-defined]
     before = len(service.kb)
     r = client.post("/v1/support/kb/files", params={"name": name}, content=content, headers=ADMIN)
     assert 400 <= r.status_code < 500, r.text

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from apps.support.pii import PiiLogFilter, iban_valid, luhn_valid, mask_pii
+from apps.http.pii import PiiLogFilter, iban_valid, luhn_valid, mask_pii
 
 pytestmark = pytest.mark.unit
 

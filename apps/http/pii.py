@@ -179,3 +179,10 @@ class PiiLogFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = mask_pii(record.stack_info)
         return True
+
+
+def mask_pii_in_logs() -> None:
+    """Mask emails, phone, card and account numbers in every log line the root handlers write."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
+            handler.addFilter(PiiLogFilter())

@@ -1,0 +1,47 @@
+"""The suite's one settings model: the core's ``Settings`` plus one nested section per app.
+
+    settings = get_settings()
+    settings.redis_url, settings.support.top_k, settings.sentiment.feeds, settings.recommend.adapter
+
+Each section reads its own environment prefix (``DOMAINLLM_SUPPORT_``, ``DOMAINLLM_SENTIMENT_``,
+``DOMAINLLM_RECOMMEND_``), so every variable keeps the name the README documents; a test or a
+caller can pass a whole section (``AppSettings(support=SupportSettings(top_k=2))``). The core's
+class stays ignorant of the apps: this subclass is where they meet.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from apps.recommend.settings import RecommendSettings
+from apps.sentiment.settings import SentimentSettings
+from apps.support.settings import SupportSettings
+from core.config import Settings
+
+
+class AppSettings(Settings):
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Sites whose pages may call the public APIs from a browser (the chat widget on another "
+        "origin). Env DOMAINLLM_CORS_ORIGINS (it was DOMAINLLM_SUPPORT_CORS_ORIGINS).",
+    )
+    support: SupportSettings = Field(default_factory=lambda: SupportSettings())
+    sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
+    recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
+
+    @classmethod
+    def of(cls, core: Settings, **sections: object) -> AppSettings:
+        """``core`` (a plain core ``Settings``, as the engine tests build) with the app sections."""
+        if isinstance(core, AppSettings) and not sections:
+            return core
+        values = {name: getattr(core, name) for name in Settings.model_fields}
+        if isinstance(core, AppSettings):
+            values |= {name: getattr(core, name) for name in ("cors_origins", "support", "sentiment", "recommend")}
+        return cls(**(values | sections))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> AppSettings:
+    return AppSettings()

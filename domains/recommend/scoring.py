@@ -1,0 +1,77 @@
+"""The LLM interest score: P("Yes") per candidate from one ``score_continuations`` call. The history
+prefix runs once; each candidate's target sentence is a continuation over its cache.
+
+The prompt follows the adapter card's ``serving`` section (instruction, labels, which label means
+yes, how many titles of history and where a rating starts to count as liked): the adapter is asked
+exactly what it was trained on. Without a card (the base model) the TALLRec defaults apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from core.interface import Engine
+from core.sampling import ContinuationScore
+from domains.recommend.prompt import HISTORY, SplitPrompt, split_prompt
+from domains.recommend.serving import RecommendServing, read_serving
+
+
+class LLMScorer:
+    def __init__(self, engine: Engine, adapter: str, *, history: int = HISTORY) -> None:
+        """``history``: titles in the prompt when the model's card does not say (the base model)."""
+        self.engine = engine
+        self.adapter = adapter
+        self.history = history
+
+    def model(self) -> str:
+        """The adapter when it is loaded, else the base model."""
+        return self.adapter if self.engine.has_model(self.adapter) else "base"
+
+    def serving(self, model: str | None = None) -> RecommendServing:
+        """How ``model`` (default: the one ``model()`` picks) is prompted, from its card."""
+        return read_serving(self.engine.serving_config(model or self.model()), history=self.history)
+
+    def _split(self, serving: RecommendServing, liked: Sequence[str], disliked: Sequence[str]) -> SplitPrompt:
+        return split_prompt(self.engine.render, liked, disliked, serving.instruction)
+
+    def submit(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> Future[list[float]]:
+        model = self.model()
+        serving = self.serving(model)
+        split = self._split(serving, liked, disliked)
+        inner = self.engine.submit_score_continuations(
+            split.prefix, [split.continuation(t) for t in titles], model=model, answer_labels=list(serving.labels)
+        )
+        outer: Future[list[float]] = Future()
+
+        def done(f: Future[list[ContinuationScore]]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result([_positive(s, serving) for s in f.result()])
+
+        inner.add_done_callback(done)
+        return outer
+
+    def score(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> list[float]:
+        return self.submit(liked, disliked, titles).result()
+
+    def score_separately(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> list[float]:
+        """Each candidate as its own full prompt (prefix recomputed every time): the latency baseline."""
+        model = self.model()
+        serving = self.serving(model)
+        split = self._split(serving, liked, disliked)
+        out = []
+        for t in titles:
+            [s] = self.engine.score_continuations(
+                split.prefix, [split.continuation(t)], model=model, answer_labels=list(serving.labels)
+            )
+            out.append(_positive(s, serving))
+        return out
+
+
+def _positive(score: ContinuationScore, serving: RecommendServing) -> float:
+    if score.next_label_probs is None:
+        raise ValueError("the engine returned no answer-label probabilities")
+    return float(score.next_label_probs[serving.positive])
