@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  := data/models/smollm2-135m-instruct/config.json
 PORT   ?= 8000
+ADMIN_KEY_FILE := data/runtime/admin-key
 export DOMAINLLM_PORT ?= $(PORT)
 
 .PHONY: setup model browser run test test-unit test-integration lint format bench gpu-check clean
@@ -28,8 +29,11 @@ $(MODEL): | $(STAMP)
 run: export DOMAINLLM_SENTIMENT_FEEDS ?= ["data/samples/news/feed.xml"]
 run: setup model
 	@mkdir -p data/runtime
+	@# a demo admin key, made once and kept in an ignored file (DOMAINLLM_ADMIN_KEY in the environment wins)
+	@[ -s $(ADMIN_KEY_FILE) ] || $(BIN)/python -c "import secrets; print('adm-' + secrets.token_urlsafe(24))" > $(ADMIN_KEY_FILE)
 	@echo "domainllm: starting redis + API; open http://127.0.0.1:$(PORT) (API docs at /docs)"
-	$(BIN)/honcho start
+	@echo "domainllm: admin key $${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))} (in $(ADMIN_KEY_FILE); send it as 'Authorization: Bearer <key>')"
+	DOMAINLLM_ADMIN_KEY="$${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))}" $(BIN)/honcho start
 
 test: setup model browser
 	$(BIN)/python -m pytest -q

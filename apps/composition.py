@@ -23,6 +23,7 @@ from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
 from apps.settings import AppSettings
 from apps.support.service import SupportService
+from apps.support.webhook import CeleryWebhookQueue
 from core.engine import LocalEngine
 from core.interface import Engine
 from core.redis_client import RedisClients
@@ -82,6 +83,11 @@ class Services:
         self.redis.close()
 
 
+def support_webhooks(settings: AppSettings) -> CeleryWebhookQueue | None:
+    """The queue of the support team's handoff webhook (delivered by the worker), when one is set."""
+    return CeleryWebhookQueue(settings.effective_redis_url) if settings.support.webhook_url else None
+
+
 def build_services(
     settings: AppSettings,
     engine: Engine | None = None,
@@ -100,7 +106,7 @@ def build_services(
         settings=settings,
         engine=engine,
         redis=clients,
-        support=SupportService(settings.support, clients.raw, engine),
+        support=SupportService(settings.support, clients.raw, engine, webhooks=support_webhooks(settings)),
         sentiment=SentimentContext.build(settings.sentiment, settings, client=clients.text, dispatcher=dispatcher),
         recommend=RecommendService(settings.recommend, clients.raw, engine.embed, lambda: holder["s"].ready_engine()),
         dispatcher=dispatcher,

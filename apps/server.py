@@ -24,6 +24,9 @@ from apps.http.pii import mask_pii_in_logs
 from apps.recommend.routes import router as recommend_router
 from apps.sentiment.routes import router as sentiment_router
 from apps.settings import AppSettings, get_settings
+from apps.support.inbox_routes import pages as inbox_pages
+from apps.support.inbox_routes import router as inbox_router
+from apps.support.kb_routes import router as support_kb_router
 from apps.support.routes import pages as support_pages
 from apps.support.routes import router as support_router
 from core.config import Settings
@@ -35,9 +38,12 @@ ROUTERS: list[APIRouter] = [
     ops.router,
     *llm.routers,
     support_router,
+    support_kb_router,
+    inbox_router,
     sentiment_router,
     recommend_router,
     support_pages,
+    inbox_pages,
 ]
 
 DESCRIPTION = """

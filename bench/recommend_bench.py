@@ -35,15 +35,16 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from apps.deps import get_recommend_service  # noqa: E402
 from apps.recommend import service as service_module  # noqa: E402
-from apps.recommend.items import format_of, read_text  # noqa: E402
-from apps.recommend.ranking import LLMScorer  # noqa: E402
 from apps.recommend.service import RecommendService  # noqa: E402
 from apps.recommend.settings import RecommendSettings  # noqa: E402
-from apps.recommend.testing import LocalRedis  # noqa: E402
 from apps.server import create_app  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
+from domains.recommend.records import format_of, read_text  # noqa: E402
+from domains.recommend.scoring import LLMScorer  # noqa: E402
+from tests.doubles.recommend import LocalRedis  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples" / "recommend"
 OUT = ROOT / "bench" / "results" / "recommend_bench.json"
@@ -85,7 +86,7 @@ def main() -> None:
             service.add_events_text(read_text(ev), format_of(ev))
             users = sorted({e.user_id for e in service.signals.logged_events()})[: args.requests]
             app = create_app(core, engine=engine)
-            app.state.recommend = service
+            app.dependency_overrides[get_recommend_service] = lambda: service
             results: dict[str, Any] = {}
             with TestClient(app) as client:
                 for mode, scorer in [("shared_prefix", LLMScorer), ("separately", SeparateScorer)]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/recommend_eval.py --users 100 --llm-candidates 30
 
-Protocols, systems and output are described in ``apps/recommend/evaluation.py``; the report lands
+Protocols, systems and output are described in ``finetune/evals/recommend.py``; the report lands
 in bench/results/quality_recommend_ranking.json.
 """
 
@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 
-from apps.recommend.evaluation import RESULTS_DIR, evaluate, print_report
 from core.config import get_settings
+from finetune.evals.recommend import RESULTS_DIR, evaluate, print_report
 
 
 def main() -> None:

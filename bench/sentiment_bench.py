@@ -37,11 +37,11 @@ from apps.sentiment.config import load_monitor_config  # noqa: E402
 from apps.sentiment.dispatch import CeleryDispatcher, client_app  # noqa: E402
 from apps.sentiment.enrich import Enricher  # noqa: E402
 from apps.sentiment.items import normalize_item  # noqa: E402
-from apps.sentiment.loopback import RedisProcess, WebhookReceiver  # noqa: E402
 from apps.sentiment.service import SentimentContext  # noqa: E402
 from apps.sentiment.settings import DEFAULT_CONFIG, SentimentSettings  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
+from tests.doubles.sentiment import RedisProcess, WebhookReceiver  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sentiment_bench.json"
 SECRET = "bench-webhook-secret"

@@ -37,13 +37,14 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from apps.support.answer import SupportBot  # noqa: E402
-from apps.support.evaluation import load_sample_kb, read_set  # noqa: E402
+from apps.support.documents import read_help_centre  # noqa: E402
 from apps.support.intents import IntentClassifier  # noqa: E402
 from apps.support.kb import KnowledgeBase  # noqa: E402
 from apps.support.rules import load_rules  # noqa: E402
 from apps.support.settings import SAMPLES_DIR, SupportSettings  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
+from finetune.evals.support_answers import read_set  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "support_bench.json"
 
@@ -163,7 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         kb = KnowledgeBase(Path(tmp) / "kb", engine)
         kb.warm_up()
-        results["kb_documents"] = load_sample_kb(kb)
+        results["kb_documents"] = len(kb.upsert_many(read_help_centre(SAMPLES_DIR)))
         results["kb_chunks"] = len(kb)
         bot = SupportBot(
             engine, kb, load_rules(settings.rules_path), settings, IntentClassifier(engine, settings.adapter)

@@ -36,7 +36,7 @@ from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyEr
 from core.interface import DeltaCallback, Prompt
 from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
-from core.prompts import classification_prompt, render_chat
+from core.prompts import classification_prompt, render_chat, truncate_tokens
 from core.quantize import quantize_int8
 from core.sampling import Completion, ContinuationScore, SamplingParams
 from core.scoring import LabelRow, label_first_tokens, mean_hidden_states, score_continuations, score_label_rows
@@ -254,6 +254,11 @@ class LocalEngine:
         if not any(m["content"].strip() for m in prompt):
             raise InvalidRequestError("messages must contain some text")
         return render_chat(self.tokenizer, prompt)
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to at most ``max_tokens`` tokens of the served tokenizer (" …" marks a cut)."""
+        self._registry()
+        return truncate_tokens(self.tokenizer, text, max_tokens)
 
     def _check_text(self, text: str, what: str) -> None:
         if not isinstance(text, str) or not text.strip():

@@ -39,22 +39,3 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     if len(ids) <= max_tokens:
         return text
     return str(tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)).rstrip() + " …"
-
-
-def grounded_prompt(
-    question: str,
-    passages: list[str],
-    tokenizer: Any,
-    *,
-    passage_tokens: int,
-    instruction: str,
-) -> list[Message]:
-    """Chat messages: the instruction as system, then the numbered passages (each cut to
-    ``passage_tokens`` tokens to bound the prompt) and the customer's message as user."""
-    numbered = "\n".join(
-        f"[{n}] {truncate_tokens(tokenizer, p.strip(), passage_tokens)}" for n, p in enumerate(passages, 1)
-    )
-    return [
-        {"role": "system", "content": instruction},
-        {"role": "user", "content": f"Passages:\n{numbered}\n\nCustomer: {question.strip()}"},
-    ]

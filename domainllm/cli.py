@@ -11,14 +11,16 @@ import typer
 from rich.console import Console
 
 from apps.recommend import cli as recommend_cli
-from apps.recommend.settings import RANKING_ADAPTER
 from apps.sentiment import cli as sentiment_cli
 from apps.support import cli as support_cli
 from core.config import get_settings
 from core.errors import DomainLLMError
+from domainllm import recommend as recommend_offline
+from domains.recommend.serving import RANKING_ADAPTER
 
 app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
 app.add_typer(sentiment_cli.app, name="sentiment")
+recommend_offline.register(recommend_cli.app)  # train-ranker, sample-data: finetune/ code
 app.add_typer(recommend_cli.app, name="recommend")
 app.add_typer(support_cli.app, name="support")
 console = Console()
@@ -28,6 +30,14 @@ err_console = Console(stderr=True)
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=2)
+
+
+def _fail_run(what: str, exc: Exception) -> None:
+    """A failure inside a long job: one line naming the problem (the traceback only with -v)."""
+    logging.getLogger(__name__).debug("%s failed", what, exc_info=exc)
+    message = exc.message if isinstance(exc, DomainLLMError) else f"{type(exc).__name__}: {exc}"
+    err_console.print(f"[bold red]error:[/] {what} failed: {message}")
+    raise typer.Exit(code=1)
 
 
 @app.callback()
@@ -189,7 +199,12 @@ def train(
         def on_progress(step: int, total: int, loss: float) -> None:
             progress.update(bar, completed=step, total=total, loss=loss)
 
-        card = module.train(cfg, settings, progress=on_progress)
+        try:
+            card = module.train(cfg, settings, progress=on_progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a bad row, a full disk, out of memory: one line, not a traceback
+            _fail_run(f"training {cfg.adapter_name!r}", exc)
     training = card["training"]
     console.print(
         f"adapter {cfg.adapter_name!r} saved to {settings.adapters_path / cfg.adapter_name} "
@@ -213,8 +228,8 @@ def evaluate(
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
-    if task == "recommend-ranking":  # the recommender's own ranking evaluation (apps/recommend/evaluation.py)
-        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
+    if task == "recommend-ranking":  # the recommender's own ranking evaluation (finetune/evals/recommend.py)
+        recommend_offline.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
         return
     if task == "support-retrieval":  # the knowledge base's retrieval evaluation (apps/support/retrieval_eval.py)
         support_cli.eval_retrieval(out=out)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from core.errors import InvalidRequestError
+from domains.sentiment import LABELS as SENTIMENT_LABELS
 
 TASKS = ("sentiment", "support", "recommend")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -113,7 +114,7 @@ REQUIRED_DATA = {
     "recommend": ("ratings", "movies", "tallrec_valid"),
 }
 ALLOWED_LABELS = {
-    "sentiment": {"negative", "neutral", "positive"},
+    "sentiment": set(SENTIMENT_LABELS),
     "recommend": {"Yes", "No"},
 }
 

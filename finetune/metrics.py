@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import functools
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -80,61 +79,34 @@ def plot_roc(curves: dict[str, tuple[list[int], list[float]]], title: str, path:
 
 
 def word_tokens(text: str) -> list[str]:
-    """Lowercased alphanumeric words, as rouge-score tokenises: punctuation and case do not count."""
+    """Lowercased alphanumeric words (how rouge-score tokenises): for counting the words of an answer."""
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+@functools.cache
+def _rouge_l_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    # rouge-score's defaults, as Hugging Face ``evaluate``'s "rouge" uses them: no stemming
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(reference: str, hypothesis: str) -> float:
-    """ROUGE-L F1: longest common subsequence of word tokens over the lengths of both texts."""
-    ref, hyp = word_tokens(reference), word_tokens(hypothesis)
-    lcs = _lcs_length(ref, hyp)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(hyp), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 of one answer (rouge-score: longest common subsequence of lowercased words)."""
+    return float(_rouge_l_scorer().score(reference, hypothesis)["rougeL"].fmeasure)
 
 
-def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+BLEU_SIGNATURE = "sacreBLEU corpus BLEU-4 in [0, 100]: 13a tokenisation, case-sensitive, exp smoothing, one reference"
 
 
-def corpus_bleu(references: list[str], hypotheses: list[str], max_n: int = 4) -> float:
-    """Corpus BLEU-4 in [0, 1] on word tokens (one reference per hypothesis): clipped n-gram counts
-    summed over the corpus, geometric mean of the precisions, brevity penalty on the total lengths.
-    An order with no match counts as 1 / (2^k * total) for its k-th such order (sacrebleu's "exp"
-    smoothing), so one empty order does not zero a whole corpus."""
-    matches, totals = [0] * max_n, [0] * max_n
-    ref_len = hyp_len = 0
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref, hyp = word_tokens(reference), word_tokens(hypothesis)
-        ref_len, hyp_len = ref_len + len(ref), hyp_len + len(hyp)
-        for n in range(1, max_n + 1):
-            ref_counts, hyp_counts = _ngrams(ref, n), _ngrams(hyp, n)
-            matches[n - 1] += sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
-            totals[n - 1] += max(0, len(hyp) - n + 1)
-    if hyp_len == 0:
-        return 0.0
-    log_precision, zeros = 0.0, 0
-    for m, t in zip(matches, totals, strict=True):
-        if t == 0:  # hypotheses shorter than n: nothing to score at this order
-            return 0.0
-        if m == 0:
-            zeros += 1
-            log_precision += math.log(1 / (2**zeros * t))
-        else:
-            log_precision += math.log(m / t)
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return brevity * math.exp(log_precision / max_n)
+def corpus_bleu(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus BLEU-4 in [0, 100] by sacreBLEU with its defaults (``BLEU_SIGNATURE``), as published
+    BLEU scores are computed; one reference per hypothesis."""
+    import sacrebleu
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references for {len(hypotheses)} hypotheses")
+    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
 def plot_bars(panels: dict[str, dict[str, float]], title: str, path: Path) -> Path:

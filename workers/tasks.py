@@ -1,7 +1,9 @@
-"""Thin tasks: check the arguments, call ``apps.sentiment``, declare retries. No logic lives here.
+"""Thin tasks: check the arguments, call ``apps.sentiment`` or ``apps.support``, declare retries. No logic
+lives here.
 
 Every task is idempotent (see ``apps.sentiment.store`` and ``delivery``), so the retries below and a
-redelivery after a lost worker are safe. Task names and queues: ``apps.sentiment.dispatch``.
+redelivery after a lost worker are safe; the support webhook is at least once, and its receivers
+dedupe on the event id. Task names and queues: ``apps.sentiment.dispatch``, ``apps.support.webhook``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from apps.sentiment import dispatch as names
 from apps.sentiment.delivery import TARGETS, DeliveryError, deliver
 from apps.sentiment.enrich import enrich_ids
 from apps.settings import get_settings
+from apps.support import webhook as support_webhook
 from core.errors import EngineOverloadedError, ModelNotReadyError
 from workers import runtime
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 _settings = get_settings().sentiment
+_support = get_settings().support
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, EngineOverloadedError, ModelNotReadyError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "max_retries": 8}
 
@@ -112,6 +116,33 @@ class DeliverTask(Task):
 def deliver_alert(**kwargs: Any) -> str:
     args = DeliverArgs(**kwargs)
     return deliver(runtime.context(args.namespace).alerts, args.alert_id, args.target, _settings)
+
+
+class SupportWebhookArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event: dict[str, Any]
+
+
+@app.task(
+    name=support_webhook.DELIVER_TASK,
+    autoretry_for=(support_webhook.WebhookDeliveryError, *TRANSIENT),
+    retry_backoff=_support.webhook_backoff_s,
+    retry_backoff_max=_support.webhook_backoff_max_s,
+    max_retries=_support.webhook_max_retries,
+)
+def deliver_support_webhook(**kwargs: Any) -> str:
+    """One handoff event to the support team's own helpdesk (queue ``alerts``, sent by the API)."""
+    args = SupportWebhookArgs(**kwargs)
+    target = support_webhook.target_for(_support, str(args.event.get("tenant", "")))
+    if target is None:
+        log.warning("support webhook %s dropped: no webhook configured", args.event.get("type"))
+        return "no target"
+    try:
+        support_webhook.deliver(args.event, target)
+    except support_webhook.WebhookRejectedError as exc:
+        log.error("%s; not retried", exc.message)
+        return "rejected"
+    return "sent"
 
 
 @app.task(name=names.RETRY_DEAD, **RETRY)

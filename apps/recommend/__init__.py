@@ -1,12 +1,14 @@
-"""Storefront recommendations: catalogue and events in, a ranked, filtered, explained list out.
+"""Storefront recommendations, served: catalogue and events in, a ranked, filtered, explained list out.
 
-items.py      Item and Event records, their validation, CSV/JSONL files with per-row errors
-catalogue.py  items + MiniLM vectors in Redis, mirrored in memory with a FAISS inner-product index
-signals.py    per-user history, decayed popularity and co-visitation (Redis; in memory for the eval)
-prompt.py     the TALLRec prompt, split into the shared history prefix and per-item continuations
-ranking.py    features, the LLM interest score, the blender (trained or hand-set)
-rules.py      business rules, MMR diversity, reasons
-pipeline.py   candidates -> features -> LLM shortlist -> blend -> rules -> MMR
+catalogue.py  the catalogue in Redis (items and MiniLM vectors), mirrored in a FAISS index in memory
+signals.py    per-user history, decayed popularity and co-visitation in Redis
 service.py    what the API and the CLI call
-evaluation.py the MovieLens ranking evaluation (``domainllm eval recommend-ranking``)
+routes.py     /v1/recommend
+schemas.py    the HTTP bodies
+settings.py   DOMAINLLM_RECOMMEND_*
+cli.py        ``domainllm recommend load / show``
+
+The recommender itself (records and file formats, the TALLRec prompt and the adapter card's
+serving section, features, the blender, the LLM score, rules, the candidate pipeline) is
+``domains/recommend``, shared with ranker training and the MovieLens evaluation in ``finetune/``.
 """

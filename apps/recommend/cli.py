@@ -1,7 +1,8 @@
-"""``domainllm recommend ...``: load catalogue and event files, train the ranker, ask for a list.
+"""``domainllm recommend ...``: load catalogue and event files, ask for a list.
 
 These talk to the same Redis as the server (DOMAINLLM_REDIS_URL, or the embedded one from
-``domainllm redis``), so a running server sees what they load on its next request.
+``domainllm redis``), so a running server sees what they load on its next request. The offline
+commands (``train-ranker``, ``sample-data``) run finetune/ code and live in ``domainllm/recommend.py``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import redis
 import typer
 from rich.console import Console
 
-from apps.recommend.items import Event, format_of, parse_events_text, read_text
-from apps.recommend.service import RecommendService, connect
-from apps.recommend.settings import RANKING_ADAPTER, get_recommend_settings
-from core.config import PROJECT_ROOT, get_settings
+from apps.recommend.service import RecommendService
+from apps.settings import get_settings
+from core.config import PROJECT_ROOT
 from core.errors import DomainLLMError
+from core.interface import Engine
+from core.redis_client import connect
+from domains.recommend.records import format_of, parse_events_text, read_text
 
 app = typer.Typer(help="Storefront recommendations.", no_args_is_help=True)
 console = Console()
@@ -32,7 +35,9 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _service(engine: Any = None, wait_s: float = 0.0) -> RecommendService:
+def open_service(engine: Engine | None = None, wait_s: float = 0.0) -> RecommendService:
+    """The service on the settings' Redis (waiting up to ``wait_s`` for it), embedding with MiniLM in
+    this process (no LLM to load for a catalogue); ``engine``: a warmed engine for the LLM score."""
     from core.embeddings import MiniLMEmbedder
 
     core = get_settings()
@@ -49,7 +54,7 @@ def _service(engine: Any = None, wait_s: float = 0.0) -> RecommendService:
                     DomainLLMError(f"cannot reach Redis at {core.effective_redis_url} ({exc}); run `domainllm redis`")
                 )
             time.sleep(0.5)
-    return RecommendService(get_recommend_settings(), client, embedder.embed, lambda: engine)
+    return RecommendService(core.recommend, client, embedder.embed, lambda: engine)
 
 
 def _report(name: str, result: dict[str, Any]) -> None:
@@ -77,7 +82,7 @@ def load(
         catalogue, events = catalogue or SAMPLES / "catalogue.jsonl", events or SAMPLES / "events.jsonl"
     if catalogue is None and events is None:
         _fail(DomainLLMError("name --catalogue and/or --events, or --samples"))
-    service = _service(wait_s=wait_s)
+    service = open_service(wait_s=wait_s)
     try:
         if if_empty and len(service.catalogue.sync()):
             console.print("catalogue already loaded; nothing to do")
@@ -103,51 +108,6 @@ def _shifted(text: str, fmt: str) -> tuple[str, str]:
     return "\n".join(lines), "jsonl"
 
 
-@app.command("train-ranker")
-def train_ranker(
-    events: Annotated[Path | None, typer.Option(help="Events file; default: the events logged in Redis.")] = None,
-    cut: Annotated[float, typer.Option(help="Time split: events before this quantile are history.")] = 0.8,
-    llm: Annotated[bool, typer.Option(help="Score the shortlists with the LLM (needed for an LLM weight).")] = True,
-    out: Annotated[Path | None, typer.Option(help="Where to save (default DOMAINLLM_RECOMMEND_RANKER_PATH).")] = None,
-) -> None:
-    """Fit the blenders (logistic regression) on logged events and save them as JSON (no pickle)."""
-    from apps.recommend.ranking import LLMScorer
-    from apps.recommend.train import fit_rankers, training_rows
-    from core.engine import LocalEngine
-
-    settings = get_recommend_settings()
-    service = _service()
-    engine = None
-    try:
-        logged: list[Event]
-        if events is not None:
-            logged, bad = parse_events_text(read_text(events), format_of(events), now=float("inf"))
-            for b in bad[:20]:
-                err.print(f"[yellow]skipped {b.where}:[/] {b.reason}")
-        else:
-            logged = service.signals.logged_events()
-        scorer = None
-        if llm:
-            engine = LocalEngine(get_settings())
-            with console.status("loading the model"):
-                engine.warm_up()
-            scorer = LLMScorer(engine, settings.adapter)
-            console.print(f"LLM scores from {scorer.model()!r}")
-        with console.status(f"building training rows from {len(logged)} events"):
-            rows = training_rows(logged, service.catalogue.sync(), settings, scorer, cut)
-        rankers, report = fit_rankers(rows, scorer.model() if scorer else None)
-    except DomainLLMError as exc:
-        _fail(exc)
-    finally:
-        if engine is not None:
-            engine.close()
-    path = out or settings.ranker_path
-    rankers.final.meta["report"] = report
-    rankers.save(path)
-    console.print_json(json.dumps(report))
-    console.print(f"saved {path}")
-
-
 @app.command()
 def show(
     user: Annotated[str, typer.Argument(help="User id.")],
@@ -164,36 +124,10 @@ def show(
         engine = LocalEngine(get_settings())
         engine.warm_up()
     try:
-        result = _service(engine).recommend(user, k=k, context_item=context_item, category=category)
+        result = open_service(engine).recommend(user, k=k, context_item=context_item, category=category)
     except DomainLLMError as exc:
         _fail(exc)
     finally:
         if engine is not None:
             engine.close()
     console.print_json(json.dumps(result))
-
-
-@app.command("sample-data")
-def sample_data() -> None:
-    """Rewrite data/samples/recommend from its deterministic generator."""
-    from apps.recommend.sample_data import main
-
-    c, e = main()
-    console.print(f"wrote {c} and {e}")
-
-
-@app.command("eval-ranking")
-def eval_ranking(
-    users: Annotated[int | None, typer.Option(help="Evaluate a random subsample of this many users.")] = None,
-    llm_candidates: Annotated[int, typer.Option(help="Shortlist size the LLM scores per user.")] = 50,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench/results"),
-    adapter: Annotated[str, typer.Option(help="The adapter that scores the shortlist.")] = RANKING_ADAPTER,
-) -> None:
-    """The MovieLens ranking evaluation (same as `domainllm eval recommend-ranking`)."""
-    from apps.recommend.evaluation import evaluate, print_report
-
-    try:
-        report = evaluate(get_settings(), out_dir=out, users=users, llm_candidates=llm_candidates, adapter=adapter)
-    except DomainLLMError as exc:
-        _fail(exc)
-    print_report(report, console)

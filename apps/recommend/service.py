@@ -18,8 +18,15 @@ from typing import Any
 
 import redis
 
-from apps.recommend.catalogue import Catalogue, EmbedFn
-from apps.recommend.items import (
+from apps.recommend.catalogue import Catalogue
+from apps.recommend.settings import RecommendSettings
+from apps.recommend.signals import RedisSignals
+from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
+from core.interface import Engine
+from domains.recommend.index import EmbedFn
+from domains.recommend.pipeline import Pipeline, PipelineConfig
+from domains.recommend.ranking import Rankers
+from domains.recommend.records import (
     Event,
     Item,
     RowError,
@@ -29,12 +36,8 @@ from apps.recommend.items import (
     parse_item,
     parse_items_text,
 )
-from apps.recommend.pipeline import Pipeline, PipelineConfig
-from apps.recommend.ranking import LLMScorer, Rankers
-from apps.recommend.rules import Filters
-from apps.recommend.settings import RecommendSettings
-from apps.recommend.signals import RedisSignals
-from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
+from domains.recommend.rules import Filters
+from domains.recommend.scoring import LLMScorer
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,11 @@ class RecommendService:
         settings: RecommendSettings,
         client: redis.Redis,
         embed: EmbedFn,
-        engine: Callable[[], Any] | None = None,
+        engine: Callable[[], Engine | None] | None = None,
         dim: int = 384,
     ) -> None:
-        """``engine``: returns the core engine when it is ready to score, else None (served without LLM)."""
+        """``embed``: texts -> unit vectors (``engine.embed``, which runs on the engine thread);
+        ``engine``: returns the engine when it is ready to score, else None (served without the LLM)."""
         self.settings = settings
         self.client: Any = client  # redis-py's sync/async union types are noise here
         self.ns = settings.namespace
@@ -74,7 +78,7 @@ class RecommendService:
             window=settings.covis_window,
             history_len=settings.history_len,
         )
-        self._engine = engine or (lambda: None)
+        self._engine: Callable[[], Engine | None] = engine or (lambda: None)
         self._rankers: tuple[float, Rankers] | None = None
 
     def _key(self, *parts: str) -> str:
@@ -94,10 +98,12 @@ class RecommendService:
         cfg = PipelineConfig(
             candidates_per_source=self.settings.candidates_per_source,
             llm_candidates=self.settings.llm_candidates,
-            prompt_history=self.settings.prompt_history,
             mmr_lambda=self.settings.mmr_lambda,
         )
-        llm = LLMScorer(engine, self.settings.adapter) if engine is not None else None
+        # the prompt follows the adapter's card; prompt_history is for a model without one (the base)
+        llm = None
+        if engine is not None:
+            llm = LLMScorer(engine, self.settings.adapter, history=self.settings.prompt_history)
         return Pipeline(self.catalogue.sync(), self.signals, cfg, rankers.final, rankers.pre, llm)
 
     # ---- recommend -----------------------------------------------------------------------------

@@ -12,8 +12,6 @@ receivers should also refuse old timestamps (replays) and dedupe on ``X-Domainll
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import smtplib
@@ -23,6 +21,9 @@ from email.utils import formatdate, make_msgid
 
 import httpx
 
+# sign and verify_signature live in the shell (the support handoff webhook signs the same way); they are
+# re-exported here for the receivers and tests that import them from this module.
+from apps.http.signing import sign, verify_signature  # noqa: F401
 from apps.sentiment.alerts import Alert, AlertStore
 from apps.sentiment.settings import SentimentSettings
 from core.errors import DomainLLMError
@@ -35,19 +36,6 @@ class DeliveryError(DomainLLMError):
     """A target that could not be reached or refused the alert; retried, then dead-lettered."""
 
     error_type = "delivery_error"
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, max_age_s: float = 300) -> bool:
-    try:
-        fresh = abs(time.time() - float(timestamp)) <= max_age_s
-    except ValueError:
-        return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def alert_text(alert: Alert) -> str:

@@ -10,15 +10,15 @@ from typing import Any
 
 from apps.sentiment.config import MonitorConfig
 from apps.sentiment.items import NewsItem
-from apps.sentiment.store import LABELS, NewsStore
+from apps.sentiment.store import NewsStore
 from apps.sentiment.topics import TopicClassifier
 from apps.sentiment.watchlist import Watchlist
-from core.engine import LocalEngine
+from core.interface import Engine
+from domains import sentiment
 
 log = logging.getLogger(__name__)
 
 ADAPTER = "sentiment"
-DEFAULT_INSTRUCTION = "Financial news sentiment for investors: negative, neutral or positive?"
 MAX_EXPLAIN_WORDS = 60
 
 
@@ -39,7 +39,7 @@ class EnrichStats:
 
 
 class Enricher:
-    def __init__(self, engine: LocalEngine, config: MonitorConfig, watchlist: Watchlist | None = None) -> None:
+    def __init__(self, engine: Engine, config: MonitorConfig, watchlist: Watchlist | None = None) -> None:
         self.engine = engine
         self.config = config
         self.watchlist = watchlist if watchlist is not None else load_watchlist(config)
@@ -50,17 +50,18 @@ class Enricher:
         """The sentiment adapter when it is loaded; the base model (said in every answer) until then."""
         return ADAPTER if self.engine.has_model(ADAPTER) else "base"
 
-    def _serving(self) -> tuple[list[str], str]:
-        serving = self.engine.serving_config(self.model)
-        return list(serving.get("labels") or LABELS), str(serving.get("instruction") or DEFAULT_INSTRUCTION)
+    def serving(self) -> sentiment.SentimentServing:
+        """The labels and instruction the model is prompted with: its adapter card's (the domain's defaults
+        for the base model)."""
+        return sentiment.read_serving(self.engine.serving_config(self.model))
 
     def sentiment(self, texts: list[str]) -> list[dict[str, float]]:
         """Label probabilities per text, in batches of the engine's per-request limit."""
-        labels, instruction = self._serving()
-        step = self.engine.settings.max_batch_texts
+        serving, model = self.serving(), self.model
+        labels, step = list(serving.labels), self.engine.max_batch_texts
         out: list[dict[str, float]] = []
         for i in range(0, len(texts), step):
-            out += self.engine.score_labels(texts[i : i + step], labels, model=self.model, instruction=instruction)
+            out += self.engine.score_labels(texts[i : i + step], labels, model=model, instruction=serving.instruction)
         return out
 
     def enrich(self, items: list[NewsItem]) -> list[dict[str, Any]]:

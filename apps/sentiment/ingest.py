@@ -35,13 +35,6 @@ class IngestResult:
     ids: list[str] = field(default_factory=list)  # every stored or duplicate item's id, in input order
     rejected: list[Rejected] = field(default_factory=list)
 
-    def merge(self, other: IngestResult) -> None:
-        self.accepted += other.accepted
-        self.duplicates += other.duplicates
-        self.new_ids += other.new_ids
-        self.ids += other.ids
-        self.rejected += other.rejected
-
 
 def normalize_all(
     records: list[tuple[str, Any]], settings: SentimentSettings, *, via: str, source: str, strict: bool = False

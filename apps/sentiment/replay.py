@@ -10,13 +10,10 @@ would, with far fewer round trips. ``speed`` paces the clock (replay seconds per
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from apps.sentiment.items import NewsItem, normalize_item
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.trends import chart_png, pick_step, series
 from core.errors import DomainLLMError, InvalidRequestError
+from domains.sentiment import read_gold_news
 
 CHUNK = 256
 
@@ -43,17 +41,11 @@ class ReplayReport:
 
 
 def _gold_tsv(path: Path) -> list[tuple[str, Any]]:
-    """The gold commodity news layout: Dates (dd-mm-yyyy), URL, News, ... (day only: noon UTC)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    records: list[tuple[str, Any]] = []
-    for n, row in enumerate(csv.DictReader(io.StringIO(text), delimiter="\t"), start=2):
-        try:
-            day = datetime.strptime((row.get("Dates") or "").strip(), "%d-%m-%Y").replace(hour=12, tzinfo=UTC)
-        except ValueError:
-            continue
-        records.append((f"line {n}", {"title": row.get("News"), "url": row.get("URL") or None,
-                                      "source": "gold-news", "published_at": day.timestamp()}))  # fmt: skip
-    return records
+    """The gold commodity news (``domains.sentiment.read_gold_news``) as records to normalise."""
+    return [
+        (f"line {h.line}", {"title": h.title, "url": h.url, "source": "gold-news", "published_at": h.published_at})
+        for h in read_gold_news(path)
+    ]
 
 
 def load_items(path: Path, ctx: SentimentContext) -> tuple[list[NewsItem], int]:

@@ -26,8 +26,7 @@ from typing import Any, cast
 import redis
 
 from apps.sentiment.items import NewsItem
-
-LABELS = ("negative", "neutral", "positive")
+from domains.sentiment import LABELS
 
 _INGEST = """
 if redis.call('HSETNX', KEYS[1], 'data', ARGV[1]) == 1 then

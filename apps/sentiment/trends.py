@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apps.sentiment.alerts import Alert
-from apps.sentiment.store import LABELS, NewsStore
+from apps.sentiment.store import NewsStore
 from core.errors import InvalidRequestError
+from domains.sentiment import LABELS
 
 MAX_POINTS = 500
 MAX_LABELLED_ALERTS = 6

@@ -5,5 +5,4 @@ rules, intents, pii                                      what steers and protect
 answer (plan → generate → finish)                        one message answered, or handed off
 conversations (Redis)                                    sessions, feedback, handoffs, stats
 service ─ routes (+ static/ widget and demo page)        the API a widget talks to
-evaluation, retrieval_eval                               how well it does, on data
 """

@@ -1,6 +1,7 @@
-"""Support conversations, feedback, handoffs and the counters behind the stats, in Redis.
+"""Support conversations, feedback and the counters behind the stats, in Redis.
 
-    {ns}:session:{sid}            hash  created_at, updated_at, meta (JSON), messages, handoff (open id)
+    {ns}:session:{sid}            hash  created_at, updated_at, meta (JSON), messages; the handoff desk
+                                        (``handoffs.py``) and the daily analytics add their fields here
     {ns}:session:{sid}:messages   list  the messages, oldest first, as JSON (capped at max_messages)
     {ns}:session:{sid}:roles      hash  message id -> role (what feedback and outcomes check)
     {ns}:session:{sid}:feedback   hash  message id -> "up"|"down"; "{id}:comment" -> JSON
@@ -9,18 +10,15 @@
     {ns}:intents                  zset  intent -> questions counted
     {ns}:sources                  hash  answer source (faq, generated, canned, handoff) -> count
     {ns}:unanswered               zset  normalised masked question -> times asked (capped)
-    {ns}:handoff:{hid}            hash  id, session_id, reason, created_at, status, closed_at, transcript
-    {ns}:handoffs:open / :closed  zset  handoff ids by creation / closing time
 
-Every key of a session expires ``session_ttl_s`` after its last write. Handoff records outlive the
-session (an agent reads the transcript copied into them); a closed one expires after
-``closed_handoff_ttl_s``. All text is passed through ``mask_pii`` before it is stored.
+Every key of a session expires ``session_ttl_s`` after its last write. Handoffs to a person live in
+``apps.support.handoffs`` (they outlive the session). All text is passed through ``mask_pii``
+before it is stored.
 
 Each write that checks something and then changes something is one Lua script, so it is atomic:
 a message is never added to a session that expired a moment before, an outcome is counted once per
-message however often it is retried, a changed rating moves its count, and two concurrent handoff
-requests open one handoff. Input is validated whole before the script runs, so bad input stores
-nothing. Scripts build no keys of their own: any Redis (or primary) works; not Redis Cluster, since
+message however often it is retried, and a changed rating moves its count. Input is validated
+whole before the script runs, so bad input stores nothing. Scripts build no keys of their own: any Redis (or primary) works; not Redis Cluster, since
 the session and the global counters live in different slots.
 """
 
@@ -42,7 +40,6 @@ from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
 ROLES = ("user", "assistant", "system")
 RATINGS = ("up", "down")
-HANDOFF_STATUSES = ("open", "closed")
 
 _SESSION_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -67,14 +64,6 @@ class UnknownMessageError(NotFoundError):
         )
         self.session_id = session_id
         self.message_id = message_id
-
-
-class UnknownHandoffError(NotFoundError):
-    error_type = "unknown_handoff"
-
-    def __init__(self, handoff_id: str) -> None:
-        super().__init__(f"unknown or expired handoff {handoff_id!r}", handoff_id=handoff_id)
-        self.handoff_id = handoff_id
 
 
 # KEYS: session, messages, roles, feedback, outcomes | ARGV: id, role, json, ttl, max_messages, now
@@ -132,32 +121,6 @@ for _, i in ipairs({1, 2, 3, 5, 6}) do redis.call('EXPIRE', KEYS[i], ARGV[4]) en
 return {1, prev}
 """
 
-# KEYS: session, new handoff, open index | ARGV: id, session id, reason, created_at, transcript
-_OPEN_HANDOFF = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, ''} end
-local current = redis.call('HGET', KEYS[1], 'handoff')
-if current then return {0, current} end
-redis.call('HSET', KEYS[1], 'handoff', ARGV[1])
-redis.call('HSET', KEYS[2], 'id', ARGV[1], 'session_id', ARGV[2], 'reason', ARGV[3],
-           'created_at', ARGV[4], 'status', 'open', 'transcript', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return {1, ARGV[1]}
-"""
-
-# KEYS: handoff, open index, closed index, session | ARGV: id, closed_at, retention_s
-_CLOSE_HANDOFF = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'status') == 'closed' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
-if redis.call('HGET', KEYS[4], 'handoff') == ARGV[1] then redis.call('HDEL', KEYS[4], 'handoff') end
-return 1
-"""
-
-
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -191,7 +154,7 @@ def normalise_question(question: str, max_chars: int = 200) -> str:
 
 
 class ConversationStore:
-    """Sessions, messages, feedback and handoffs of the support app on one Redis client.
+    """Sessions, messages and feedback of the support app on one Redis client.
 
     ``low_confidence``: an outcome below it (or a handoff) counts its question as unanswered,
     unless ``record_outcome`` is told otherwise. ``clock`` is for tests.
@@ -207,8 +170,6 @@ class ConversationStore:
         max_text_chars: int = 8000,
         low_confidence: float = 0.4,
         max_unanswered: int = 1000,
-        transcript_limit: int = 50,
-        closed_handoff_ttl_s: int = 30 * 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not namespace or any(c.isspace() for c in namespace):
@@ -218,8 +179,6 @@ class ConversationStore:
             ("max_messages", max_messages),
             ("max_text_chars", max_text_chars),
             ("max_unanswered", max_unanswered),
-            ("transcript_limit", transcript_limit),
-            ("closed_handoff_ttl_s", closed_handoff_ttl_s),
         ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -232,14 +191,10 @@ class ConversationStore:
         self.max_text_chars = int(max_text_chars)
         self.low_confidence = float(low_confidence)
         self.max_unanswered = int(max_unanswered)
-        self.transcript_limit = int(transcript_limit)
-        self.closed_handoff_ttl_s = int(closed_handoff_ttl_s)
         self.clock = clock
         self._add_message = redis_client.register_script(_ADD_MESSAGE)
         self._record_outcome = redis_client.register_script(_RECORD_OUTCOME)
         self._feedback = redis_client.register_script(_FEEDBACK)
-        self._open_handoff = redis_client.register_script(_OPEN_HANDOFF)
-        self._close_handoff = redis_client.register_script(_CLOSE_HANDOFF)
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -256,12 +211,16 @@ class ConversationStore:
             "outcomes": f"{base}:outcomes",
         }
 
+    def session_key(self, session_id: str) -> str:
+        """The session's hash: other support stores (handoffs, analytics) keep their fields there."""
+        return self._session_keys(self.check_session_id(session_id))["session"]
+
     def _now(self) -> float:
         return round(self.clock(), 3)
 
     # ---- validation (before anything is written) -------------------------------------------------
 
-    def _check_session_id(self, session_id: Any) -> str:
+    def check_session_id(self, session_id: Any) -> str:
         if not isinstance(session_id, str) or not _SESSION_ID_RE.match(session_id):
             raise UnknownSessionError(str(session_id))  # a malformed id names no session: 404, not 400
         return session_id
@@ -302,13 +261,13 @@ class ConversationStore:
 
     def require(self, session_id: str) -> None:
         """Raises UnknownSessionError unless the session exists (and has not expired)."""
-        sid = self._check_session_id(session_id)
+        sid = self.check_session_id(session_id)
         if not self.r.exists(self._session_keys(sid)["session"]):
             raise UnknownSessionError(sid)
 
     def session(self, session_id: str) -> dict[str, Any]:
-        """The session's record: id, created_at, updated_at, meta, messages (count), open handoff id."""
-        sid = self._check_session_id(session_id)
+        """The session's record: id, created_at, updated_at, meta, messages (count), active handoff id."""
+        sid = self.check_session_id(session_id)
         raw = _decoded(self.r.hgetall(self._session_keys(sid)["session"]))
         if not raw:
             raise UnknownSessionError(sid)
@@ -323,7 +282,7 @@ class ConversationStore:
 
     def add_message(self, session_id: str, role: str, text: str, **meta: Any) -> str:
         """Appends a message (its text and meta strings PII-masked) and refreshes the session's TTL."""
-        sid = self._check_session_id(session_id)
+        sid = self.check_session_id(session_id)
         if role not in ROLES:
             raise InvalidRequestError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self._check_text(text, f"{role} message text")
@@ -348,7 +307,7 @@ class ConversationStore:
 
     def history(self, session_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The last ``limit`` messages, oldest first: {id, role, text, created_at, meta}."""
-        sid = self._check_session_id(session_id)
+        sid = self.check_session_id(session_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidRequestError(f"limit must be a positive integer, got {limit!r}")
         keys = self._session_keys(sid)
@@ -378,7 +337,7 @@ class ConversationStore:
         off, its intent and answer source, and, when handed off or below ``low_confidence`` (or
         ``unanswered=True``), its question among the unanswered ones. Counted once per message:
         True now, False when it had already been counted."""
-        sid = self._check_session_id(session_id)
+        sid = self.check_session_id(session_id)
         mid = self._check_message_id(sid, message_id)
         self._check_text(question, "question", allow_empty=True)
         if not isinstance(handoff, bool):
@@ -433,7 +392,7 @@ class ConversationStore:
             raise InvalidRequestError(f"rating must be 'up' or 'down', got {rating!r}")
         if comment is not None:
             self._check_text(comment, "feedback comment", allow_empty=True)
-        sid = self._check_session_id(session_id)
+        sid = self.check_session_id(session_id)
         mid = self._check_message_id(sid, message_id)
         now = self._now()
         comment_json = (
@@ -471,87 +430,6 @@ class ConversationStore:
             "changed": previous != rating,
         }
 
-    # ---- handoffs --------------------------------------------------------------------------------
-
-    def open_handoff(self, session_id: str, reason: str) -> dict[str, Any]:
-        """Opens a handoff to a human with the (masked) transcript copied in. A session has at most
-        one open handoff: asking again returns that one, whatever the reason."""
-        sid = self._check_session_id(session_id)
-        self._check_text(reason, "handoff reason")
-        transcript = self.history(sid, self.transcript_limit)  # raises UnknownSessionError
-        handoff_id = uuid.uuid4().hex[:16]
-        now = self._now()
-        status, hid = self._open_handoff(
-            keys=[self._session_keys(sid)["session"], self.key("handoff", handoff_id), self.key("handoffs", "open")],
-            args=[handoff_id, sid, mask_pii(reason.strip()), now, _to_json(transcript, "transcript")],
-        )
-        if int(status) == -2:
-            raise UnknownSessionError(sid)
-        record = self.handoff(_str(hid))
-        if record is None:  # the session named a handoff that no longer exists: cannot happen unless edited by hand
-            raise UnknownHandoffError(_str(hid))
-        return record
-
-    def handoff(self, handoff_id: str) -> dict[str, Any] | None:
-        if not isinstance(handoff_id, str) or not _ID_RE.match(handoff_id):
-            return None
-        raw = _decoded(self.r.hgetall(self.key("handoff", handoff_id)))
-        return self._handoff_record(raw) if raw else None
-
-    @staticmethod
-    def _handoff_record(raw: dict[str, str]) -> dict[str, Any]:
-        return {
-            "id": raw["id"],
-            "session_id": raw["session_id"],
-            "reason": raw["reason"],
-            "created_at": float(raw["created_at"]),
-            "status": raw["status"],
-            "closed_at": float(raw["closed_at"]) if raw.get("closed_at") else None,
-            "transcript": json.loads(raw.get("transcript") or "[]"),
-        }
-
-    def close_handoff(self, handoff_id: str) -> dict[str, Any]:
-        """Marks the handoff closed (the session may then open a new one). Closing twice is fine."""
-        record = self.handoff(handoff_id)
-        if record is None:
-            raise UnknownHandoffError(str(handoff_id))
-        keys = [
-            self.key("handoff", handoff_id),
-            self.key("handoffs", "open"),
-            self.key("handoffs", "closed"),
-            self._session_keys(record["session_id"])["session"],
-        ]
-        if int(self._close_handoff(keys=keys, args=[handoff_id, self._now(), self.closed_handoff_ttl_s])) == -1:
-            raise UnknownHandoffError(handoff_id)  # expired between the read and the close
-        closed = self.handoff(handoff_id)
-        if closed is None:
-            raise UnknownHandoffError(handoff_id)
-        return closed
-
-    def handoffs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Handoffs, newest first: the open ones, the closed ones (kept ``closed_handoff_ttl_s``) or both."""
-        if status is not None and status not in HANDOFF_STATUSES:
-            raise InvalidRequestError(f"status must be 'open' or 'closed', got {status!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InvalidRequestError(f"limit must be an integer in [1, 1000], got {limit!r}")
-        statuses = (status,) if status else HANDOFF_STATUSES
-        ids: list[tuple[str, str]] = []
-        for s in statuses:
-            ids += [(s, _str(i)) for i in self.r.zrevrange(self.key("handoffs", s), 0, limit - 1)]
-        pipe = self.r.pipeline(transaction=False)
-        for _, hid in ids:
-            pipe.hgetall(self.key("handoff", hid))
-        records, stale = [], []
-        for (s, hid), raw in zip(ids, pipe.execute(), strict=True):
-            if raw:
-                records.append(self._handoff_record(_decoded(raw)))
-            else:
-                stale.append((s, hid))  # a closed record that expired: drop its index entry
-        for s, hid in stale:
-            self.r.zrem(self.key("handoffs", s), hid)
-        records.sort(key=lambda h: h["created_at"], reverse=True)
-        return records[:limit]
-
     # ---- stats -----------------------------------------------------------------------------------
 
     def stats(self, top: int = 10) -> dict[str, Any]:
@@ -562,8 +440,7 @@ class ConversationStore:
         pipe.zrevrange(self.key("intents"), 0, top - 1, withscores=True)
         pipe.hgetall(self.key("sources"))
         pipe.zrevrange(self.key("unanswered"), 0, top - 1, withscores=True)
-        pipe.zcard(self.key("handoffs", "open"))
-        raw_counts, intents, sources, unanswered, open_handoffs = pipe.execute()
+        raw_counts, intents, sources, unanswered = pipe.execute()
         counts = {k: int(v) for k, v in _decoded(raw_counts).items()}
         messages, answered, handoffs = counts.get("messages", 0), counts.get("answered", 0), counts.get("handoffs", 0)
         up, down = counts.get("feedback_up", 0), counts.get("feedback_down", 0)
@@ -579,5 +456,4 @@ class ConversationStore:
             "top_intents": [{"intent": _str(i), "count": int(c)} for i, c in intents],
             "unanswered": [{"question": _str(q), "count": int(c)} for q, c in unanswered],
             "by_source": dict(sorted((k, int(v)) for k, v in _decoded(sources).items())),
-            "open_handoffs": int(open_handoffs),
         }

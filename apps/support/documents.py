@@ -1,14 +1,20 @@
 """Knowledge-base documents, parsed from the files a company already has.
 
     parse_document(name, data) -> list[Document]
-      .md/.markdown   title from front matter or the first ``# `` heading; one section per heading
-      .html/.htm      scripts, styles and comments dropped by a real parser; headings start sections
+      .md/.markdown   markdown-it-py (``apps.support.markdown_text``): title from front matter or the
+                      first ``# `` heading; one section per heading; lists and tables kept as lines
+      .html/.htm      scripts, styles and comments dropped by a real parser (``apps.support.html_text``);
+                      headings start sections
       .txt            one section; a short first line is the title
       .pdf            pypdf text, one section per page
       .csv/.jsonl     FAQ pairs (question, answer[, doc_id, url, title]) -> one kind="faq" Document each
 
+    read_help_centre(folder) -> list[Document]     a folder laid out as data/samples/support
+
 A bad FAQ row never stops the good ones: ``parse_document_report`` returns the documents with a
 ``RowError`` per bad row. A file with nothing usable raises ``InvalidDocumentError`` (a 400/422).
+Each ``Document`` may carry its ``source`` (a folder, a URL ingest, the API), which a folder sync
+uses to delete only what came from that folder.
 """
 
 from __future__ import annotations
@@ -19,13 +25,12 @@ import io
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
-from html.parser import HTMLParser
-from pathlib import PurePath
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
-import yaml
-
+from apps.support.html_text import html_sections
+from apps.support.markdown_text import FrontMatterError, markdown_sections
 from core.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 ARTICLE_SUFFIXES = {".md", ".markdown", ".html", ".htm", ".txt", ".text", ".pdf"}
 FAQ_SUFFIXES = {".csv", ".jsonl", ".ndjson"}
 SUPPORTED_SUFFIXES = ARTICLE_SUFFIXES | FAQ_SUFFIXES
+SOURCE_FIELDS = ("source", "source_path")
 
 
 class InvalidDocumentError(InvalidRequestError):
@@ -59,6 +65,11 @@ class Document:
     kind: DocKind = "article"
     question: str | None = None  # kind="faq" only
     answer: str | None = None
+    # Where it came from, so a sync replaces exactly its own documents (not part of the content):
+    # source "folder:<absolute folder>", "url", "sitemap:<url>", "api"; source_path the file
+    # relative to the folder, or the page's URL. None: ingested before sources were tracked.
+    source: str | None = None
+    source_path: str | None = None
 
     def __post_init__(self) -> None:
         if not DOC_ID_PATTERN.match(self.doc_id or ""):
@@ -76,12 +87,16 @@ class Document:
         self.sections = [Section(s.heading, s.text) if isinstance(s, Section) else Section(**s) for s in self.sections]
 
     def content_hash(self) -> str:
-        """Changes exactly when anything a search could see changes."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        """Changes exactly when anything a search could see changes (not when only its source does)."""
+        content = {k: v for k, v in self.to_dict().items() if k not in SOURCE_FIELDS}
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_source(self, source: str | None, source_path: str | None = None) -> Document:
+        return replace(self, source=source, source_path=source_path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Document:
@@ -135,6 +150,16 @@ def parse_document_report(
     return ParsedFile([_parse_text(name, text, doc_id, url, title)])
 
 
+def read_help_centre(folder: Path) -> list[Document]:
+    """The documents of a help centre laid out as the sample one (``data/samples/support``): every
+    file under ``articles/`` (served at ``/help/<doc_id>``, as ``make run`` does) and ``faq.csv``."""
+    docs = []
+    for path in sorted((folder / "articles").glob("*")):
+        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
+    docs.extend(parse_document_report("faq.csv", (folder / "faq.csv").read_bytes()).documents)
+    return docs
+
+
 def slug_of(name: str) -> str:
     """A stable doc_id from a file name: ``Returns & Refunds.md`` -> ``returns-refunds``."""
     stem = PurePath(name).stem.lower()
@@ -180,171 +205,26 @@ def _article(
     return Document(doc_id=doc_id, title=title, text=text, url=url, sections=sections, kind=kind)
 
 
-# --- markdown -----------------------------------------------------------------------------------
-
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+# --- markdown and HTML -------------------------------------------------------------------------
 
 
 def _parse_markdown(name: str, text: str, doc_id: str, url: str | None, title: str | None) -> Document:
-    meta, body = _front_matter(name, text)
+    try:
+        parsed = markdown_sections(text)
+    except FrontMatterError as exc:
+        raise InvalidDocumentError(f"{name}: {exc}", name=name) from None
+    meta = parsed.meta
     url = url or (str(meta["url"]) if meta.get("url") else None)
-    sections: list[Section] = []
-    heading: str | None = None
-    lines: list[str] = []
-    first_h1: str | None = None
-    in_fence = False
-    for line in body.splitlines():
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line)
-        if match:
-            sections.append(Section(heading, _markdown_to_text("\n".join(lines))))
-            heading, lines = _markdown_to_text(match.group(2)), []
-            if match.group(1) == "#" and first_h1 is None:
-                first_h1 = heading
-        else:
-            lines.append(line)
-    sections.append(Section(heading, _markdown_to_text("\n".join(lines))))
-    # a heading with no text under it still says what the text after it is about
-    title = title or (str(meta["title"]) if meta.get("title") else None) or first_h1 or _title_from_name(name)
+    sections = [Section(heading, body) for heading, body in parsed.sections]
+    title = title or (str(meta["title"]) if meta.get("title") else None) or parsed.first_h1 or _title_from_name(name)
     return _article(name, doc_id, title, sections, url)
 
 
-def _front_matter(name: str, text: str) -> tuple[dict[str, Any], str]:
-    if not text.startswith("---"):
-        return {}, text
-    end = re.search(r"^---\s*$", text[3:], flags=re.MULTILINE)
-    if end is None:
-        return {}, text
-    try:
-        meta = yaml.safe_load(text[3 : 3 + end.start()]) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidDocumentError(f"{name}: bad front matter: {exc}", name=name) from None
-    if not isinstance(meta, dict):
-        return {}, text
-    return meta, text[3 + end.end() :]
-
-
-def _markdown_to_text(md: str) -> str:
-    """Drop the markup a reader does not see: images, link targets, emphasis, HTML comments."""
-    md = re.sub(r"<!--.*?-->", "", md, flags=re.DOTALL)
-    md = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", md)
-    md = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", md)
-    md = re.sub(r"(\*\*|__|\*|`)", "", md)
-    md = re.sub(r"^\s*(```|~~~).*$", "", md, flags=re.MULTILINE)
-    return md
-
-
-# --- HTML ---------------------------------------------------------------------------------------
-
-_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "iframe", "object", "head"}
-_BLOCK_TAGS = {
-    "p",
-    "div",
-    "br",
-    "li",
-    "ul",
-    "ol",
-    "tr",
-    "td",
-    "th",
-    "table",
-    "section",
-    "article",
-    "pre",
-    "blockquote",
-    "dd",
-    "dt",
-    "hr",
-    "main",
-    "header",
-    "footer",
-    "nav",
-    "form",
-    "figure",
-    "figcaption",
-}
-_HEADING_TAGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
-_VOID_TAGS = {"br", "hr", "img", "input", "meta", "link", "source", "area", "base", "col", "embed", "wbr"}
-
-
-class _HtmlText(HTMLParser):
-    """Visible text split into sections at headings; comments are dropped (no handle_comment)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.skip_depth = 0
-        self.in_title = False
-        self.page_title = ""
-        self.first_h1: str | None = None
-        self.heading_tag: str | None = None
-        self.heading_buf: list[str] = []
-        self.sections: list[Section] = []
-        self.current: str | None = None
-        self.buf: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self.in_title = True
-        if tag == "body":  # an unclosed <head> must not hide the page
-            self.skip_depth = 0
-        if tag in _SKIP_TAGS:
-            if tag not in _VOID_TAGS:
-                self.skip_depth += 1
-            return
-        if self.skip_depth:
-            return
-        if tag in _HEADING_TAGS:
-            self._close_section()
-            self.heading_tag, self.heading_buf = tag, []
-        elif tag in _BLOCK_TAGS:
-            self.buf.append("\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BLOCK_TAGS and not self.skip_depth:
-            self.buf.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        if tag in _SKIP_TAGS:
-            self.skip_depth = max(0, self.skip_depth - 1)
-            return
-        if self.skip_depth:
-            return
-        if tag == self.heading_tag:
-            heading = " ".join("".join(self.heading_buf).split())
-            if tag == "h1" and self.first_h1 is None and heading:
-                self.first_h1 = heading
-            self.current, self.heading_tag = heading or None, None
-        elif tag in _BLOCK_TAGS:
-            self.buf.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.page_title += data
-            return
-        if self.skip_depth:
-            return
-        (self.heading_buf if self.heading_tag else self.buf).append(data)
-
-    def _close_section(self) -> None:
-        self.sections.append(Section(self.current, "".join(self.buf)))
-        self.buf = []
-
-    def result(self) -> list[Section]:
-        self._close_section()
-        return self.sections
-
-
 def _parse_html(name: str, text: str, doc_id: str, url: str | None, title: str | None) -> Document:
-    parser = _HtmlText()
-    parser.feed(text)
-    parser.close()
-    sections = parser.result()
-    page_title = " ".join(parser.page_title.split())
-    return _article(name, doc_id, title or page_title or parser.first_h1 or _title_from_name(name), sections, url)
+    parsed = html_sections(text)
+    sections = [Section(heading, body) for heading, body in parsed.sections]
+    title = title or parsed.page_title or parsed.first_h1 or _title_from_name(name)
+    return _article(name, doc_id, title, sections, url)
 
 
 # --- plain text and PDF -------------------------------------------------------------------------

@@ -1,25 +1,24 @@
 """The intent of each customer message, from the head fitted next to the support adapter.
 
 ``finetune`` fits a banking77 logistic-regression head on [MiniLM embedding, mean hidden state with
-the adapter on] and saves it as ``intent_head.npz`` in the adapter folder, with a recipe naming its
-feature parts in order. This module rebuilds those features through the engine and applies the
-head. Without the adapter or its head there is no intent (``None``), and the bot says so in stats.
+the adapter on] and saves it as ``domains.support.INTENT_HEAD_FILE`` in the adapter folder, with a
+recipe naming its feature parts in order (``domains.support.INTENT_FEATURES``). This module finds it
+through the engine (``Engine.adapter_file``), rebuilds those features through the engine and applies
+the head. Without the adapter or its head there is no intent (``None``), and the bot says so in stats.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.heads import LinearHead
+from core.interface import Engine
+from domains.support import INTENT_FEATURES, INTENT_HEAD_FILE
 
 log = logging.getLogger(__name__)
-
-HEAD_FILE = "intent_head.npz"
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Intent:
 class IntentClassifier:
     """``classify(texts)`` -> one ``Intent`` per text, or ``None`` per text when no head is loaded."""
 
-    def __init__(self, engine: Any, adapter: str) -> None:
+    def __init__(self, engine: Engine, adapter: str) -> None:
         self._engine = engine
         self._adapter = adapter
         self._head: LinearHead | None = None
@@ -41,16 +40,16 @@ class IntentClassifier:
         if self._loaded:
             return self._head
         self._loaded = True
-        if not self._engine.has_model(self._adapter) or self._engine.registry is None:
+        if not self._engine.has_model(self._adapter):
             log.warning("no %r adapter: messages get no intent", self._adapter)
             return None
-        path: Path = self._engine.registry.info(self._adapter).path / HEAD_FILE
-        if not path.is_file():
-            log.warning("adapter %r has no %s: messages get no intent", self._adapter, HEAD_FILE)
+        path = self._engine.adapter_file(self._adapter, INTENT_HEAD_FILE)
+        if path is None:
+            log.warning("adapter %r has no %s: messages get no intent", self._adapter, INTENT_HEAD_FILE)
             return None
         head = LinearHead.load(path)
         parts = [p["name"] for p in head.recipe.get("parts", [])]
-        if parts != ["minilm", "hidden"]:
+        if parts != list(INTENT_FEATURES):
             log.warning("intent head %s wants features %s, which this version cannot build", path, parts)
             return None
         self._head = head

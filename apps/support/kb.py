@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -330,8 +331,10 @@ class KnowledgeBase:
             for s in self._snapshot().docs.values()
         ]
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
-        """The ``k`` best chunks for ``query``, best first."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", *, fusion: FusionConfig | None = None) -> list[Hit]:
+        """The ``k`` best chunks for ``query``, best first; ``fusion``: another hybrid setting than the
+        knowledge base's own, to compare with it."""
+        fusion = fusion or self.fusion
         if mode not in SEARCH_MODES:
             raise InvalidRequestError(f"mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}", mode=mode)
         if not 1 <= k <= MAX_K:
@@ -342,7 +345,7 @@ class KnowledgeBase:
         n = len(snap.chunks)
         if n == 0:
             return []
-        pool = min(n, max(self.fusion.candidates, k))
+        pool = min(n, max(fusion.candidates, k))
         dense_ids: list[int] = []
         dense_all: dict[int, float] = {}
         qvec = None
@@ -364,7 +367,6 @@ class KnowledgeBase:
             ranked = [(i, float(lexical[i])) for i in bm25_ids]
         else:
             assert qvec is not None and lexical is not None
-            fusion = self.fusion
             if fusion.method == "rrf":
                 fused = rrf_fuse([(dense_ids, fusion.dense_weight), (bm25_ids, fusion.bm25_weight)], fusion.rrf_k)
             else:
@@ -635,3 +637,16 @@ class KnowledgeBase:
             else:
                 bm25 = _build_bm25(chunks)
         return _Snapshot(generation, docs, chunks, vectors, dense, bm25, faq_ids, faq_vectors)
+
+
+@contextmanager
+def scratch_kb(
+    documents: Iterable[Document], embedder: Embedder, *, fusion: FusionConfig | None = None
+) -> Iterator[KnowledgeBase]:
+    """A knowledge base in a temporary folder holding ``documents``, deleted on exit: for evaluations
+    and benchmarks, which must not touch the served one."""
+    with tempfile.TemporaryDirectory(prefix="kb-") as root:
+        kb = KnowledgeBase(Path(root), embedder, fusion=fusion)
+        kb.warm_up()
+        kb.upsert_many(documents)
+        yield kb

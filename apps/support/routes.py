@@ -3,15 +3,16 @@ knowledge base; plus the pages a support team embeds: the widget script, the dem
 ``/`` and each knowledge-base article at ``/help/{doc_id}``.
 
 Chat routes take the widget's public key in ``X-Support-Key`` (``DOMAINLLM_SUPPORT_PUBLIC_KEYS``);
-changing the knowledge base and reading handoffs take the admin key. A message is checked (session,
-size, text) before anything is stored or streamed, so bad input gets a 4xx and changes nothing.
-When Redis cannot be reached the routes answer 503 rather than 500.
+changing the knowledge base takes the admin key. The customer's side of a handoff is here (its event
+stream, the rating, the e-mail address; a message while a person holds the conversation goes to
+them); the agents' side is ``inbox_routes.py``. A message is checked (session, size, text) before
+anything is stored or streamed, so bad input gets a 4xx and changes nothing. When Redis cannot be
+reached the routes answer 503 rather than 500.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import json
 import logging
@@ -22,23 +23,26 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from apps.deps import AdminDep, SupportDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
 from apps.http.streaming import submit_streaming
 from apps.support.answer import Plan, Reply, StreamGuard
-from apps.support.documents import Document, InvalidDocumentError, parse_document_report
+from apps.support.handoffs import check_cursor
+from apps.support.live import customer_events
 from apps.support.schemas import (
-    DocumentsRequest,
-    DocumentsUpserted,
+    ContactRequest,
+    ContactSaved,
+    CsatRecorded,
+    CsatRequest,
     FeedbackRequest,
     HandoffOpened,
     HandoffRequest,
+    MessageHeld,
     MessageReply,
     MessageRequest,
-    SearchHit,
     SessionCreated,
     SessionRequest,
 )
@@ -47,8 +51,6 @@ from apps.support.settings import PACKAGE_DIR, SupportSettings
 from core.errors import (
     AuthenticationError,
     DomainLLMError,
-    InputTooLargeError,
-    InvalidRequestError,
     NotFoundError,
     StoreUnavailableError,
 )
@@ -152,10 +154,21 @@ async def _answer(service: SupportService, session_id: str, plan: Plan) -> dict[
     summary="Send a customer message; get the answer (JSON) or a stream of it (SSE)",
     description="With `stream: true` the answer comes as server-sent events: `token` events "
     '(`{"text": ...}`), then one `final` event with the same fields as the JSON answer (its `answer` is '
-    "authoritative: a generation that ends in a handoff is replaced by the handoff message).",
-    responses=error_responses(400, 401, 404, 413, 503),
+    "authoritative: a generation that ends in a handoff is replaced by the handoff message). While a "
+    "handoff is open or taken the bot does not answer: the message is stored, forwarded to the agent, "
+    "and the answer is 202 with `held: true` (the agent's replies come on the session's event stream).",
+    responses={
+        202: {"model": MessageHeld, "description": "A person holds the conversation: the message went to them."},
+        **error_responses(400, 401, 404, 413, 503),
+    },
 )
 async def post_message(session_id: str, body: MessageRequest, _: PublicKeyDep, service: ServiceDep) -> Any:
+    # While a handoff is open or taken the bot stays silent: the message goes to the person (202).
+    held = await asyncio.to_thread(service.inbox.customer_message, session_id, body.message)  # 4xx first
+    if held is not None:
+        return JSONResponse(
+            MessageHeld(message_id=held["id"], handoff_id=held["handoff_id"]).model_dump(), status_code=202
+        )
     plan = await asyncio.to_thread(service.begin, session_id, body.message)  # 4xx here, before any stream
     if not body.stream:
         return await _answer(service, session_id, plan)
@@ -192,102 +205,57 @@ def stats(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     return service.stats()
 
 
-@router.get("/handoffs", summary="Conversations handed to a person", responses=error_responses(401, 503))
-def handoffs(
-    service: ServiceDep,
-    _: AdminDep,
-    status: Annotated[str | None, Query(pattern="^(open|closed)$")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    return {"handoffs": service.handoffs(status, limit)}
+# ---- the customer's side of a handoff (the agents' routes are in inbox_routes.py) ---------------------
 
 
-# ---- knowledge base ---------------------------------------------------------------------------------
-
-
-def _refuse_scripts(name: str, data: bytes) -> None:
-    lowered = data.lower()
-    if name.lower().endswith((".html", ".htm")) and (b"<script" in lowered or b"javascript:" in lowered):
-        raise InvalidDocumentError(
-            f"{name}: HTML with scripts is refused; remove the <script> elements, or send ?strip_scripts=true "
-            "to ingest the text without them"
-        )
-
-
-@router.post(
-    "/kb/documents",
-    response_model=DocumentsUpserted,
-    summary="Add or replace knowledge-base documents (JSON)",
-    description="Upsert by `doc_id`: an unchanged document does nothing, a changed one replaces its chunks.",
-    responses=error_responses(400, 401, 413, 503),
+@router.get(
+    "/sessions/{session_id}/events",
+    summary="The customer's live events: agent joined, agent messages, closed (with a rating request), no agent",
+    description="Server-sent events. First `state` (`handoff`: the active one or null, `csat_pending`), then "
+    "`handoff_opened`, `agent_joined` (`agent`), `agent_message` (`message`), `handoff_closed` (`csat`: "
+    "true when a rating is asked for) and `no_agent` (`message`, `ask_email`: nobody took the handoff in "
+    "time). Each event's `id` is its position: reconnect with `?after=<id>` to miss nothing. The stream "
+    "ends with `end` after DOMAINLLM_SUPPORT_EVENTS_MAX_STREAM_S.",
+    responses=error_responses(400, 401, 404, 503),
 )
-def post_documents(body: DocumentsRequest, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
-    docs = []
-    for i, d in enumerate(body.documents):
-        try:
-            doc_id = d.doc_id or "doc-" + hashlib.sha1(d.title.encode("utf-8")).hexdigest()[:12]
-            docs.append(Document(doc_id=doc_id, title=d.title, text=d.text, url=d.url))
-        except InvalidDocumentError as exc:
-            raise InvalidDocumentError(f"documents[{i}]: {exc.message}") from exc
-    return {"results": service.add_documents(docs)}
-
-
-@router.post(
-    "/kb/files",
-    response_model=DocumentsUpserted,
-    summary="Add a document file: markdown, HTML, text, PDF, or an FAQ CSV/JSONL",
-    description="The raw file is the body; `name` gives its file name (its type comes from the suffix).",
-    responses=error_responses(400, 401, 413, 503),
-)
-async def post_file(
-    request: Request,
-    service: ServiceDep,
-    _: AdminDep,
-    name: Annotated[str, Query(min_length=1, max_length=255, pattern=r"^[^/\\]+$")],
-    doc_id: Annotated[str | None, Query(max_length=128)] = None,
-    url: Annotated[str | None, Query(max_length=2000)] = None,
-    strip_scripts: bool = False,
-) -> dict[str, Any]:
-    data = await request.body()
-    if not data:
-        raise InvalidDocumentError(f"{name}: the body is empty")
-    if len(data) > service.settings.max_document_bytes:
-        limit = service.settings.max_document_bytes
-        raise InputTooLargeError(f"{name}: {len(data)} bytes; the limit is {limit}", limit=limit, actual=len(data))
-    if not strip_scripts:
-        _refuse_scripts(name, data)
-    parsed = await asyncio.to_thread(parse_document_report, name, data, doc_id=doc_id, url=url)
-    if not parsed.documents:
-        raise InvalidDocumentError(
-            f"{name}: no usable document: " + "; ".join(f"{e.where}: {e.reason}" for e in parsed.errors)
-        )
-    results = await asyncio.to_thread(service.add_documents, parsed.documents)
-    return {"results": results, "errors": [e.__dict__ for e in parsed.errors]}
-
-
-@router.delete(
-    "/kb/documents/{doc_id:path}", summary="Remove a document and its chunks", responses=error_responses(401, 404, 503)
-)
-def delete_document(doc_id: str, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
-    if not service.kb.delete(doc_id):
-        raise NotFoundError(f"no knowledge-base document {doc_id!r}", doc_id=doc_id)
-    return {"deleted": doc_id}
-
-
-@router.get("/kb/search", response_model=list[SearchHit], summary="Search the knowledge base")
-def search(
+async def session_events(
+    session_id: str,
     _: PublicKeyDep,
     service: ServiceDep,
-    q: Annotated[str, Query(min_length=1, max_length=1000)],
-    k: Annotated[int, Query(ge=1, le=50)] = 5,
-    mode: Annotated[str, Query(pattern="^(hybrid|dense|bm25)$")] = "hybrid",
-) -> list[dict[str, Any]]:
-    if not q.strip():
-        raise InvalidRequestError("q must not be blank")
-    return [
-        {"doc_id": h.doc_id, "title": h.title, "url": h.url, "section": h.section, "text": h.text, "score": h.score}
-        for h in service.fresh_kb().search(q, k=k, mode=mode)
-    ]
+    after: Annotated[str | None, Query(max_length=41, description="The last event id seen.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
+) -> EventSourceResponse:
+    cursor = after or last_event_id
+    if cursor is not None:
+        check_cursor(cursor)
+    state = await asyncio.to_thread(service.inbox.session_state, session_id)  # 404 before the stream
+    return EventSourceResponse(customer_events(service.inbox, session_id, state, cursor), sep="\n")
+
+
+@router.post(
+    "/sessions/{session_id}/csat",
+    response_model=CsatRecorded,
+    summary="The customer's rating (1-5) of the conversation an agent closed",
+    description="Asked for by the `handoff_closed` event (`csat: true`); one rating per closed handoff. "
+    "409 when there is nothing to rate (not closed by an agent yet, or rated already).",
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+def post_csat(session_id: str, body: CsatRequest, _: PublicKeyDep, service: ServiceDep) -> dict[str, Any]:
+    record = service.inbox.csat(session_id, body.rating, body.comment)
+    return {"handoff_id": record["id"], "rating": record["csat"]}
+
+
+@router.post(
+    "/sessions/{session_id}/contact",
+    response_model=ContactSaved,
+    summary="The e-mail address where the team should answer, when no agent is free",
+    description="Asked for by the `no_agent` event; attached to the session's open handoff (409 without "
+    "one). The address is kept for the agents and the team's webhook, and masked in logs.",
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+def post_contact(session_id: str, body: ContactRequest, _: PublicKeyDep, service: ServiceDep) -> dict[str, Any]:
+    record = service.inbox.contact(session_id, body.email)
+    return {"handoff_id": record["id"], "message": "Thanks: we'll answer you by e-mail."}
 
 
 # ---- pages ------------------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from apps.http.requests import RequestModel
+from apps.support.handoffs import MAX_AGENT_CHARS, MAX_COMMENT_CHARS, MAX_EMAIL_CHARS, check_email
+from core.errors import InvalidRequestError
 
 
 class SessionRequest(BaseModel):
@@ -94,3 +98,102 @@ class SearchHit(BaseModel):
     section: str | None
     text: str
     score: float
+
+
+# ---- the human side of a handoff ------------------------------------------------------------------
+
+
+class MessageHeld(BaseModel):
+    """202: a person holds the conversation; the message went to them and the bot stays silent."""
+
+    held: Literal[True] = True
+    message_id: str
+    handoff_id: str
+
+
+class AgentRequest(RequestModel):
+    model_config = ConfigDict(extra="forbid")
+    agent: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_AGENT_CHARS,
+        description="The agent's display name, shown to the customer; only the agent who took a handoff may "
+        "reply to or close it.",
+    )
+
+
+class AgentReplyRequest(AgentRequest):
+    text: str = Field(..., min_length=1, description="The reply the customer sees (PII is masked before storage).")
+
+
+class AgentMessage(BaseModel):
+    id: str
+    role: Literal["agent"]
+    agent: str
+    text: str
+    created_at: float
+
+
+class HandoffSummary(BaseModel):
+    id: str
+    tenant: str
+    session_id: str
+    status: Literal["open", "taken", "closed"]
+    reason: str
+    question: str = Field(description="The customer's question the handoff is about (masked).")
+    created_at: float
+    taken_by: str | None
+    taken_at: float | None
+    closed_by: str | None
+    closed_at: float | None
+    no_agent_at: float | None = Field(description="When the customer was told nobody was free, if they were.")
+    has_contact: bool = Field(description="The customer left an e-mail address.")
+    csat: int | None = Field(description="The customer's rating, 1-5, once given.")
+
+
+class HandoffListItem(HandoffSummary):
+    messages: int
+    last_message: dict[str, Any] | None
+
+
+class HandoffList(BaseModel):
+    handoffs: list[HandoffListItem]
+    cursor: str = Field(description="Follow GET /v1/support/inbox/events?after=cursor to miss no change.")
+
+
+class HandoffRecord(HandoffSummary):
+    contact_email: str | None = Field(description="The address the customer left to be answered by e-mail.")
+    csat_comment: str | None
+    passages: list[dict[str, Any]] = Field(description="What the bot retrieved for its last turn.")
+    conversation: list[dict[str, Any]] = Field(
+        description="The transcript when the handoff opened, then the customer's and agents' messages."
+    )
+
+
+class CsatRequest(RequestModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: StrictInt = Field(..., ge=1, le=5, description="1 (very unhappy) to 5 (very happy).")
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+
+
+class CsatRecorded(BaseModel):
+    handoff_id: str
+    rating: int
+
+
+class ContactRequest(RequestModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(..., min_length=3, max_length=MAX_EMAIL_CHARS, description="Where the team will answer.")
+
+    @field_validator("email")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            return check_email(value)
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
+
+
+class ContactSaved(BaseModel):
+    handoff_id: str
+    message: str

@@ -12,11 +12,14 @@ import redis
 
 from apps.support.answer import Plan, Reply, SupportBot
 from apps.support.conversations import ConversationStore
-from apps.support.documents import Document, parse_document
+from apps.support.documents import Document
+from apps.support.inbox import Inbox
 from apps.support.intents import IntentClassifier
 from apps.support.kb import KnowledgeBase
 from apps.support.rules import Rules, load_rules
 from apps.support.settings import SupportSettings
+from apps.support.webhook import WebhookQueue
+from core.interface import Engine
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +27,21 @@ KB_CHECK_S = 5.0
 
 
 class SupportService:
-    def __init__(self, settings: SupportSettings, client: redis.Redis, engine: Any, rules: Rules | None = None) -> None:
+    def __init__(
+        self,
+        settings: SupportSettings,
+        client: redis.Redis,
+        engine: Engine,
+        rules: Rules | None = None,
+        *,
+        webhooks: WebhookQueue | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.rules = rules or load_rules(settings.rules_path)
         self.store = ConversationStore(client, namespace=settings.namespace, session_ttl_s=settings.session_ttl_s)
+        # handoffs to a person, their live events, the team's webhook and the daily analytics
+        self.inbox = Inbox(self.store, settings, webhooks)
         self.kb = KnowledgeBase(settings.kb_dir, engine)
         self.kb.warm_up()
         self.intents = IntentClassifier(engine, settings.adapter)
@@ -68,6 +81,7 @@ class SupportService:
         self.fresh_kb()
         plan = self.bot.plan(message, self._earlier_questions(session_id))  # checks the message first
         self.store.add_message(session_id, "user", message.strip())
+        self.inbox.remember_passages(session_id, plan.passages)  # what an agent sees if this turn hands off
         return plan
 
     def complete(self, session_id: str, reply: Reply) -> dict[str, Any]:
@@ -82,7 +96,8 @@ class SupportService:
             confidence=round(reply.confidence, 4),
             intent=reply.intent or "unknown",
         )
-        self.store.record_outcome(
+        unanswered = reply.handoff and not (reply.reason or "").startswith("rule:")
+        counted = self.store.record_outcome(
             session_id,
             message_id,
             question=reply.question,
@@ -90,29 +105,33 @@ class SupportService:
             handoff=reply.handoff,
             source=reply.source,
             confidence=reply.confidence,
-            unanswered=reply.handoff and not (reply.reason or "").startswith("rule:"),
+            unanswered=unanswered,
         )
+        if counted:
+            self.inbox.record_turn(session_id, answered=not reply.handoff)
         if reply.handoff:
-            record = self.store.open_handoff(session_id, reply.reason or "handoff")
+            record = self.inbox.open(
+                session_id, reply.reason or "handoff", question=reply.question, unanswered=unanswered
+            )
             body["handoff_id"] = record["id"]
             log.info("session %s handed off: %s", session_id, reply.reason)
         return {"message_id": message_id, **body}
 
     def request_handoff(self, session_id: str, reason: str | None) -> dict[str, Any]:
         self.store.require(session_id)
-        record = self.store.open_handoff(session_id, reason or "customer asked for a person")  # the store masks PII
+        record = self.inbox.open(session_id, reason or "customer asked for a person")  # the desk masks PII
         return {"handoff": True, "handoff_id": record["id"], "message": self.rules.handoff_message}
 
     def feedback(self, session_id: str, message_id: str, rating: str, comment: str | None) -> dict[str, Any]:
         self.store.feedback(session_id, message_id, rating, comment)
         return {"ok": True}
 
-    def handoffs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.store.handoffs(status=status, limit=limit)
-
     def stats(self) -> dict[str, Any]:
+        active = self.inbox.counts()
         return {
             **self.store.stats(),
+            "open_handoffs": active["open"],
+            "taken_handoffs": active["taken"],
             "kb": {"documents": len(self.kb.documents()), "chunks": len(self.kb)},
             "intents_available": self.intents.available if self.engine.ready else None,
             "model": self.bot.model if self.engine.ready else None,
@@ -122,9 +141,3 @@ class SupportService:
 
     def add_documents(self, docs: list[Document]) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.kb.upsert_many(docs)]
-
-    def add_file(
-        self, name: str, data: bytes, *, doc_id: str | None, url: str | None, title: str | None
-    ) -> list[dict[str, Any]]:
-        docs = parse_document(name, data, doc_id=doc_id, url=url, title=title)
-        return self.add_documents(docs)

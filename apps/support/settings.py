@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.config import PROJECT_ROOT
+from core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLES_DIR = PROJECT_ROOT / "data" / "samples" / "support"
@@ -47,9 +47,41 @@ class SupportSettings(BaseSettings):
     max_message_chars: int = Field(2000, ge=10)
     max_document_bytes: int = Field(5_000_000, ge=1024)
 
+    # the human side of a handoff: the agent inbox, the customer's event stream, the team's webhook
+    handoff_timeout_s: int = Field(
+        120, ge=5, le=7 * 86400, description="No agent took a handoff this long after it opened: ask for an e-mail."
+    )
+    handoff_timeout_message: str = Field(
+        "Everyone on our team is busy right now. Leave your e-mail address and we'll answer you there.",
+        min_length=1,
+        max_length=500,
+        description="What the customer is told when no agent took the handoff in time.",
+    )
+    handoff_retention_s: int = Field(30 * 86400, ge=3600, description="How long a closed handoff is kept.")
+    events_poll_s: float = Field(
+        0.5, gt=0, le=5, description="How often an open event stream (inbox, customer) looks for new events."
+    )
+    events_max_stream_s: int = Field(
+        1800, ge=10, description="An event stream ends after this long; clients reconnect with Last-Event-ID."
+    )
+    analytics_retention_days: int = Field(120, ge=7, le=800, description="Daily analytics kept this many days.")
+    webhook_url: str | None = Field(
+        None, description="POSTed a signed JSON event on handoff opened/taken/closed and customer messages."
+    )
+    webhook_secret: SecretStr = SecretStr("change-me")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    webhook_max_retries: int = Field(8, ge=0, le=50)
+    webhook_backoff_s: int = Field(2, ge=1, description="First retry delay; doubles each retry.")
+    webhook_backoff_max_s: int = Field(600, ge=1)
+
     @model_validator(mode="after")
     def _check(self) -> SupportSettings:
         if any(not k.strip() for k in self.public_keys):
             raise ValueError("DOMAINLLM_SUPPORT_PUBLIC_KEYS holds an empty key")
+        if self.webhook_url:
+            if not self.webhook_url.startswith(("https://", "http://")):
+                raise ValueError("DOMAINLLM_SUPPORT_WEBHOOK_URL must be an http(s) URL")
+            if self.webhook_secret.get_secret_value() in PLACEHOLDER_SECRETS:
+                raise ValueError("DOMAINLLM_SUPPORT_WEBHOOK_SECRET must be set to a real secret to sign webhooks")
         return self
 

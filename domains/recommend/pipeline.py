@@ -9,6 +9,10 @@ business rules and MMR. The API, ranker training and the offline evaluation all 
 
 A user with no history is a cold start: popular items (in the category, when one is asked for) and
 the context item's neighbours, spread out by MMR.
+
+The API runs it over the Redis catalogue and signals (``apps/recommend``), ranker training and the
+MovieLens evaluation (``finetune/``) over in-memory ones: one pipeline, so what is evaluated is what
+is served.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apps.recommend.catalogue import VectorIndex
-from apps.recommend.items import Event
-from apps.recommend.ranking import FEATURES, Blender, LLMScorer, log_norm, price_gap
-from apps.recommend.rules import LIKED_VERBS, Evidence, Filters, allowed, mmr, reason_for
-from apps.recommend.signals import Signals, is_disliked
+from domains.recommend.index import VectorIndex
+from domains.recommend.prompt import split_window
+from domains.recommend.ranking import FEATURES, Blender, log_norm, price_gap
+from domains.recommend.records import Event
+from domains.recommend.rules import LIKED_VERBS, Evidence, Filters, allowed, mmr, reason_for
+from domains.recommend.scoring import LLMScorer
+from domains.recommend.signals import Signals, is_disliked
 
 RECENCY_DECAY = 0.8  # a seed's weight per step back in the history
 SEEDS = 10  # distinct recent items used as seeds
@@ -36,7 +42,6 @@ POOL_FACTOR = 4  # MMR picks k from the best POOL_FACTOR * k
 class PipelineConfig:
     candidates_per_source: int = 100
     llm_candidates: int = 50
-    prompt_history: int = 10
     mmr_lambda: float = 0.75
     exclude_history: bool = True  # never re-recommend what the user just interacted with
 
@@ -46,8 +51,7 @@ class Profile:
     """What the ranking needs from a user's history (newest first)."""
 
     seeds: list[tuple[str, float]]  # (item, weight by recency and like), newest first
-    liked: list[str]  # titles for the prompt, oldest first as in training
-    disliked: list[str]
+    window: list[tuple[str, float | None]]  # (title, rating or None) per distinct item, oldest first
     seen: set[str]
     verbs: dict[str, str]
     prices: list[float]
@@ -76,7 +80,8 @@ class Result:
     ranker: str  # "trained" or "fallback"
 
 
-def build_profile(history: Sequence[Event], index: VectorIndex, prompt_history: int) -> Profile:
+def build_profile(history: Sequence[Event], index: VectorIndex) -> Profile:
+    """``history``: the user's events, newest first."""
     known = [e for e in history if e.item_id in index]  # newest first; deleted items drop out
     seeds: list[tuple[str, float]] = []
     verbs: dict[str, str] = {}
@@ -90,9 +95,9 @@ def build_profile(history: Sequence[Event], index: VectorIndex, prompt_history: 
             break
         if all(s != e.item_id for s, _ in seeds):  # disliked items still say what the user looks at
             seeds.append((e.item_id, RECENCY_DECAY ** len(seeds) * (DISLIKED_SEED if is_disliked(e) else 1.0)))
-    window = list(best.values())[:prompt_history][::-1]  # the prompt lists oldest first, as in training
-    liked = [index.items[e.item_id].title for e in window if not is_disliked(e)]
-    disliked = [index.items[e.item_id].title for e in window if is_disliked(e)]
+    # each item's latest event, oldest first as the prompt lists them; the scorer cuts it to the
+    # adapter's trained history length
+    window = [(index.items[e.item_id].title, e.value if e.type == "rating" else None) for e in best.values()][::-1]
     prices = [p for e in known[:20] if (p := index.items[e.item_id].price) is not None]
     vector = last = None
     if seeds:
@@ -101,7 +106,7 @@ def build_profile(history: Sequence[Event], index: VectorIndex, prompt_history: 
         mean = (vecs * weights).sum(axis=0)
         vector = mean / max(float(np.linalg.norm(mean)), 1e-9)
         last = vecs[0]
-    return Profile(seeds, liked, disliked, set(best), verbs, prices, vector, last)
+    return Profile(seeds, window, set(best), verbs, prices, vector, last)
 
 
 class Pipeline:
@@ -190,14 +195,18 @@ class Pipeline:
             x[:, col("context")] = vecs @ self.index.vectors([context_item])[0]
         return x
 
-    def llm_titles(self, profile: Profile, context_item: str | None) -> tuple[list[str], list[str]] | None:
-        """(liked, disliked) for the prompt, or None when there is nothing to condition on."""
-        liked = list(profile.liked)
+    def llm_titles(
+        self, llm: LLMScorer, profile: Profile, context_item: str | None
+    ) -> tuple[list[str], list[str]] | None:
+        """(liked, disliked) for the prompt, as the scorer's adapter was trained to read them (its
+        history length and like threshold), or None when there is nothing to condition on."""
+        serving = llm.serving()
+        liked, disliked = split_window(profile.window, serving.history, serving.liked_above)
         if context_item and context_item in self.index:
-            liked = [*liked, self.index.items[context_item].title][-self.config.prompt_history :]
-        if not liked and not profile.disliked:
+            liked = [*liked, self.index.items[context_item].title][-serving.history :]
+        if not liked and not disliked:
             return None
-        return liked, list(profile.disliked)
+        return liked, disliked
 
     def score(
         self, profile: Profile, ids: list[str], now: float, context_item: str | None = None, use_llm: bool = True
@@ -206,9 +215,11 @@ class Pipeline:
         the rest keep their pre-score, below every shortlisted item."""
         x = self.features(profile, ids, now, context_item)
         pre = self.pre_ranker.score(x)
-        titles = self.llm_titles(profile, context_item)
         m = min(self.config.llm_candidates, len(ids))
-        if not (use_llm and self.llm is not None and self.ranker.uses_llm and titles and m > 0):
+        if not (use_llm and self.llm is not None and self.ranker.uses_llm and m > 0):
+            return pre, x, None
+        titles = self.llm_titles(self.llm, profile, context_item)
+        if titles is None:
             return pre, x, None
         short = np.argsort(-pre, kind="stable")[:m]
         probs = self.llm.score(titles[0], titles[1], [self.index.items[ids[i]].title for i in short])
@@ -232,7 +243,7 @@ class Pipeline:
     ) -> Result:
         now = time.time() if now is None else now
         filters = filters or Filters()
-        profile = build_profile(history, self.index, self.config.prompt_history)
+        profile = build_profile(history, self.index)
         evidence = self.candidates(profile, now, context_item, filters.category)
         blocked = set(blocked or ())
         if self.config.exclude_history:

@@ -29,8 +29,8 @@ INSTRUCTION = (
     "Given the user's preference and unpreference, identify whether the user will like the target movie "
     'by answering "Yes." or "No.".'
 )
-LABELS = ["Yes", "No"]
-POSITIVE = "Yes"
+POSITIVE, NEGATIVE = "Yes", "No"
+LABELS = [POSITIVE, NEGATIVE]
 TARGET_LEAD = "Whether the user will like the target movie"
 HISTORY = 10  # titles in the prompt: the ratings just before the target
 LIKED_ABOVE = 3.0  # TALLRec: a rating above 3 is a like, 3 and below a dislike
@@ -134,7 +134,7 @@ def read_tallrec(path: Path) -> list[PreferencePrompt]:
                 liked=tuple(_QUOTED.findall(pref)),
                 disliked=tuple(_QUOTED.findall(unpref)),
                 target=title,
-                label=POSITIVE if item["output"].strip().lower().startswith("yes") else "No",
+                label=POSITIVE if item["output"].strip().lower().startswith("yes") else NEGATIVE,
             )
         )
     return rows

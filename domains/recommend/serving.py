@@ -13,10 +13,10 @@ from typing import Any
 
 from domains.recommend.prompt import HISTORY, INSTRUCTION, LABELS, LIKED_ABOVE, POSITIVE, TARGET_LEAD
 
+RANKING_ADAPTER = "recommend-next"  # the adapter whose P("Yes") ranks the storefront's shortlist (finetune/configs)
 METHOD = "score_continuations(split_prompt(...), answer_labels=labels) or score_labels(text, labels)"
 PROMPT_SHAPE = (
-    "User Preference: <quoted liked titles>\\nUser Unpreference: <quoted disliked titles>\\n"
-    f'{TARGET_LEAD} "<title>"?'
+    f'User Preference: <quoted liked titles>\\nUser Unpreference: <quoted disliked titles>\\n{TARGET_LEAD} "<title>"?'
 )
 
 
@@ -61,14 +61,22 @@ def read_serving(section: Mapping[str, Any] | None, *, history: int = HISTORY) -
     for a model with no card at all, such as the base model). Raises ``ValueError`` on a section
     that names impossible values."""
     section = section or {}
-    labels = tuple(str(label) for label in section.get("labels") or LABELS)
+
+    def get(key: str, default: Any) -> Any:
+        value = section.get(key)
+        return default if value is None else value
+
     try:
+        raw_labels = get("labels", LABELS)
+        if isinstance(raw_labels, str) or not isinstance(raw_labels, list | tuple):
+            raise ValueError(f"labels must be a list, got {raw_labels!r}")
+        labels = tuple(str(label) for label in raw_labels)
         return RecommendServing(
-            instruction=str(section.get("instruction") or INSTRUCTION),
+            instruction=str(get("instruction", INSTRUCTION)),
             labels=labels,
-            positive=str(section.get("positive") or (POSITIVE if POSITIVE in labels else labels[0])),
-            history=int(section.get("history") or history),
-            liked_above=float(section.get("liked_above", LIKED_ABOVE)),
+            positive=str(get("positive", POSITIVE if POSITIVE in labels else labels[0] if labels else POSITIVE)),
+            history=int(get("history", history)),
+            liked_above=float(get("liked_above", LIKED_ABOVE)),
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the adapter card's serving section is not usable: {exc}") from exc

@@ -1,89 +1,34 @@
-"""TALLRec-style "will this user like X?" rows.
+"""Training rows for the recommend adapters (TALLRec-style "will this user like X?").
 
-Training rows come from MovieLens ml-latest-small: for a user's rating at time t, the history is the
-10 ratings just before it, split into liked (rating > 3) and disliked titles, exactly as in the
-TALLRec movie prompts; the answer is Yes when the target's rating is above 3. The TALLRec movie
-valid prompts (built from ml-100k users) are the evaluation set; we never train on ml-100k.
+Training rows come from MovieLens ml-latest-small, read by ``domains.recommend.movielens`` (the
+reader the ranking evaluation uses too): for a user's rating at time t, the history is the 10
+ratings just before it, split into liked (rating > 3) and disliked titles, exactly as in the TALLRec
+movie prompts; the answer is Yes when the target's rating is above 3. The TALLRec movie valid prompts
+(built from ml-100k users) are the evaluation set; we never train on ml-100k. The prompt itself, its
+labels and the like threshold are the domain's (``domains.recommend.prompt``).
+
+``history`` below is ``MovieLens.title_ratings()``: user -> [(timestamp, title, rating)] in order.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
+import math
 import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
-INSTRUCTION = (
-    "Given the user's preference and unpreference, identify whether the user will like the target movie "
-    'by answering "Yes." or "No.".'
-)
-TARGET_LEAD = "Whether the user will like the target movie"
-HISTORY = 10
-LIKED_ABOVE = 3.0
+from domains.recommend.movielens import HELD_OUT, without_held_out
+from domains.recommend.prompt import HISTORY, LIKED_ABOVE, NEGATIVE, POSITIVE, PreferencePrompt, split_window
+from finetune.config import ConfigError, TrainConfig
 
-
-@dataclass(frozen=True)
-class PreferencePrompt:
-    liked: tuple[str, ...]
-    disliked: tuple[str, ...]
-    target: str
-    label: str  # "Yes" or "No"
-
-    def history_text(self) -> str:
-        liked = ", ".join(f'"{t}"' for t in self.liked)
-        disliked = ", ".join(f'"{t}"' for t in self.disliked)
-        return f"User Preference: {liked}\nUser Unpreference: {disliked}\n"
-
-    def target_text(self) -> str:
-        return f'{TARGET_LEAD} "{self.target}"?'
-
-    def text(self) -> str:
-        return self.history_text() + self.target_text()
-
-
-_QUOTED = re.compile(r'"([^"]+)"')
-
-
-def read_tallrec(path: Path) -> list[PreferencePrompt]:
-    rows = []
-    for item in json.loads(path.read_text()):
-        pref, rest = item["input"].split("User Unpreference:", 1)
-        unpref, target = rest.split("Whether the user will like the target", 1)
-        [title] = _QUOTED.findall(target)[:1] or [""]
-        rows.append(
-            PreferencePrompt(
-                liked=tuple(_QUOTED.findall(pref)),
-                disliked=tuple(_QUOTED.findall(unpref)),
-                target=title,
-                label="Yes" if item["output"].strip().lower().startswith("yes") else "No",
-            )
-        )
-    return rows
-
-
-def read_movielens(ratings_path: Path, movies_path: Path) -> dict[int, list[tuple[int, str, float]]]:
-    """user -> [(timestamp, title, rating)] in time order."""
-    with movies_path.open(encoding="utf-8", newline="") as fh:
-        titles = {int(r["movieId"]): r["title"].strip() for r in csv.DictReader(fh)}
-    history: dict[int, list[tuple[int, str, float]]] = defaultdict(list)
-    with ratings_path.open(encoding="utf-8", newline="") as fh:
-        for r in csv.DictReader(fh):
-            movie = int(r["movieId"])
-            if movie in titles:
-                history[int(r["userId"])].append((int(r["timestamp"]), titles[movie], float(r["rating"])))
-    for events in history.values():
-        events.sort(key=lambda e: (e[0], e[1]))
-    return dict(history)
-
+History = dict[int, list[tuple[int, str, float]]]
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
-def released_by(history: dict[int, list[tuple[int, str, float]]], year: int) -> dict[int, list[tuple[int, str, float]]]:
+def released_by(history: History, year: int) -> History:
     """Each user's ratings of titles released in or before ``year`` (a title without a year is
     dropped), in the same order. ml-100k, where the TALLRec prompts come from, ends at 1998: the
     same cut gives the training windows that catalogue's titles, each seen many more times."""
@@ -98,18 +43,14 @@ def released_by(history: dict[int, list[tuple[int, str, float]]], year: int) -> 
 def window_prompts(events: list[tuple[int, str, float]], t: int, targets: int) -> list[PreferencePrompt]:
     """The 10 ratings before position t as liked / disliked titles, and a prompt for each of the
     ``targets`` ratings from t on."""
-    window = events[t - HISTORY : t]
-    liked = tuple(title for _, title, r in window if r > LIKED_ABOVE)
-    disliked = tuple(title for _, title, r in window if r <= LIKED_ABOVE)
+    liked, disliked = split_window([(title, r) for _, title, r in events[t - HISTORY : t]], HISTORY, LIKED_ABOVE)
     return [
-        PreferencePrompt(liked, disliked, target, "Yes" if rating > LIKED_ABOVE else "No")
+        PreferencePrompt(tuple(liked), tuple(disliked), target, POSITIVE if rating > LIKED_ABOVE else NEGATIVE)
         for _, target, rating in events[t : t + targets]
     ]
 
 
-def movielens_prompts(
-    history: dict[int, list[tuple[int, str, float]]], *, per_user: int, seed: int
-) -> list[PreferencePrompt]:
+def movielens_prompts(history: History, *, per_user: int, seed: int) -> list[PreferencePrompt]:
     """Up to ``per_user`` prompts per user, each target after at least 10 earlier ratings."""
     rng = random.Random(seed)
     out = []
@@ -123,7 +64,7 @@ def movielens_prompts(
 
 
 def movielens_groups(
-    history: dict[int, list[tuple[int, str, float]]], *, windows_per_user: int, targets_per_window: int, seed: int
+    history: History, *, windows_per_user: int, targets_per_window: int, seed: int
 ) -> list[list[PreferencePrompt]]:
     """Groups of prompts that share one history window: the 10 ratings before position t, then the
     targets at t, t+1, ... (up to ``targets_per_window``). One group trains several labels with one
@@ -140,12 +81,12 @@ def movielens_groups(
 
 
 def next_item_groups(
-    history: dict[int, list[tuple[int, str, float]]],
+    history: History,
     *,
     windows_per_user: int,
     negatives: int,
     seed: int,
-    holdout_last: int = 2,
+    holdout_last: int = HELD_OUT,
 ) -> list[list[PreferencePrompt]]:
     """Groups for the next-item objective, in the same prompt: the 10 ratings before position t,
     then the title the user rated at t (Yes, whatever the rating) and ``negatives`` titles the user
@@ -169,15 +110,15 @@ def next_item_groups(
                 for title in rng.choices(titles, cum_weights=cumulative, k=2 * negatives):
                     if title not in seen and title not in picked and len(picked) < negatives:
                         picked.append(title)
-            rows = [PreferencePrompt(head.liked, head.disliked, head.target, "Yes")]
-            rows += [PreferencePrompt(head.liked, head.disliked, title, "No") for title in picked]
+            rows = [PreferencePrompt(head.liked, head.disliked, head.target, POSITIVE)]
+            rows += [PreferencePrompt(head.liked, head.disliked, title, NEGATIVE) for title in picked]
             rng.shuffle(rows)
             out.append(rows)
     rng.shuffle(out)
     return out
 
 
-def like_rates(history: dict[int, list[tuple[int, str, float]]]) -> dict[str, tuple[int, int]]:
+def like_rates(history: History) -> dict[str, tuple[int, int]]:
     """title -> (likes, ratings): the popularity baseline's statistics."""
     stats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for events in history.values():
@@ -185,3 +126,61 @@ def like_rates(history: dict[int, list[tuple[int, str, float]]]) -> dict[str, tu
             stats[title][0] += int(rating > LIKED_ABOVE)
             stats[title][1] += 1
     return {t: (s[0], s[1]) for t, s in stats.items()}
+
+
+# ---- the whole training set of one config --------------------------------------------------------
+
+
+@dataclass
+class TrainingSet:
+    groups: list[list[PreferencePrompt]]  # shared-prefix groups (one history window each), or
+    rows: list[PreferencePrompt]  # single prompts (when the config trains without groups)
+    dev_rows: list[PreferencePrompt]  # from dev users, never trained on
+
+    def targets(self) -> list[PreferencePrompt]:
+        return [r for g in self.groups for r in g] + self.rows + self.dev_rows
+
+
+def assemble(history: History, config: TrainConfig) -> TrainingSet:
+    """The rows a recommend config trains and selects on, from ``MovieLens.title_ratings()``.
+
+    options: ``objective`` (like: will the user like the target; next_item: was it the user's next
+    title), ``holdout_last`` (each user's last ratings, never a target nor in a history window;
+    default HELD_OUT, the ranking evaluation's validation and test items), ``released_by``,
+    ``targets_per_window``, ``windows_per_user``, ``per_user``, ``negatives``. 10% of users are dev
+    users, never trained on."""
+    options = config.options
+    next_item = options.get("objective", "like") == "next_item"
+    holdout_last = int(options.get("holdout_last", HELD_OUT))
+    if not next_item:  # next_item_groups holds them out itself: it needs them to pick no rated negative
+        history = {u: without_held_out(e, holdout_last) for u, e in history.items() if len(e) > holdout_last}
+    if options.get("released_by") is not None:
+        if next_item:  # next_item_groups would hold out the last ratings of the filtered list, not the user's
+            raise ConfigError("options.released_by is for the like objective; next_item holds out unfiltered ratings")
+        history = released_by(history, int(options["released_by"]))
+    users = sorted(history)
+    rng = random.Random(config.seed)
+    dev_users = set(rng.sample(users, max(1, len(users) // 10)))
+    train_history = {u: history[u] for u in users if u not in dev_users}
+    dev_history = {u: history[u] for u in dev_users}
+    windows = int(options.get("windows_per_user", 10))
+    targets_per_window = int(options.get("targets_per_window", 1))
+    limit = config.max_train_rows or None  # counts groups when training on groups
+    if next_item:  # "was this the user's next title?": the ranking pipeline's question
+        negatives = int(options.get("negatives", 7))
+        dev_groups = next_item_groups(
+            dev_history, windows_per_user=3, negatives=negatives, seed=config.seed, holdout_last=holdout_last
+        )
+        groups = next_item_groups(
+            train_history, windows_per_user=windows, negatives=negatives, seed=config.seed, holdout_last=holdout_last
+        )
+        return TrainingSet(groups[:limit], [], [r for g in dev_groups for r in g][: config.dev_rows])
+    per_user = max(3, math.ceil(config.dev_rows / len(dev_users)))
+    dev_rows = movielens_prompts(dev_history, per_user=per_user, seed=config.seed)[: config.dev_rows]
+    if targets_per_window > 1:
+        groups = movielens_groups(
+            train_history, windows_per_user=windows, targets_per_window=targets_per_window, seed=config.seed
+        )
+        return TrainingSet(groups[:limit], [], dev_rows)
+    rows = movielens_prompts(train_history, per_user=int(options.get("per_user", 20)), seed=config.seed)
+    return TrainingSet([], rows[:limit], dev_rows)

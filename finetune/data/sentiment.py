@@ -1,28 +1,18 @@
-"""Financial sentiment rows: Financial PhraseBank (50Agree minus the standard test split) and TFNS.
+"""The sentiment training set: Financial PhraseBank (50Agree minus the standard test split) and TFNS.
 
 Standard split: FPB test = finlora_test/fpb_test.jsonl (1,212 rows, the FinGPT/FinLoRA test split of
 50Agree); train on the 50Agree sentences not in it. TFNS sent_train.csv: a fixed, stratified 15% is
-held out for evaluation and never trained on.
+held out for evaluation and never trained on. The readers and the prompt are ``domains.sentiment``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-LABELS = ["negative", "neutral", "positive"]
-TFNS_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}  # 0 Bearish, 1 Bullish, 2 Neutral
-
-
-@dataclass(frozen=True)
-class LabelledText:
-    text: str
-    label: str
-    source: str
+from domains.sentiment import LabelledText, read_fpb, read_fpb_test, read_tfns
 
 
 def match_key(text: str) -> str:
@@ -30,41 +20,9 @@ def match_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def read_fpb(path: Path) -> list[LabelledText]:
-    rows = []
-    for line in path.read_bytes().decode("latin-1").splitlines():
-        if "@" not in line:
-            continue
-        text, label = line.rsplit("@", 1)
-        label = label.strip()
-        if label in LABELS and text.strip():
-            rows.append(LabelledText(text.strip(), label, "fpb"))
-    return rows
-
-
-def read_fpb_test(path: Path) -> list[LabelledText]:
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        text = item["context"].split("Input:", 1)[1].rsplit("Answer:", 1)[0].strip()
-        rows.append(LabelledText(text, item["target"].strip(), "fpb_test"))
-    return rows
-
-
 def fpb_train(fpb_path: Path, test_rows: list[LabelledText]) -> list[LabelledText]:
     held_out = {match_key(r.text) for r in test_rows}
     return [r for r in read_fpb(fpb_path) if match_key(r.text) not in held_out]
-
-
-def read_tfns(path: Path) -> list[LabelledText]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return [
-            LabelledText(row["text"].strip(), TFNS_LABELS[row["label"].strip()], "tfns")
-            for row in csv.DictReader(fh)
-            if row.get("label", "").strip() in TFNS_LABELS and row.get("text", "").strip()
-        ]
 
 
 def stratified_split(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -20,34 +18,34 @@ import numpy as np
 import torch
 
 from core.config import Settings
-from core.prompts import classification_prompt
+from core.prompts import Message, render_chat
+from domains.recommend.movielens import read_movielens
+from domains.recommend.prompt import INSTRUCTION, PreferencePrompt, Render, read_tallrec, render_prompt, split_prompt
+from domains.recommend.serving import RecommendServing, serving_section
 from finetune.cards import write_card
 from finetune.config import TrainConfig, config_for, load_config
-from finetune.data.recommend import (
-    INSTRUCTION,
-    TARGET_LEAD,
-    PreferencePrompt,
-    like_rates,
-    movielens_groups,
-    movielens_prompts,
-    next_item_groups,
-    read_movielens,
-    read_tallrec,
-    released_by,
-)
+from finetune.data.recommend import assemble, like_rates
 from finetune.metrics import RESULTS_DIR, auc, plot_roc
 from finetune.trainer import Example, LoraTrainer
 
 log = logging.getLogger(__name__)
 
 
+def renderer(tokenizer: Any) -> Render:
+    """The chat template as the engine applies it when it serves (``engine.render``)."""
+
+    def render(messages: list[Message]) -> str:
+        return render_chat(tokenizer, messages)
+
+    return render
+
+
 def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfig) -> list[Example]:
     instruction = config.instruction or INSTRUCTION
+    render = renderer(tokenizer)
     out = []
     for r in rows:
-        ids = tokenizer.encode(
-            classification_prompt(tokenizer, r.text(), config.labels, instruction), add_special_tokens=False
-        )
+        ids = tokenizer.encode(render_prompt(render, r, instruction), add_special_tokens=False)
         out.append(Example(prompt_ids=ids[-config.max_length :], label=config.labels.index(r.label)))
     return out
 
@@ -55,28 +53,27 @@ def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfi
 def to_group_examples(
     tokenizer: Any, groups: list[list[PreferencePrompt]], config: TrainConfig
 ) -> tuple[list[Example], float]:
-    """One shared-prefix example per group: the rendered prompt up to the target sentence is the
+    """One shared-prefix example per group: the prompt split as the recommender serves it
+    (``domains.recommend.prompt.split_prompt``): the rendered prompt up to the target sentence is the
     prefix, the rest (target, end of turn, assistant header) each row's continuation. Returns the
     examples and the share of rows whose split tokens equal the whole prompt's tokens (the served
     ``score_labels`` path tokenises the whole prompt)."""
     instruction = config.instruction or INSTRUCTION
+    render = renderer(tokenizer)
     out, same, total = [], 0, 0
     for group in groups:
-        rendered = [classification_prompt(tokenizer, r.text(), config.labels, instruction) for r in group]
-        # cut after "... the target movie", before ' "Title"': a word boundary, so the split tokens
-        # match the whole prompt's (cutting at the newline before it would not: BPE merges '"\n')
-        cut = rendered[0].rindex(group[0].target_text()) + len(TARGET_LEAD)
-        prefix = rendered[0][:cut]
-        prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+        if len({(r.liked, r.disliked) for r in group}) != 1:
+            raise ValueError("rows of a group must share their history")
+        split = split_prompt(render, group[0].liked, group[0].disliked, instruction)
+        prefix_ids = tokenizer.encode(split.prefix, add_special_tokens=False)
         if len(prefix_ids) > config.max_length - 48:
             continue
         conts = []
-        for text in rendered:
-            if not text.startswith(prefix):
-                raise ValueError("rows of a group must share their history text")
-            conts.append(tokenizer.encode(text[cut:], add_special_tokens=False))
+        for r in group:
+            conts.append(tokenizer.encode(split.continuation(r.target), add_special_tokens=False))
             if total < 200:
-                same += int(tokenizer.encode(text, add_special_tokens=False) == prefix_ids + conts[-1])
+                whole = render_prompt(render, r, instruction)
+                same += int(tokenizer.encode(whole, add_special_tokens=False) == prefix_ids + conts[-1])
                 total += 1
         out.append(
             Example(prompt_ids=prefix_ids, continuations=conts, labels=[config.labels.index(r.label) for r in group])
@@ -86,49 +83,19 @@ def to_group_examples(
 
 def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
     shared = settings.shared_data_dir
-    history = read_movielens(config.path("ratings", shared), config.path("movies", shared))
-    next_item = config.options.get("objective", "like") == "next_item"
-    holdout_last = int(config.options.get("holdout_last", 0))
-    if holdout_last and not next_item:
-        # each user's last ratings (the ranking evaluation's validation and test items) are never
-        # targets nor history; next_item_groups keeps them out itself
-        history = {u: events[:-holdout_last] for u, events in history.items() if len(events) > holdout_last}
-    if config.options.get("released_by") is not None:
-        history = released_by(history, int(config.options["released_by"]))
-    users = sorted(history)
-    rng = random.Random(config.seed)
-    dev_users = set(rng.sample(users, max(1, len(users) // 10)))  # dev prompts come from unseen users
-    train_history = {u: history[u] for u in users if u not in dev_users}
-    targets_per_window = int(config.options.get("targets_per_window", 1))
-    dev_history = {u: history[u] for u in dev_users}
-    if next_item:  # "was this the user's next title?": the ranking pipeline's question
-        negatives = int(config.options.get("negatives", 7))
-        dev_groups = next_item_groups(dev_history, windows_per_user=3, negatives=negatives, seed=config.seed)
-        dev_rows = [r for g in dev_groups for r in g][: config.dev_rows]
-    else:
-        per_user = max(3, math.ceil(config.dev_rows / len(dev_users)))
-        dev_rows = movielens_prompts(dev_history, per_user=per_user, seed=config.seed)[: config.dev_rows]
+    history = read_movielens(config.path("ratings", shared), config.path("movies", shared)).title_ratings()
+    data = assemble(history, config)
+    dev_rows = data.dev_rows
     device = torch.device(settings.resolved_device())
     trainer = LoraTrainer(config, settings.base_model_path, device, objective="labels")
     split_agreement = None
-    if next_item or targets_per_window > 1:  # shared-prefix groups: max_train_rows counts groups
-        windows = int(config.options.get("windows_per_user", 10))
-        groups = (
-            next_item_groups(train_history, windows_per_user=windows, negatives=negatives, seed=config.seed)
-            if next_item
-            else movielens_groups(
-                train_history, windows_per_user=windows, targets_per_window=targets_per_window, seed=config.seed
-            )
-        )[: config.max_train_rows or None]
-        train_ex, split_agreement = to_group_examples(trainer.tokenizer, groups, config)
+    if data.groups:  # shared-prefix groups: one pass over each history window
+        train_ex, split_agreement = to_group_examples(trainer.tokenizer, data.groups, config)
         log.info(
             "%d shared-prefix groups; split tokenisation equals whole: %.1f%%", len(train_ex), 100 * split_agreement
         )
     else:
-        train_rows = movielens_prompts(
-            train_history, per_user=int(config.options.get("per_user", 20)), seed=config.seed
-        )
-        train_ex = to_examples(trainer.tokenizer, train_rows[: config.max_train_rows or None], config)
+        train_ex = to_examples(trainer.tokenizer, data.rows, config)
     dev_ex = to_examples(trainer.tokenizer, dev_rows, config)
     dev_gold = [int(r.label == "Yes") for r in dev_rows]
     yes = config.labels.index("Yes")
@@ -152,13 +119,10 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
             "split_tokenisation_agreement": split_agreement,
         },
         metrics={"dev": {"adapter": {"auc": result.best_metric}}},
-        serving={
-            "method": "score_labels or score_continuations(answer_labels=[Yes, No])",
-            "labels": config.labels,
-            "instruction": config.instruction or INSTRUCTION,
-            "prompt": "User Preference: <quoted liked titles>\\nUser Unpreference: <quoted disliked titles>\\n"
-            'Whether the user will like the target movie "<title>"?',
-        },
+        serving=serving_section(
+            RecommendServing(instruction=config.instruction or INSTRUCTION, labels=tuple(config.labels)),
+            objective=str(config.options.get("objective", "like")),
+        ),
     )
 
 
@@ -189,7 +153,7 @@ def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RES
     shared = settings.shared_data_dir
     rows = read_tallrec(config.path("tallrec_valid", shared))
     gold = [int(r.label == "Yes") for r in rows]
-    history = read_movielens(config.path("ratings", shared), config.path("movies", shared))
+    history = read_movielens(config.path("ratings", shared), config.path("movies", shared)).title_ratings()
     started = time.monotonic()
     scores: dict[str, list[float]] = {"popularity": popularity_scores(rows, like_rates(history))}
     scores["user_like_ratio"] = [len(r.liked) / max(1, len(r.liked) + len(r.disliked)) for r in rows]

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from core.config import Settings
-from core.prompts import classification_prompt
+from domains import sentiment
+from domains.sentiment import LabelledText, SentimentServing
 from finetune.cards import write_card
 from finetune.config import TrainConfig
-from finetune.data.sentiment import LabelledText, SentimentSplits, build_splits, stratified_split
+from finetune.data.sentiment import SentimentSplits, build_splits, stratified_split
 from finetune.metrics import RESULTS_DIR, classification_report, plot_confusion, plot_roc
 from finetune.trainer import Example, LoraTrainer
 
@@ -31,11 +32,16 @@ def splits(config: TrainConfig, shared: Path) -> SentimentSplits:
     )
 
 
+def serving_of(config: TrainConfig) -> SentimentServing:
+    """The labels and instruction the adapter is trained with, and so served with."""
+    return SentimentServing(labels=tuple(config.labels), instruction=config.instruction or sentiment.INSTRUCTION)
+
+
 def to_examples(tokenizer: Any, rows: list[LabelledText], config: TrainConfig) -> list[Example]:
+    serving = serving_of(config)
     out = []
     for r in rows:
-        prompt = classification_prompt(tokenizer, r.text, config.labels, config.instruction)
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        ids = tokenizer.encode(sentiment.prompt(tokenizer, r.text, serving), add_special_tokens=False)
         if len(ids) > config.max_length:  # keep the answer position: cut the text, not the template
             ids = ids[: config.max_length // 2] + ids[-(config.max_length - config.max_length // 2) :]
         out.append(Example(prompt_ids=ids, label=config.labels.index(r.label)))
@@ -89,7 +95,7 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
         train_rows=len(train_ex),
         training={**result.__dict__, "adapter_bytes": size, "trainable_parameters": trainer.trainable_parameters()},
         metrics={"dev": {"adapter": {"f1_weighted": result.best_metric}}},
-        serving={"method": "score_labels", "labels": config.labels, "instruction": config.instruction},
+        serving=sentiment.serving_section(serving_of(config)),
     )
 
 
@@ -119,6 +125,7 @@ def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RES
     data = splits(config, settings.shared_data_dir)
     tests = {"fpb_test": data.fpb_test, "tfns_held_out": data.tfns_held_out}
     labels = config.labels
+    instruction = serving_of(config).instruction
     started = time.monotonic()
     systems: dict[str, dict[str, list[dict[str, float]]]] = {"tfidf_logreg": tfidf_baseline(data.train, tests)}
     engine = LocalEngine(settings)
@@ -133,7 +140,7 @@ def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RES
                 probs: list[dict[str, float]] = []
                 for start in range(0, len(texts), 64):
                     probs += engine.score_labels(
-                        texts[start : start + 64], labels, model=model, instruction=config.instruction
+                        texts[start : start + 64], labels, model=model, instruction=instruction
                     )
                 systems[name][split] = probs
     finally:

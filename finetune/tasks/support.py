@@ -1,11 +1,12 @@
 """The support adapter: answer a customer in the support voice from a retrieved knowledge-base snippet.
 
 Train (``lm`` objective, loss on the response tokens only) on Bitext requests whose prompt holds the
-response of the most similar other knowledge-base row, built by ``support_prompt`` as the app will.
+response of the most similar other knowledge-base row, built by ``domains.support.prompt`` as the app
+builds it.
 Then fit the banking77 intent head on [MiniLM embedding, mean last hidden state with the adapter on]
 and save it next to the adapter.
 
-Evaluate: ROUGE-L, BLEU-4 and reference perplexity on held-out Bitext rows, adapter vs base on the
+Evaluate: ROUGE-L (rouge-score), BLEU-4 (sacreBLEU) and reference perplexity on held-out Bitext rows, adapter vs base on the
 same retrieved-snippet prompts (and the retrieved answer itself as a no-model baseline); banking77
 intent accuracy on a held-out 15% for zero-shot MiniLM, MiniLM + logistic regression, the base
 model's hidden states + logistic regression, and ours.
@@ -27,25 +28,33 @@ import torch
 
 from core.config import Settings
 from core.embeddings import Embedder, MiniLMEmbedder
+from core.heads import LinearHead
 from core.prompts import Message, render_chat
 from core.sampling import SamplingParams
 from core.scoring import mean_hidden_states
-from finetune.cards import write_card
-from finetune.config import ConfigError, TrainConfig, config_for, load_config
-from finetune.data.support import (
+from domains import support
+from domains.support import (
+    INTENT_FEATURES,
     INTENT_HEAD_FILE,
     PASSAGE_TOKENS,
-    SUPPORT_INSTRUCTION,
-    IntentHead,
     IntentText,
     SupportRow,
-    nearest_allowed,
+    SupportServing,
     read_banking77,
     read_bitext,
-    stratified_split,
-    support_prompt,
 )
-from finetune.metrics import RESULTS_DIR, classification_report, corpus_bleu, plot_bars, rouge_l, word_tokens
+from finetune.cards import write_card
+from finetune.config import ConfigError, TrainConfig, config_for, load_config
+from finetune.data.support import nearest_allowed, stratified_split
+from finetune.metrics import (
+    BLEU_SIGNATURE,
+    RESULTS_DIR,
+    classification_report,
+    corpus_bleu,
+    plot_bars,
+    rouge_l,
+    word_tokens,
+)
 from finetune.trainer import Example, LoraTrainer, load_base
 
 
@@ -117,12 +126,16 @@ def with_passages(
     return [(row, kb[j]) for row, j in zip(rows, nearest_allowed(rows, row_vecs, kb, kb_vecs), strict=True)]
 
 
+def serving_of(config: TrainConfig, opts: SupportOptions) -> SupportServing:
+    """The instruction and passage length the adapter is trained with, and so served with."""
+    return SupportServing(instruction=config.instruction or support.INSTRUCTION, passage_tokens=opts.passage_tokens)
+
+
 def prompt_for(
-    tokenizer: Any, row: SupportRow, passage: SupportRow, config: TrainConfig, opts: SupportOptions
+    truncate: support.Truncate, row: SupportRow, passage: SupportRow, config: TrainConfig, opts: SupportOptions
 ) -> list[Message]:
-    return support_prompt(
-        row.request, [passage.response], tokenizer, passage_tokens=opts.passage_tokens, instruction=config.instruction
-    )
+    """A Bitext request with the retrieved row's response as its one passage (Bitext has no titles)."""
+    return support.prompt(row.request, [support.passage_text(passage.response)], truncate, serving_of(config, opts))
 
 
 def to_examples(
@@ -131,8 +144,9 @@ def to_examples(
     """Prompt kept whole; the response (ending in EOS, so the model learns to stop) cut to fit
     ``max_length``, keeping at least 16 answer tokens."""
     out = []
+    truncate = support.tokenizer_truncate(tokenizer)
     for row, passage in pairs:
-        prompt = render_chat(tokenizer, prompt_for(tokenizer, row, passage, config, opts))
+        prompt = render_chat(tokenizer, prompt_for(truncate, row, passage, config, opts))
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         target_ids = tokenizer.encode(row.response + tokenizer.eos_token, add_special_tokens=False)
         room = max(config.max_length - len(prompt_ids), 16)
@@ -146,7 +160,7 @@ def to_examples(
 @torch.inference_mode()
 def fit_logreg(
     features: np.ndarray, labels: list[str], grid: list[float], dev_share: float, seed: int, recipe: dict[str, Any]
-) -> tuple[IntentHead, dict[str, float]]:
+) -> tuple[LinearHead, dict[str, float]]:
     """Standardise, pick C by accuracy on a stratified dev part of ``features``, refit on all of them.
     Only the training rows are seen here: the held-out rows never choose anything."""
     from sklearn.exceptions import ConvergenceWarning
@@ -167,7 +181,7 @@ def fit_logreg(
     dev_accuracy = {c: float((fit(c, fit_idx).predict(x[dev_idx]) == y[dev_idx]).mean()) for c in grid}
     best_c = max(grid, key=lambda c: (dev_accuracy[c], -c))  # ties: the stronger regularisation
     model = fit(best_c, list(range(len(labels))))
-    head = IntentHead(
+    head = LinearHead(
         coef=model.coef_,
         intercept=model.intercept_,
         classes=[str(c) for c in model.classes_],
@@ -179,7 +193,7 @@ def fit_logreg(
 
 
 def feature_recipe(parts: list[str], dims: list[int], base_model: str, adapter: str | None) -> dict[str, Any]:
-    """How the support app rebuilds the features, in order, before ``IntentHead.predict``."""
+    """How the support app rebuilds the features, in order, before ``LinearHead.predict``."""
     described = {
         "minilm": "all-MiniLM-L6-v2 sentence embedding of the raw text, unit-normalised",
         "hidden": f"mean over the raw text's tokens (no template, no special tokens) of {base_model}'s final "
@@ -214,7 +228,7 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
     minilm = embedder.embed(texts)
     hidden = mean_hidden_states(trainer.model, trainer.tokenizer, texts, device, opts.feature_batch_size)
     recipe = feature_recipe(
-        ["minilm", "hidden"], [minilm.shape[1], hidden.shape[1]], settings.base_model_path.name, config.adapter_name
+        list(INTENT_FEATURES), [minilm.shape[1], hidden.shape[1]], settings.base_model_path.name, config.adapter_name
     )
     head, head_dev = fit_logreg(
         np.concatenate([minilm, hidden], axis=1),
@@ -235,18 +249,9 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
             "dev": {"adapter": {"loss": -result.best_metric, "perplexity": math.exp(-result.best_metric)}},
             "banking77_dev": {"intent_head": head_dev},
         },
-        serving={
-            "method": "generate",
-            "prompt": "finetune.data.support.support_prompt(question, passages, tokenizer)",
-            "instruction": config.instruction or SUPPORT_INSTRUCTION,
-            "passage_tokens": opts.passage_tokens,
-            "intent_head": {
-                "file": INTENT_HEAD_FILE,
-                "loader": "finetune.data.support.IntentHead.load(path).predict(features)",
-                "classes": len(head.classes),
-                "features": recipe,
-            },
-        },
+        serving=support.serving_section(
+            serving_of(config, opts), intent_head=support.intent_head_section(len(head.classes), recipe)
+        ),
     )
 
 
@@ -256,7 +261,7 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
 def generation_scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     return {
         "rouge_l": float(np.mean([rouge_l(r, h) for r, h in zip(references, hypotheses, strict=True)])),
-        "bleu4": corpus_bleu(references, hypotheses),
+        "sacrebleu": corpus_bleu(references, hypotheses),
         "mean_words": float(np.mean([len(word_tokens(h)) for h in hypotheses])),
     }
 
@@ -276,7 +281,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
     try:
         has_adapter = engine.has_model(adapter)
         pairs = with_passages(rows, kb, ChunkedEmbedder(engine))  # engine.embed: on the engine thread
-        prompts = [prompt_for(engine.tokenizer, row, passage, config, opts) for row, passage in pairs]
+        prompts = [prompt_for(engine.truncate_tokens, row, passage, config, opts) for row, passage in pairs]
         models = {"base": "base"} | ({f"adapter:{adapter}": adapter} if has_adapter else {})
         params = SamplingParams(max_new_tokens=opts.eval_max_tokens)
         futures = {
@@ -312,9 +317,10 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
             "bitext_eval_rows": len(rows),
             "max_new_tokens": opts.eval_max_tokens,
             "decoding": "greedy",
-            "prompt": "support_prompt with the response of the most similar knowledge-base request as passage [1]",
+            "prompt": "domains.support.prompt with the response of the most similar knowledge-base request as passage [1]",
+            "rouge": "rouge-score ROUGE-L F1 (no stemming), mean over rows",
             "banking77": "stratified 15% of train.csv held out; C chosen on a dev part of the other 85%",
-            "bleu": "corpus BLEU-4 in [0, 1] on lowercased word tokens, exp smoothing",
+            "bleu": BLEU_SIGNATURE,
         },
         "samples": [
             {"request": r.request, "reference": r.response, **{n: g[i] for n, g in generated.items()}}
@@ -378,7 +384,7 @@ def intent_report(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, settings.adapters_path / adapter)
-        ours = IntentHead.load(settings.adapters_path / adapter / INTENT_HEAD_FILE)
+        ours = LinearHead.load(settings.adapters_path / adapter / INTENT_HEAD_FILE)
         adapter_held = mean_hidden_states(model, tokenizer, held_texts, device, batch)
         predictions[f"adapter:{adapter}"] = ours.predict(np.concatenate([minilm_held, adapter_held], axis=1))
         heads[f"adapter:{adapter}"] = {"C": ours.recipe["C"], "saved": True}

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from apps.recommend.testing import free_port
 from core.config import PROJECT_ROOT
 from core.redis_server import start_background
+from tests.doubles.recommend import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from apps.deps import get_sentiment_context
 from apps.sentiment.dispatch import CeleryDispatcher, client_app
 from apps.sentiment.items import NewsItem
-from apps.sentiment.loopback import RedisProcess, WebhookReceiver, free_port
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
-from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import PROJECT_ROOT, Settings
+from tests.doubles.sentiment import RedisProcess, WebhookReceiver, free_port
 
 pytestmark = pytest.mark.integration
 

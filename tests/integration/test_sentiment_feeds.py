@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from apps.sentiment.feeds import poll_feed
-from apps.sentiment.loopback import FeedServer, RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
-from core.redis_client import connect
 from core.config import Settings
+from core.redis_client import connect
+from tests.doubles.sentiment import FeedServer, RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -25,13 +25,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from apps.sentiment.alerts import AlertStore
-from apps.sentiment.loopback import FeedServer, RedisProcess, SmtpSink, WebhookReceiver
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
-from core.redis_client import connect
 from apps.server import create_app
 from apps.settings import AppSettings
 from core.config import PROJECT_ROOT, Settings
+from core.redis_client import connect
+from tests.doubles.sentiment import FeedServer, RedisProcess, SmtpSink, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

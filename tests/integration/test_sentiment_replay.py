@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.sentiment.loopback import RedisProcess
 from core.config import PROJECT_ROOT, Settings
+from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.integration
 

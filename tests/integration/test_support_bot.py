@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from apps.support.answer import SupportBot
-from apps.support.evaluation import load_sample_kb
+from apps.support.documents import read_help_centre
 from apps.support.intents import IntentClassifier
 from apps.support.kb import KnowledgeBase
 from apps.support.rules import load_rules
-from apps.support.settings import SupportSettings
+from apps.support.settings import SAMPLES_DIR, SupportSettings
 from core.config import PROJECT_ROOT, Settings
 from core.engine import LocalEngine
 
@@ -35,7 +35,7 @@ def bot(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     settings = SupportSettings(kb_dir=tmp_path_factory.mktemp("kb"))
     kb = KnowledgeBase(settings.kb_dir, engine)
     kb.warm_up()
-    load_sample_kb(kb)
+    kb.upsert_many(read_help_centre(SAMPLES_DIR))
     yield SupportBot(engine, kb, load_rules(settings.rules_path), settings, IntentClassifier(engine, "support"))
     engine.close()
 

@@ -15,12 +15,12 @@ import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from apps.deps import get_recommend_service
 from apps.recommend.service import RecommendService
 from apps.recommend.settings import RecommendSettings
-from apps.recommend.testing import HashEmbedder, LocalRedis
-from apps.deps import get_recommend_service
 from apps.server import create_app
 from core.engine import LocalEngine
+from tests.doubles.recommend import HashEmbedder, LocalRedis
 
 pytestmark = pytest.mark.unit
 
@@ -35,10 +35,10 @@ PRODUCTS = {
 }
 
 
-
 def serve(app: FastAPI, service: RecommendService) -> None:
     """Route the app's recommend dependency to ``service`` (a test's own Redis and settings)."""
     app.dependency_overrides[get_recommend_service] = lambda: service
+
 
 def catalogue() -> list[dict[str, Any]]:
     items = []
@@ -400,9 +400,12 @@ def test_purchases_stay_excluded_after_they_leave_the_recent_history(
     excluded: bool,
 ) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
-    serve(app, make_service(
-        redis_url, tmp_path, tiny_engine, exclude_shown=False, history_len=2, exclude_event_types=exclude_types
-    ))
+    serve(
+        app,
+        make_service(
+            redis_url, tmp_path, tiny_engine, exclude_shown=False, history_len=2, exclude_event_types=exclude_types
+        ),
+    )
     with TestClient(app) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         events(c, ("jo", "garden-0", "purchase"), ("jo", "garden-1", "cart"))

@@ -1,6 +1,6 @@
-"""The recommender's parts on their own: the TALLRec prompt against the training code, shared-prefix
-LLM scores against separate ones, the blender's JSON, MMR, the catalogue's cross-process sync, and
-the Redis signals against the in-memory ones the evaluation and ranker training use."""
+"""The recommender's parts on their own: shared-prefix LLM scores against separate ones, the
+blender's JSON, MMR, the catalogue's cross-process sync, and the Redis signals against the in-memory
+ones the evaluation and ranker training use. (The prompt against training: test_recommend_contract.)"""
 
 from __future__ import annotations
 
@@ -13,25 +13,17 @@ import pytest
 import redis
 
 from apps.recommend.catalogue import Catalogue
-from apps.recommend.items import Event, Item, parse_event, parse_item
-from apps.recommend.prompt import INSTRUCTION, split_prompt
-from apps.recommend.ranking import (
-    FEATURES,
-    NO_LLM_FEATURES,
-    Blender,
-    LLMScorer,
-    Rankers,
-    fallback_blender,
-    fit_blender,
-    residual_blender,
-)
-from apps.recommend.rules import mmr
-from apps.recommend.signals import MemorySignals, RedisSignals
-from apps.recommend.testing import HashEmbedder, LocalRedis
+from apps.recommend.signals import RedisSignals
 from core.engine import LocalEngine
 from core.errors import InvalidRequestError
-from core.prompts import classification_prompt
-from finetune.data import recommend as training
+from domains.recommend.prompt import INSTRUCTION, PreferencePrompt
+from domains.recommend.ranking import FEATURES, NO_LLM_FEATURES, Blender, Rankers, fallback_blender
+from domains.recommend.records import Event, Item, parse_event, parse_item
+from domains.recommend.rules import mmr
+from domains.recommend.scoring import LLMScorer
+from domains.recommend.signals import MemorySignals
+from finetune.ranker import fit_blender, residual_blender
+from tests.doubles.recommend import HashEmbedder, LocalRedis
 
 pytestmark = pytest.mark.unit
 
@@ -46,21 +38,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
 # ---- the prompt and the LLM score -------------------------------------------------------------
 
 
-def test_the_split_prompt_is_exactly_the_training_prompt(tiny_engine: LocalEngine) -> None:
-    assert INSTRUCTION == training.INSTRUCTION
-    row = training.PreferencePrompt(("Heat (1995)", 'The "Thing" (1982)'), ("Cats (2019)",), "Alien (1979)", "Yes")
-    trained = classification_prompt(tiny_engine.tokenizer, row.text(), ["Yes", "No"], training.INSTRUCTION)
-    split = split_prompt(tiny_engine.tokenizer, row.liked, row.disliked)
-    assert split.prefix + split.continuation(row.target) == trained
-    assert split.prefix.endswith(row.history_text() + training.TARGET_LEAD)
-    # and token for token: what the engine scores in two parts is what the adapter was trained on
-    tok = tiny_engine.tokenizer
-    parts = tok.encode(split.prefix, add_special_tokens=False) + tok.encode(
-        split.continuation(row.target), add_special_tokens=False
-    )
-    assert parts == tok.encode(trained, add_special_tokens=False)
-
-
 def test_shared_prefix_scores_equal_scoring_each_candidate_alone(tiny_engine: LocalEngine) -> None:
     scorer = LLMScorer(tiny_engine, "alpha")
     liked, disliked = ["Trail Running Shoe", "Running Socks"], ["Garden Hose"]
@@ -71,7 +48,7 @@ def test_shared_prefix_scores_equal_scoring_each_candidate_alone(tiny_engine: Lo
     assert np.allclose(shared, alone, atol=1e-4)
     assert all(0.0 < p < 1.0 for p in shared)
     # and both equal the classifier's P("Yes") on the full training-format prompt
-    texts = [training.PreferencePrompt(tuple(liked), tuple(disliked), t, "Yes").text() for t in titles]
+    texts = [PreferencePrompt(tuple(liked), tuple(disliked), t, "Yes").text() for t in titles]
     full = tiny_engine.score_labels(texts, ["Yes", "No"], model="alpha", instruction=INSTRUCTION)
     assert np.allclose(shared, [p["Yes"] for p in full], atol=1e-4)
 

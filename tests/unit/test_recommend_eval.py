@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from apps.recommend.evaluation import (
+from core.engine import LocalEngine
+from core.errors import InvalidRequestError
+from domains.recommend.records import Event
+from finetune.evals.recommend import (
     Popularity,
     evaluate,
     leave_one_out,
-    ndcg_at_k,
     rank_in,
     recall_at_k,
     run_protocols,
@@ -25,10 +27,8 @@ from apps.recommend.evaluation import (
     sampled_rank,
     top_k_excluding,
 )
-from apps.recommend.items import Event
-from apps.recommend.testing import HashEmbedder
-from core.engine import LocalEngine
-from core.errors import InvalidRequestError
+from finetune.ranker import ndcg_at_k
+from tests.doubles.recommend import HashEmbedder
 
 pytestmark = pytest.mark.unit
 

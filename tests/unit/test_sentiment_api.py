@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from apps.deps import get_sentiment_context
 from apps.sentiment.items import NewsItem
-from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
-from core.redis_client import connect
-from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import Settings
+from core.redis_client import connect
+from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": "Bearer test-admin-key"}

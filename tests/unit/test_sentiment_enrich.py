@@ -14,15 +14,15 @@ from apps.sentiment.config import load_monitor_config
 from apps.sentiment.enrich import Enricher, enrich_ids
 from apps.sentiment.ingest import store_items
 from apps.sentiment.items import normalize_item
-from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.settings import DEFAULT_CONFIG
 from apps.sentiment.store import NewsStore
-from core.redis_client import connect
 from apps.sentiment.topics import evaluate_topics
 from apps.sentiment.watchlist import Watchlist
 from core.config import PROJECT_ROOT, Settings
 from core.engine import LocalEngine
+from core.redis_client import connect
 from core.tiny import build_random_lora
+from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from apps.deps import get_sentiment_context
 from apps.sentiment.ingest import ingest_file, normalize_all, parse_csv, parse_jsonl, store_items
 from apps.sentiment.items import normalize_item, normalize_url, parse_time
-from apps.sentiment.loopback import RedisProcess
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
-from core.redis_client import connect
-from apps.deps import get_sentiment_context
 from apps.server import create_app
 from core.config import Settings
 from core.errors import InputTooLargeError, InvalidRequestError
+from core.redis_client import connect
+from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 
@@ -195,7 +195,7 @@ def test_non_utf8_and_ten_megabyte_bodies_are_refused(client: TestClient) -> Non
 
 
 def test_redis_down_is_a_503_not_a_500(tiny_settings: Settings) -> None:
-    from apps.sentiment.loopback import free_port
+    from tests.doubles.sentiment import free_port
 
     core = tiny_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     app = create_app(settings=core)

@@ -14,12 +14,12 @@ from apps.sentiment.alerts import AlertStore
 from apps.sentiment.config import MonitorConfig, Rule, TopicConfig, parse_duration
 from apps.sentiment.delivery import DeliveryError, deliver, sign, verify_signature
 from apps.sentiment.items import NewsItem
-from apps.sentiment.loopback import RedisProcess, SmtpSink, WebhookReceiver, free_port
 from apps.sentiment.monitor import evaluate, run_monitor
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
-from core.redis_client import connect
 from apps.sentiment.trends import chart_png, series
+from core.redis_client import connect
+from tests.doubles.sentiment import RedisProcess, SmtpSink, WebhookReceiver, free_port
 
 pytestmark = pytest.mark.unit
 

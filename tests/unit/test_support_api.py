@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from apps.recommend.testing import HashEmbedder, LocalRedis
 from apps.server import create_app
 from apps.settings import AppSettings
 from apps.support.answer import Plan, StreamGuard, clean_generation, neutralise, split_parts, standalone_question
 from apps.support.settings import SupportSettings
 from core.engine import LocalEngine
+from tests.doubles.recommend import HashEmbedder, LocalRedis
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,6 @@ import pytest
 import redis
 
 from apps.errors import status_for
-from apps.recommend.testing import LocalRedis
 from apps.support.conversations import (
     ConversationStore,
     UnknownHandoffError,
@@ -24,6 +23,7 @@ from apps.support.conversations import (
     normalise_question,
 )
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
+from tests.doubles.recommend import LocalRedis
 
 pytestmark = pytest.mark.unit
 

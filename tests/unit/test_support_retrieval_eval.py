@@ -1,4 +1,5 @@
-"""The retrieval evaluation (apps/support/retrieval_eval.py): metrics, loaders, and a whole run on toy data."""
+"""The retrieval evaluation (finetune/evals/support_retrieval.py): metrics, loaders, and whole runs on toy
+data, with stand-in systems and with the support app's knowledge base as the CLI builds it."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from rich.console import Console
 
-from apps.support.retrieval_eval import (
+from apps.support.cli import RRF_BASELINE, kb_systems
+from apps.support.kb import FusionConfig
+from core.errors import InvalidRequestError
+from finetune.evals.support_retrieval import (
+    EvalSet,
     checks_of,
     dedupe_docs,
     evaluate,
+    evaluate_set,
     first_relevant_rank,
     load_bankfaqs,
     load_bitext,
@@ -25,8 +35,6 @@ from apps.support.retrieval_eval import (
     print_report,
     recall_at,
 )
-from core.config import Settings
-from core.errors import InvalidRequestError
 
 pytestmark = pytest.mark.unit
 
@@ -134,10 +142,41 @@ def test_missing_data_fails_clearly(tmp_path: Path) -> None:
         load_bitext(tmp_path)
 
 
+@contextmanager
+def word_overlap_systems(data: EvalSet) -> Iterator[dict[str, Any]]:
+    """Stand-in systems: documents ranked by the words they share with the query (ties by id)."""
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+    def search(query: str, k: int) -> list[str]:
+        ranked = sorted(data.documents, key=lambda d: (-len(words(query) & words(d.text)), d.doc_id))
+        return [d.doc_id for d in ranked[:k]]
+
+    def nothing(query: str, k: int) -> list[str]:
+        return []
+
+    yield {"bm25": search, "dense": nothing, "hybrid": search}
+
+
+def test_evaluate_set_counts_ranks_per_system_and_needs_the_compared_ones(shared: Path) -> None:
+    data = load_bankfaqs(shared)
+    modes = evaluate_set({"bm25": lambda q, k: [], "dense": lambda q, k: [], "hybrid": lambda q, k: []}, data)
+    assert modes["hybrid"] == {"recall@1": 0.0, "recall@5": 0.0, "mrr@10": 0.0}
+    with word_overlap_systems(data) as systems:
+        modes = evaluate_set(systems, data)
+    # three questions share words with an answer; "How do I open an account" with none (ties: by doc id)
+    assert modes["hybrid"] == {"recall@1": 0.75, "recall@5": 1.0, "mrr@10": pytest.approx((3 + 1 / 4) / 4)}
+    assert checks_of(modes) == {"hybrid_ge_best_single": True, "hybrid_recall@5_ge_0.90": True}
+    with pytest.raises(ValueError, match="needs the search systems dense, hybrid"):
+        evaluate_set({"bm25": lambda q, k: []}, data)
+
+
 def test_evaluate_end_to_end_on_toy_data(shared: Path, tmp_path: Path) -> None:
-    settings = Settings(environment="dev", shared_data_dir=shared, data_dir=tmp_path / "data")
     out = tmp_path / "results"
-    report = evaluate(settings, embedder=HashEmbedder(), out_dir=out, bitext_queries=15)
+    fusion = FusionConfig()
+    setup = {"fusion": asdict(fusion), "hybrid_rrf60": asdict(RRF_BASELINE)}
+    report = evaluate(shared, kb_systems(HashEmbedder(), fusion), out_dir=out, bitext_queries=15, setup=setup)
     written = json.loads((out / "support_retrieval.json").read_text())
     assert written == report
     assert set(report["sets"]) == {"bankfaqs", "bitext"}

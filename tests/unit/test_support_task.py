@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 
 from core.config import Settings
+from core.heads import LinearHead
+from domains.support import INSTRUCTION, INTENT_HEAD_FILE, SupportRow, SupportServing, prompt, tokenizer_truncate
 from finetune.config import ConfigError, config_for, load_config
-from finetune.data.support import (
-    INTENT_HEAD_FILE,
-    SUPPORT_INSTRUCTION,
-    IntentHead,
-    SupportRow,
-    nearest_allowed,
-    stratified_split,
-    support_prompt,
-)
+from finetune.data.support import nearest_allowed, stratified_split
 from finetune.metrics import corpus_bleu, rouge_l
 from finetune.tasks import support
 
@@ -85,8 +79,9 @@ def _rows(per_intent: int = 20) -> list[SupportRow]:
 
 def test_support_prompt_numbers_the_passages_and_cuts_long_ones(tokenizer: Any) -> None:
     long = "refund " * 200
-    messages = support_prompt("Where is my refund?", ["Short answer.", long], tokenizer, passage_tokens=12)
-    assert messages[0] == {"role": "system", "content": SUPPORT_INSTRUCTION}
+    serving = SupportServing(passage_tokens=12)
+    messages = prompt("Where is my refund?", ["Short answer.", long], tokenizer_truncate(tokenizer), serving)
+    assert messages[0] == {"role": "system", "content": INSTRUCTION}
     user = messages[1]["content"]
     assert user.startswith("Passages:\n[1] Short answer.\n[2] ")
     assert user.endswith("\n\nCustomer: Where is my refund?")
@@ -98,7 +93,7 @@ def test_support_prompt_numbers_the_passages_and_cuts_long_ones(tokenizer: Any) 
 def test_the_configured_instruction_is_the_one_the_app_defaults_to() -> None:
     import yaml
 
-    assert yaml.safe_load(config_for("support").read_text())["instruction"] == SUPPORT_INSTRUCTION
+    assert yaml.safe_load(config_for("support").read_text())["instruction"] == INSTRUCTION
 
 
 def test_retrieval_never_returns_the_row_itself_nor_a_copy_of_its_answer() -> None:
@@ -133,7 +128,7 @@ def test_held_out_rows_stay_out_of_the_knowledge_base_and_retrieve_only_from_it(
 # ---- text metrics ---------------------------------------------------------------------------------
 
 
-def test_rouge_l_is_the_lcs_f_measure_on_lowercased_words() -> None:
+def test_rouge_l_is_rouge_scores_lcs_f_measure_on_lowercased_words() -> None:
     # LCS of "the cat sat on the mat" / "The cat is on the mat." is "the cat on the mat": P = R = 5/6
     assert rouge_l("the cat sat on the mat", "The cat is on the mat.") == pytest.approx(5 / 6)
     # LCS "a c" (2): P = 2/2, R = 2/4, F = 2PR / (P + R) = 2/3
@@ -142,17 +137,22 @@ def test_rouge_l_is_the_lcs_f_measure_on_lowercased_words() -> None:
     assert rouge_l("same words", "SAME, words!") == 1.0
 
 
-def test_corpus_bleu_matches_a_hand_computation() -> None:
-    # matches/totals per order: 1-grams 5/6, 2-grams 3/5, 3-grams 1/4, 4-grams 0/3 -> 1 / (2 * 3)
-    expected = (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25
+def test_corpus_bleu_is_sacrebleu_and_matches_a_hand_computation() -> None:
+    # matches/totals per order: 1-grams 5/6, 2-grams 3/5, 3-grams 1/4, 4-grams 0/3 -> exp smoothing 1 / (2 * 3)
+    expected = 100 * (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25
     assert corpus_bleu(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(expected)
-    assert corpus_bleu(["a b c d e f"], ["a b c d e f"]) == pytest.approx(1.0)
+    assert corpus_bleu(["a b c d e f"], ["a b c d e f"]) == pytest.approx(100.0)
     # brevity penalty: 4 of 8 reference words, all n-grams match -> exp(1 - 8/4)
-    assert corpus_bleu(["a b c d e f g h"], ["a b c d"]) == pytest.approx(np.exp(-1.0))
+    assert corpus_bleu(["a b c d e f g h"], ["a b c d"]) == pytest.approx(100 * np.exp(-1.0))
     # counts pool over the corpus: the second pair's perfect match lifts the first's missing orders
     pooled = corpus_bleu(["a b c d", "w x y z"], ["a b q r", "w x y z"])
-    assert pooled == pytest.approx((6 / 8 * 4 / 6 * 2 / 4 * 1 / 2) ** 0.25)
+    assert pooled == pytest.approx(100 * (6 / 8 * 4 / 6 * 2 / 4 * 1 / 2) ** 0.25)
     assert corpus_bleu(["a b"], [""]) == 0.0
+    # published BLEU is case-sensitive and splits punctuation off (13a): "The" is not "the", "mat." is "mat ."
+    assert corpus_bleu(["The cat sat on the mat."], ["the cat sat on the mat."]) < 100.0
+    assert corpus_bleu(["the cat sat on the mat."], ["the cat sat on the mat ."]) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="2 references for 1 hypotheses"):
+        corpus_bleu(["a", "b"], ["a"])
 
 
 # ---- intent head ----------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ def test_the_saved_intent_head_predicts_what_sklearn_predicts(tmp_path: Path) ->
     x, y = _blobs()
     mean, scale = x.mean(axis=0), x.std(axis=0)
     model = LogisticRegression(C=0.5, max_iter=1000).fit((x - mean) / scale, y)
-    head = IntentHead(model.coef_, model.intercept_, list(model.classes_), mean, scale, {"parts": ["toy"]})
-    loaded = IntentHead.load(head.save(tmp_path / "head.npz"))
+    head = LinearHead(model.coef_, model.intercept_, list(model.classes_), mean, scale, {"parts": ["toy"]})
+    loaded = LinearHead.load(head.save(tmp_path / "head.npz"))
     assert (tmp_path / "head.npz").is_file()
     assert loaded.classes == list(model.classes_)
     assert loaded.recipe == {"parts": ["toy"]}
@@ -281,11 +281,13 @@ def test_tiny_train_saves_adapter_and_intent_head_and_evaluate_reports(tiny_mode
     assert (out / "adapter_model.safetensors").is_file()
     assert card["metrics"]["dev"]["adapter"]["perplexity"] > 1
     assert card["serving"]["intent_head"]["file"] == INTENT_HEAD_FILE
-    head = IntentHead.load(out / INTENT_HEAD_FILE)
+    head = LinearHead.load(out / INTENT_HEAD_FILE)
     assert head.classes == ["card_arrival", "lost_card", "top_up"]
     assert [p["dim"] for p in head.recipe["parts"]] == [384, 64]  # MiniLM, then the tiny model's hidden size
     assert head.recipe["C"] in (0.1, 1.0)
-    assert json.loads((out / "adapter_card.json").read_text())["serving"]["intent_head"]["classes"] == 3
+    served = json.loads((out / "adapter_card.json").read_text())["serving"]
+    assert served["intent_head"]["classes"] == 3
+    assert (served["instruction"], served["passage_tokens"]) == (INSTRUCTION, 16)
 
     results = tmp_path / "results"
     report = support.evaluate(settings, out_dir=results)
@@ -301,7 +303,9 @@ def test_tiny_train_saves_adapter_and_intent_head_and_evaluate_reports(tiny_mode
     assert intents["minilm_logreg"]["accuracy"] == 1.0  # the intents' words never overlap
     generation = report["splits"]["bitext_generation"]
     assert set(generation) == {"base", "adapter:support", "retrieved_answer"}
-    assert all(0 <= v["rouge_l"] <= 1 and 0 <= v["bleu4"] <= 1 for v in generation.values())
+    assert all(0 <= v["rouge_l"] <= 1 and 0 <= v["sacrebleu"] <= 100 for v in generation.values())
+    # the retrieved answer shares the references' template words: both metrics see it
+    assert generation["retrieved_answer"]["rouge_l"] > 0.3 and generation["retrieved_answer"]["sacrebleu"] > 5
     assert set(report["splits"]["bitext_reference_perplexity"]) == {"base", "adapter:support"}
     assert json.loads((results / "quality_support.json").read_text())["task"] == "support"
     assert (results / "support_quality.png").stat().st_size > 0

@@ -1,7 +1,7 @@
 """Write the demo storefront: ``data/samples/recommend/catalogue.jsonl`` (a few hundred products) and
 ``events.jsonl`` (a synthetic month of shoppers). Deterministic: the same files on every run.
 
-    python -m apps.recommend.sample_data            # rewrites both files
+    python -m finetune.samples.recommend          # rewrites both files (or: domainllm recommend sample-data)
 
 Shoppers have one or two favourite categories; they browse (view, click), sometimes add to cart and
 buy, rate some purchases, and follow the pairings a real shop sees (a grinder after coffee beans).

@@ -1,7 +1,7 @@
 """Probe why LoRA training gives NaN losses on CUDA: the base model's logits on one unpadded and one
 left-padded batch, in the trainer's load (bf16 weights on CUDA), with SDPA and with eager attention.
 
-    python bench/gpu_nan_probe.py
+    python bench/probes/gpu_nan_probe.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small stand-ins for tests, benches and demos: a bag-of-words embedder (no model to load) and an
+"""Small stand-ins for the recommend tests and bench: a bag-of-words embedder (no model to load) and an
 embedded Redis on a free port."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small real servers on loopback for the demo and the tests: a feed server, a webhook receiver that
+"""Small real servers on loopback for the sentiment tests and benchmark: a feed server, a webhook receiver that
 checks signatures, an SMTP sink (aiosmtpd) and an embedded Redis. Nothing here is used in production
 paths; they stand in for the outside world the monitor talks to."""
 

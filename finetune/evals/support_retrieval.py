@@ -1,7 +1,9 @@
 """``domainllm eval support-retrieval``: how well the knowledge base finds the right document.
 
 Two sets from the shared data folder (``Settings.shared_data_dir``/support), each searched with
-BM25 alone, MiniLM alone and the hybrid, side by side, through the real ``KnowledgeBase``:
+BM25 alone, MiniLM alone and the hybrid, side by side, through the real knowledge base. The caller
+builds it (``Systems``: a search index holding a set's documents, and its search modes by name), so
+this module needs nothing of the serving code:
 
 * **BankFAQs** (1,499 bank FAQ pairs): every distinct answer is a document (title: its class,
   e.g. "loans"); every distinct question is a query. Relevant: any document holding an answer
@@ -11,42 +13,47 @@ BM25 alone, MiniLM alone and the hybrid, side by side, through the real ``Knowle
   ("cancel order"); queries: a seeded sample of ``bitext_queries`` requests. Relevant: the doc of
   the request's intent.
 
-Rows: ``bm25``, ``dense``, ``hybrid`` (the knowledge base's default fusion) and ``hybrid_rrf60``
-(plain reciprocal rank fusion, k=60, equal weights) for comparison. Metrics are per query, averaged: Recall@k (1 if a relevant document is in the top k documents)
+Rows: one per search system the caller gives: ``bm25``, ``dense``, ``hybrid`` (the knowledge base's
+default fusion) and, for comparison, ``hybrid_rrf60`` (plain reciprocal rank fusion, k=60, equal
+weights). Metrics are per query, averaged: Recall@k (1 if a relevant document is in the top k documents)
 and MRR@10 (1/rank of the first relevant document, 0 past 10). Chunks are collapsed to their
 documents, best chunk first, before ranks are counted.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apps.support.documents import Document
-from apps.support.kb import FusionConfig, KnowledgeBase
-from core.config import PROJECT_ROOT, Settings
-from core.embeddings import Embedder
-from core.errors import InvalidRequestError
+from domains.records import DataFileError
+from domains.support import Article, read_bankfaqs, read_bitext
+from finetune.metrics import RESULTS_DIR
 
-RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 SEED = 13
 MRR_CUTOFF = 10
 BANKFAQS = Path("support/faq/bankfaqs/BankFAQs.csv")
 BITEXT = Path("support/bitext")
-RRF_BASELINE = FusionConfig(method="rrf", dense_weight=1.0, bm25_weight=1.0, rrf_k=60.0)
+SINGLE_SYSTEMS = ("bm25", "dense")
+
+Search = Callable[[str, int], Sequence[str]]
+"""(query, k) -> the document id of each of the best k hits, best first (one hit per chunk, so a
+document may come more than once)."""
+
+Systems = Callable[["EvalSet"], AbstractContextManager[Mapping[str, Search]]]
+"""Opens a search index holding ``data.documents`` and yields its search systems by name: at least
+``bm25``, ``dense`` and ``hybrid``, which the checks compare."""
 
 
 @dataclass
 class EvalSet:
     name: str
-    documents: list[Document]
+    documents: list[Article]
     queries: list[str]
     relevant: list[set[str]]  # per query, the doc ids that answer it
 
@@ -86,31 +93,27 @@ def dedupe_docs(doc_ids: Sequence[str]) -> list[str]:
 # ---- data --------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise InvalidRequestError(
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise DataFileError(
             f"evaluation data not found: {path}; set DOMAINLLM_SHARED_DATA_DIR to the folder holding support/",
             path=str(path),
         )
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    return path
 
 
 def load_bankfaqs(shared_data_dir: Path) -> EvalSet:
-    rows = _read_csv(shared_data_dir / BANKFAQS)
+    pairs = read_bankfaqs(_need(shared_data_dir / BANKFAQS))
     doc_of_answer: dict[str, str] = {}
-    documents: list[Document] = []
+    documents: list[Article] = []
     relevant: dict[str, set[str]] = {}
-    for row in rows:
-        question, answer = (row.get("Question") or "").strip(), (row.get("Answer") or "").strip()
-        if not question or not answer:
-            continue
-        key = " ".join(answer.split())
+    for pair in pairs:
+        key = " ".join(pair.answer.split())
         if key not in doc_of_answer:
             doc_id = f"bankfaq-{len(doc_of_answer):04d}"
             doc_of_answer[key] = doc_id
-            documents.append(Document(doc_id=doc_id, title=(row.get("Class") or "").strip() or "faq", text=answer))
-        relevant.setdefault(" ".join(question.split()), set()).add(doc_of_answer[key])
+            documents.append(Article(doc_id=doc_id, title=pair.category or "faq", text=pair.answer))
+        relevant.setdefault(" ".join(pair.question.split()), set()).add(doc_of_answer[key])
     queries = list(relevant)
     return EvalSet("bankfaqs", documents, queries, [relevant[q] for q in queries])
 
@@ -119,84 +122,65 @@ def load_bitext(shared_data_dir: Path, n_queries: int = 1000, seed: int = SEED) 
     folder = shared_data_dir / BITEXT
     files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     if not files:
-        raise InvalidRequestError(f"evaluation data not found: no CSV in {folder}", path=str(folder))
-    rows = [r for path in files for r in _read_csv(path) if r.get("instruction") and r.get("intent")]
-    by_intent: dict[str, list[dict[str, str]]] = {}
+        raise DataFileError(f"evaluation data not found: no CSV in {folder}", path=str(folder))
+    rows = [row for path in files for row in read_bitext(path)]
+    by_intent: dict[str, list[str]] = {}
     for row in rows:
-        by_intent.setdefault(row["intent"], []).append(row)
+        by_intent.setdefault(row.intent, []).append(row.response)
     rng = random.Random(seed)
-    documents = []
-    for intent in sorted(by_intent):
-        pick = rng.choice(by_intent[intent])
-        documents.append(Document(doc_id=f"bitext-{intent}", title=intent.replace("_", " "), text=pick["response"]))
+    documents = [
+        Article(doc_id=f"bitext-{intent}", title=intent.replace("_", " "), text=rng.choice(by_intent[intent]))
+        for intent in sorted(by_intent)
+    ]
     sample = rng.sample(rows, min(n_queries, len(rows)))
-    return EvalSet("bitext", documents, [r["instruction"] for r in sample], [{f"bitext-{r['intent']}"} for r in sample])
+    return EvalSet("bitext", documents, [r.request for r in sample], [{f"bitext-{r.intent}"} for r in sample])
 
 
 # ---- running -----------------------------------------------------------------------------------
 
 
-def ranks_of(kb: KnowledgeBase, data: EvalSet, mode: str) -> list[int | None]:
+def ranks_of(search: Search, data: EvalSet) -> list[int | None]:
     """Per query, the 1-based document rank of its first relevant document (None past the cutoff)."""
-    ranks = []
-    for query, relevant in zip(data.queries, data.relevant, strict=True):
-        hits = kb.search(query, k=3 * MRR_CUTOFF, mode=mode)
-        ranks.append(first_relevant_rank(dedupe_docs([h.doc_id for h in hits])[:MRR_CUTOFF], relevant))
-    return ranks
+    return [
+        first_relevant_rank(dedupe_docs(search(query, 3 * MRR_CUTOFF))[:MRR_CUTOFF], relevant)
+        for query, relevant in zip(data.queries, data.relevant, strict=True)
+    ]
 
 
-def evaluate_set(kb: KnowledgeBase, data: EvalSet) -> dict[str, dict[str, float]]:
-    """bm25, dense, hybrid (``kb``'s fusion) and, for comparison, plain RRF (k=60, equal weights).
-    ``kb`` must hold exactly ``data.documents``."""
-    out = {mode: metrics_of(ranks_of(kb, data, mode)) for mode in ("bm25", "dense", "hybrid")}
-    chosen = kb.fusion
-    kb.fusion = RRF_BASELINE
-    try:
-        out["hybrid_rrf60"] = metrics_of(ranks_of(kb, data, "hybrid"))
-    finally:
-        kb.fusion = chosen
-    return out
+def evaluate_set(systems: Mapping[str, Search], data: EvalSet) -> dict[str, dict[str, float]]:
+    """Every system's metrics on ``data``; the systems must search exactly ``data.documents``."""
+    missing = [name for name in (*SINGLE_SYSTEMS, "hybrid") if name not in systems]
+    if missing:
+        raise ValueError(f"the retrieval evaluation needs the search systems {', '.join(missing)}")
+    return {name: metrics_of(ranks_of(search, data)) for name, search in systems.items()}
 
 
 def checks_of(modes: dict[str, dict[str, float]]) -> dict[str, bool]:
     """The targets: hybrid at least the better single retriever on every metric; Recall@5 >= 0.90."""
-    singles = ("bm25", "dense")
     return {
         "hybrid_ge_best_single": all(
-            modes["hybrid"][m] >= max(modes[s][m] for s in singles) - 1e-12 for m in modes["hybrid"]
+            modes["hybrid"][m] >= max(modes[s][m] for s in SINGLE_SYSTEMS) - 1e-12 for m in modes["hybrid"]
         ),
         "hybrid_recall@5_ge_0.90": modes["hybrid"]["recall@5"] >= 0.90,
     }
 
 
 def evaluate(
-    settings: Settings,
+    shared_data_dir: Path,
+    systems: Systems,
     *,
-    embedder: Embedder | None = None,
     out_dir: Path = RESULTS_DIR,
     bitext_queries: int = 1000,
-    fusion: FusionConfig | None = None,
+    setup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Both sets, all modes; writes ``out_dir/support_retrieval.json`` and returns the report."""
-    if embedder is None:
-        from core.embeddings import MiniLMEmbedder
-
-        embedder = MiniLMEmbedder(settings.embedder_path)
-    sets = [load_bankfaqs(settings.shared_data_dir), load_bitext(settings.shared_data_dir, bitext_queries)]
-    fusion = fusion or FusionConfig()
-    report: dict[str, Any] = {
-        "fusion": asdict(fusion),
-        "hybrid_rrf60": asdict(RRF_BASELINE),
-        "mrr_cutoff": MRR_CUTOFF,
-        "sets": {},
-    }
+    """Both sets, every system ``systems`` opens on each; writes ``out_dir/support_retrieval.json`` and
+    returns the report (``setup``, the systems' settings, goes into it as it is)."""
+    sets = [load_bankfaqs(shared_data_dir), load_bitext(shared_data_dir, bitext_queries)]
+    report: dict[str, Any] = {**(setup or {}), "mrr_cutoff": MRR_CUTOFF, "sets": {}}
     for data in sets:
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"kb-eval-{data.name}-") as root:
-            kb = KnowledgeBase(Path(root), embedder, fusion=fusion)
-            kb.warm_up()
-            kb.upsert_many(data.documents)
-            results = evaluate_set(kb, data)
+        with systems(data) as opened:
+            results = evaluate_set(opened, data)
         report["sets"][data.name] = {
             "documents": len(data.documents),
             "queries": len(data.queries),

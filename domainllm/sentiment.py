@@ -7,30 +7,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from apps.sentiment.alerts import Alert
-from apps.sentiment.dispatch import CeleryDispatcher, client_app
 from apps.sentiment.service import SentimentContext
-from apps.sentiment.settings import get_sentiment_settings
-from core.config import PROJECT_ROOT, get_settings
+from core.config import PROJECT_ROOT
 from core.errors import DomainLLMError
+from domainllm.common import console, err_console, fail, services
 
 app = typer.Typer(help="The financial news sentiment monitor.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-DAILY_CONFIG = Path(__file__).resolve().parent / "rules" / "replay_daily.yaml"
+DAILY_CONFIG = PROJECT_ROOT / "apps" / "sentiment" / "rules" / "replay_daily.yaml"
 
 
 def _context(namespace: str | None = None, config: Path | None = None) -> SentimentContext:
-    settings, core = get_sentiment_settings(), get_settings()
-    dispatcher = CeleryDispatcher(client_app(core.effective_redis_url), settings.enrich_batch_size)
-    return SentimentContext.build(settings, core, namespace=namespace, config_path=config, dispatcher=dispatcher)
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
+    return services().sentiment_context(namespace, str(config) if config else None)
 
 
 @app.command()
@@ -39,9 +28,9 @@ def ingest(file: Annotated[Path, typer.Argument(help="A .jsonl, .json or .csv fi
     try:
         result = _context().ingest_file(file)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     for r in result.rejected:
-        err.print(f"[yellow]skipped {r.where}:[/] {r.reason}")
+        err_console.print(f"[yellow]skipped {r.where}:[/] {r.reason}")
     console.print(
         f"{file.name}: {result.accepted} new, {result.duplicates} already stored, {len(result.rejected)} skipped"
     )
@@ -89,12 +78,10 @@ def replay(
         items = items[:limit] if limit else items
         enrich_inline = None
         if inline:
-            from apps.sentiment.enrich import Enricher, enrich_ids
-            from core.engine import LocalEngine
+            from apps.sentiment.enrich import enrich_ids
 
-            engine = LocalEngine(get_settings())
-            engine.warm_up()
-            enricher = Enricher(engine, ctx.config)
+            services().engine.warm_up()
+            enricher = services().enricher(ctx)
 
             def enrich_inline(ids: list[str]) -> object:
                 return enrich_ids(ctx.store, enricher, ids)
@@ -107,7 +94,7 @@ def replay(
         out = chart or PROJECT_ROOT / "data" / "runtime" / f"{ns}.png"
         draw(ctx, report, out)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     stats = ctx.store.stats()
     console.print(
         f"done in {report.seconds:.1f}s: {stats['enriched']} enriched, {len(report.alerts)} alerts; chart: {out}"

@@ -4,7 +4,8 @@ Protocols (both reported, each named in the JSON):
 
 * **full ranking** (the headline; the shared data README's standard): leave-one-out by timestamp:
   each user's last rating is the test item, the one before it the validation item, the rest the
-  history. Every system ranks all items the user has not rated in the history; Recall@10 and NDCG@10
+  history (``domains.recommend.movielens`` orders ratings, same-second ties by movie id, and the
+  adapters' training leaves the same two ratings out). Every system ranks all items the user has not rated in the history; Recall@10 and NDCG@10
   of the test item.
 * **sampled, 100 negatives**: the test item against 100 items the user never rated, drawn uniformly
   with a fixed seed; ties count against the system. HR@10 (= Recall@10 with one target) and NDCG@10.
@@ -21,7 +22,6 @@ stage) and by ``users`` (a seeded subsample).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
@@ -33,23 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from apps.recommend.catalogue import VectorIndex
-from apps.recommend.items import Event, Item
-from apps.recommend.pipeline import Pipeline, PipelineConfig, Profile, build_profile
-from apps.recommend.ranking import (
-    FEATURES,
-    NO_LLM_FEATURES,
-    Blender,
-    LLMScorer,
-    fallback_blender,
-    fit_blender,
-    ndcg_at_k,
-    residual_blender,
-)
-from apps.recommend.settings import RANKING_ADAPTER
-from apps.recommend.signals import MemorySignals
 from core.config import PROJECT_ROOT, Settings
 from core.errors import InvalidRequestError
+from core.interface import Engine
+from domains.recommend.index import VectorIndex
+from domains.recommend.movielens import HELD_OUT, read_movielens, without_held_out
+from domains.recommend.pipeline import Pipeline, PipelineConfig, Profile, build_profile
+from domains.recommend.ranking import FEATURES, NO_LLM_FEATURES, Blender, fallback_blender
+from domains.recommend.records import Event, Item
+from domains.recommend.scoring import LLMScorer
+from domains.recommend.serving import RANKING_ADAPTER
+from domains.recommend.signals import MemorySignals
+from finetune.ranker import fit_blender, ndcg_at_k, residual_blender
 
 K = 10
 NEGATIVES = 100
@@ -129,44 +124,20 @@ class Split:
         return (self.val if name == "val" else self.test)[user].item_id
 
 
+if HELD_OUT != 2:
+    raise RuntimeError("the evaluation holds out a validation and a test rating: HELD_OUT must be 2")
+
+
 def leave_one_out(histories: dict[str, list[Event]]) -> Split:
     """``histories`` in time order; users with fewer than 3 events are dropped."""
     split = Split({}, {}, {})
     for user, events in histories.items():
-        if len(events) < 3:
+        if len(events) < HELD_OUT + 1:
             continue
-        split.history[user] = events[:-2]
+        split.history[user] = without_held_out(events)
         split.val[user] = events[-2]
         split.test[user] = events[-1]
     return split
-
-
-def read_movielens(folder: Path) -> tuple[dict[str, Item], dict[str, list[Event]]]:
-    """Items (movies with genres as category and tags) and each user's ratings in time order (ties
-    keep the file's order)."""
-    ratings, movies = folder / "ratings.csv", folder / "movies.csv"
-    for path in (ratings, movies):
-        if not path.is_file():
-            raise InvalidRequestError(
-                f"{path} is missing: the MovieLens evaluation needs ml-latest-small under "
-                "DOMAINLLM_SHARED_DATA_DIR/recsys/ml-latest-small (not shipped with the project)"
-            )
-    items: dict[str, Item] = {}
-    with movies.open(encoding="utf-8", newline="") as fh:
-        for r in csv.DictReader(fh):
-            genres = tuple(g for g in r["genres"].split("|") if g and g != "(no genres listed)")
-            items[r["movieId"]] = Item(
-                r["movieId"], r["title"].strip(), category=genres[0] if genres else "", tags=genres
-            )
-    histories: dict[str, list[Event]] = {}
-    with ratings.open(encoding="utf-8", newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["movieId"] in items:
-                e = Event(r["userId"], r["movieId"], "rating", float(r["timestamp"]), float(r["rating"]))
-                histories.setdefault(r["userId"], []).append(e)
-    for events in histories.values():
-        events.sort(key=lambda e: e.ts)  # stable: same-second ratings keep the file's order
-    return items, histories
 
 
 def embed_items(items: list[Item], embed: Callable[[list[str]], np.ndarray], cache_dir: Path | None) -> np.ndarray:
@@ -389,20 +360,21 @@ def evaluate(
     users: int | None = None,
     llm_candidates: int = 50,
     adapter: str = RANKING_ADAPTER,
-    engine: Any = None,
+    engine: Engine | None = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run both protocols for all systems; write ``quality_recommend_ranking[_<adapter>].json``. ``engine``: a
     warmed engine to use (tests); by default one is built from ``settings`` and closed after."""
     started = time.monotonic()
     folder = data_dir or settings.shared_data_dir / "recsys" / "ml-latest-small"
-    items, histories = read_movielens(folder)
-    split = leave_one_out(histories)
+    movielens = read_movielens(folder / "ratings.csv", folder / "movies.csv")
+    items = movielens.items()
+    split = leave_one_out(movielens.events())
     everyone = sorted(split.history, key=int) if all(u.isdigit() for u in split.history) else sorted(split.history)
     chosen = sorted(random.Random(SEED).sample(everyone, users)) if users and users < len(everyone) else everyone
     item_ids = sorted(items)
     own_engine = engine is None
-    if own_engine:
+    if engine is None:
         from core.engine import LocalEngine
 
         engine = LocalEngine(settings)
@@ -412,9 +384,7 @@ def evaluate(
         index = VectorIndex(vectors.shape[1])
         index.put([items[i] for i in item_ids], vectors)
         llm = LLMScorer(engine, adapter)
-        config = PipelineConfig(
-            candidates_per_source=100, llm_candidates=llm_candidates, prompt_history=10, exclude_history=True
-        )
+        config = PipelineConfig(candidates_per_source=100, llm_candidates=llm_candidates, exclude_history=True)
         categories = {i: it.category for i, it in items.items()}
         report_stages: dict[str, Any] = {}
         pipelines: dict[str, tuple[Pipeline, Callable[[str], Profile], Callable[[str], float]]] = {}
@@ -425,7 +395,7 @@ def evaluate(
 
             def profile(u: str, hist: dict[str, list[Event]] = hist, cache: dict[str, Profile] = cache) -> Profile:
                 if u not in cache:
-                    cache[u] = build_profile(hist[u][::-1][:50], index, config.prompt_history)
+                    cache[u] = build_profile(hist[u][::-1][:50], index)
                 return cache[u]
 
             def now(u: str, hist: dict[str, list[Event]] = hist) -> float:
@@ -471,6 +441,7 @@ def evaluate(
         ]
         results = run_protocols(systems, chosen, split, item_ids, seen_sets.__getitem__)
         llm_model = llm.model()
+        serving = llm.serving(llm_model)
     finally:
         if own_engine:
             engine.close()
@@ -486,7 +457,11 @@ def evaluate(
         "users": len(chosen),
         "users_total": len(everyone),
         "items": len(item_ids),
-        "llm": {"model": llm_model, "shortlist": llm_candidates, "prompt": "TALLRec, last 10 ratings (>3 liked)"},
+        "llm": {
+            "model": llm_model,
+            "shortlist": llm_candidates,
+            "prompt": f"TALLRec, last {serving.history} ratings (>{serving.liked_above:g} liked)",
+        },
         "splits": results,
         "blenders": {"pre": pre.to_json(), "final": final.to_json()},
         "stages": report_stages,

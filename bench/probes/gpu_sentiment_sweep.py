@@ -1,6 +1,6 @@
 """Sentiment adapter sweep on a GPU: which recipe reaches the TFNS bar within a CPU-sized step budget?
 
-    python bench/gpu_sentiment_sweep.py --variant all30_e1 --out results.json
+    python bench/probes/gpu_sentiment_sweep.py --variant all30_e1 --out results.json
 
 Each variant is the committed config (``finetune/configs/sentiment.yaml``) with a few fields
 changed. It trains with the same trainer, data splits and seed as ``domainllm train sentiment``,

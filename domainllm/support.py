@@ -10,17 +10,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from apps.support.documents import SUPPORTED_SUFFIXES, Document, InvalidDocumentError, parse_document_report
 from apps.support.kb import SEARCH_MODES, KnowledgeBase
-from core.config import get_settings
 from core.errors import DomainLLMError, NotFoundError
+from domainllm.common import console, err_console, fail, services
 
 app = typer.Typer(help="The customer-support knowledge base.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 MAX_FILE_BYTES = 50_000_000
 
 KbDirOption = Annotated[
@@ -28,16 +25,13 @@ KbDirOption = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
-
-
 def _kb(kb_dir: Path | None) -> KnowledgeBase:
-    from apps.support.settings import get_support_settings
-    from core.embeddings import MiniLMEmbedder
-
-    kb = KnowledgeBase(kb_dir or get_support_settings().kb_dir, MiniLMEmbedder(get_settings().embedder_path))
+    """The served knowledge base (embedding on the engine's thread; no base model load needed),
+    or another folder's."""
+    built = services()
+    if kb_dir is None:
+        return built.support.kb
+    kb = KnowledgeBase(kb_dir, built.engine)
     kb.warm_up()
     return kb
 
@@ -70,9 +64,9 @@ def ingest(
     try:
         files = files_under(path)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     if not files:
-        _fail(InvalidDocumentError(f"no supported files under {path} ({', '.join(sorted(SUPPORTED_SUFFIXES))})"))
+        fail(InvalidDocumentError(f"no supported files under {path} ({', '.join(sorted(SUPPORTED_SUFFIXES))})"))
 
     def shown(file: Path) -> str:
         return str(file.relative_to(path)) if path.is_dir() else str(file)
@@ -90,10 +84,10 @@ def ingest(
                 raise InvalidDocumentError(f"doc_id {clash!r} is already taken by {shown(owner[clash])}; rename one")
         except (DomainLLMError, OSError) as exc:
             failed += 1
-            err.print(f"[red]failed[/] {shown(file)}: {exc}", highlight=False)
+            err_console.print(f"[red]failed[/] {shown(file)}: {exc}", highlight=False)
             continue
         for e in parsed.errors:
-            err.print(f"[yellow]skipped[/] {shown(file)} {e.where}: {e.reason}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {shown(file)} {e.where}: {e.reason}", highlight=False)
         for doc in parsed.documents:
             if doc.url is None and url_prefix:
                 doc.url = f"{url_prefix}{doc.doc_id}"
@@ -105,7 +99,7 @@ def ingest(
             with console.status(f"indexing {sum(len(d) for d in per_file.values())} documents"):
                 results = {r.doc_id: r for r in kb.upsert_many(d for docs in per_file.values() for d in docs)}
         except DomainLLMError as exc:
-            _fail(exc)
+            fail(exc)
         for file, docs in per_file.items():
             counts = {"added": 0, "updated": 0, "unchanged": 0}
             for doc in docs:
@@ -113,7 +107,7 @@ def ingest(
             console.print(f"{shown(file)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
         console.print(f"knowledge base {kb.root}: {len(kb.documents())} documents, {len(kb)} chunks")
     if failed:
-        err.print(f"[red]{failed} of {len(files)} files failed[/]")
+        err_console.print(f"[red]{failed} of {len(files)} files failed[/]")
         raise typer.Exit(code=1)
 
 
@@ -129,7 +123,7 @@ def search(
         kb = _kb(kb_dir)
         hits = kb.search(query, k=k, mode=mode)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     if not hits:
         console.print("no results (is the knowledge base empty?)")
         return
@@ -165,57 +159,5 @@ def list_documents(kb_dir: KbDirOption = None) -> None:
 def delete(doc_id: Annotated[str, typer.Argument(help="The document to remove.")], kb_dir: KbDirOption = None) -> None:
     """Remove a document and its chunks."""
     if not _kb(kb_dir).delete(doc_id):
-        _fail(NotFoundError(f"no document {doc_id!r} in the knowledge base"))
+        fail(NotFoundError(f"no document {doc_id!r} in the knowledge base"))
     console.print(f"deleted {doc_id}")
-
-
-@app.command("eval-retrieval")
-def eval_retrieval(
-    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench/results"),
-    bitext_queries: Annotated[int, typer.Option(help="Bitext requests sampled as queries.")] = 1000,
-) -> None:
-    """BM25, dense and hybrid retrieval on BankFAQs and Bitext (same as `domainllm eval support-retrieval`)."""
-    from apps.support.retrieval_eval import evaluate, print_report
-
-    try:
-        with console.status("embedding the evaluation sets and searching"):
-            report = evaluate(get_settings(), out_dir=out, bitext_queries=bitext_queries)
-    except DomainLLMError as exc:
-        _fail(exc)
-    print_report(report, console)
-    console.print(f"report: {out}/support_retrieval.json")
-
-
-@app.command("eval-answers")
-def eval_answers(
-    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench/results"),
-    limit: Annotated[int | None, typer.Option(help="At most this many questions per set.")] = None,
-) -> None:
-    """Answers vs handoffs on the sample help centre (same as `domainllm eval support-answers`)."""
-    from rich.table import Table
-
-    from apps.support.evaluation import evaluate
-    from apps.support.settings import get_support_settings
-    from core.engine import LocalEngine
-
-    engine = LocalEngine(get_settings())
-    try:
-        with console.status("loading the engine"):
-            engine.warm_up()
-        with console.status("answering the in-KB, out-of-KB and rule questions"):
-            report = evaluate(engine, get_support_settings(), out_dir=out, limit=limit)
-    except (DomainLLMError, FileNotFoundError) as exc:
-        _fail(exc if isinstance(exc, DomainLLMError) else DomainLLMError(str(exc)))
-    finally:
-        engine.close()
-    table = Table(title="support answers on the sample help centre")
-    for col in ("set", "n", "answered (right)", "wrong", "handoff"):
-        table.add_column(col, justify="right" if col != "set" else "left")
-    ik, ok, rk = report["in_kb"], report["out_of_kb"], report["rules"]
-    table.add_row(
-        "in KB", str(ik["n"]), f"{ik['right_rate']:.3f}", f"{ik['wrong_rate']:.3f}", f"{ik['handoff_rate']:.3f}"
-    )
-    table.add_row("out of KB", str(ok["n"]), "", f"{1 - ok['handoff_rate']:.3f}", f"{ok['handoff_rate']:.3f}")
-    table.add_row("rule topics", str(rk["n"]), "", f"{1 - rk['handoff_rate']:.3f}", f"{rk['handoff_rate']:.3f}")
-    console.print(table)
-    console.print(f"report: {out}/support_answers.json")

@@ -1,0 +1,456 @@
+"""Extract-then-compose support answers (apps/support/extractive.py) on the real model, measured.
+
+    .venv/bin/python bench/probes/support_extractive.py            # features (cached), routes, tables
+    .venv/bin/python bench/probes/support_extractive.py --write-selector   # also store the chosen route
+
+The knowledge base is the sample help centre (articles + FAQ) in a temporary folder, on the real
+engine (SmolLM2-135M, MiniLM, the committed support adapter for the intent head). Each message goes
+through what ``answer.py`` does before answering (PII mask, canned answers, the intent head and the
+rule topics), then the part splitter, then the extractive answerer.
+
+Sets (``data/samples/support/eval``):
+* dev = ``in_kb_facts.jsonl`` + ``out_of_kb.jsonl`` + ``rules.jsonl`` (the old sets), split by row
+  parity into a *fit* half (the selector's weights) and a *tune* half (its threshold; the dev
+  figures below are on the tune half, which the weights never saw);
+* report = ``report/*.jsonl``: never used to fit or tune anything, only measured.
+
+A reply is *right* when it contains every fact of the row (a fact may list alternatives), *wrong*
+when it answers without them; a handoff is neither. Every reply is also fact-checked against the
+sections its sentences come from (numbers, prices, dates, URLs, e-mails, names).
+
+Routes (feature subsets and retrieval settings) are fitted and tuned the same way and printed side
+by side; the chosen route (``--route``, default the best on the dev tune half) can be written as
+the selector JSON the service reads. Features are cached under ``--cache`` so refitting is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import pickle
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from apps.support.extractive import (  # noqa: E402
+    FEATURES,
+    ExtractiveAnswerer,
+    ExtractiveReply,
+    Scored,
+    Selector,
+    Sentence,
+    fact_check,
+    fit_selector,
+)
+
+log = logging.getLogger("support_extractive")
+
+SAMPLES = ROOT / "data" / "samples" / "support"
+EVAL = SAMPLES / "eval"
+DEFAULT_SELECTOR = SAMPLES / "selector.json"
+RESULTS = ROOT / "bench" / "results" / "support_extractive.json"
+CACHE_TOP_K = 8  # candidates are gathered once at this depth; routes filter by rank
+
+ALL_LM = [f for f in FEATURES]
+NO_LM = [f for f in FEATURES if not f.startswith("lm")]
+EMB = ["cos", "cos_ctx", "cos_full", "cos_gap", "passage_cos", "inv_rank"]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    features: list[str]
+    top_k: int = 6
+    include_faq: bool = True
+    c: float = 1.0
+
+
+ROUTES = [
+    Route("embedder only", EMB),
+    Route("embedder + keywords", NO_LM),
+    Route("embedder + keywords + LM likelihood", ALL_LM),
+    Route("all, no FAQ sentences", ALL_LM, include_faq=False),
+    Route("all, top 3 passages", ALL_LM, top_k=3),
+    Route("all, top 8 passages", ALL_LM, top_k=8),
+    Route("LM likelihood + keywords (no embedder)", [f for f in ALL_LM if not f.startswith("cos")]),
+]
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_sets() -> dict[str, list[dict[str, Any]]]:
+    sets = {
+        "dev/in_kb": read(EVAL / "in_kb_facts.jsonl"),
+        "dev/out_of_kb": read(EVAL / "out_of_kb.jsonl"),
+        "dev/rules": read(EVAL / "rules.jsonl"),
+        "report/in_kb": read(EVAL / "report" / "in_kb.jsonl"),
+        "report/out_of_kb": read(EVAL / "report" / "out_of_kb.jsonl"),
+        "report/rules": read(EVAL / "report" / "rules.jsonl"),
+    }
+    for name, rows in sets.items():
+        for i, row in enumerate(rows):
+            row["set"] = name
+            row["half"] = ("fit" if i % 2 == 0 else "tune") if name.startswith("dev/") else "report"
+    return sets
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("–", "-").replace("—", "-").replace("’", "'").lower().split())
+
+
+def has_fact(text: str, fact: str | list[str]) -> bool:
+    alts = fact if isinstance(fact, list) else [fact]
+    t = _norm(text)
+    return any(_norm(a) in t for a in alts)
+
+
+def is_right(answer: str, facts: list[Any]) -> bool:
+    return bool(facts) and all(has_fact(answer, f) for f in facts)
+
+
+def sentence_label(sentence: Sentence, facts: list[Any]) -> int:
+    return int(any(has_fact(sentence.text, f) for f in facts))
+
+
+# ---- the real stack -------------------------------------------------------------------------------
+
+
+def build_stack(tmp: Path) -> dict[str, Any]:
+    from apps.support.documents import parse_document_report, slug_of
+    from apps.support.intents import IntentClassifier
+    from apps.support.kb import KnowledgeBase
+    from apps.support.rules import load_rules
+    from apps.support.settings import SupportSettings
+    from core.config import Settings
+    from core.engine import LocalEngine
+
+    engine = LocalEngine(Settings(environment="test", admin_key="probe-admin-key", adapters_dir=ROOT / "data" / "adapters"))
+    engine.warm_up()
+    kb = KnowledgeBase(tmp / "kb", engine)
+    kb.warm_up()
+    docs = []
+    for path in sorted((SAMPLES / "articles").glob("*")):  # served at /help/<doc_id>, as `make run` does
+        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
+    docs.extend(parse_document_report("faq.csv", (SAMPLES / "faq.csv").read_bytes()).documents)
+    kb.upsert_many(docs)
+    settings = SupportSettings(kb_dir=tmp / "kb")
+    return {
+        "engine": engine,
+        "kb": kb,
+        "rules": load_rules(settings.rules_path),
+        "settings": settings,
+        "intents": IntentClassifier(engine, settings.adapter),
+    }
+
+
+def _mask_pii() -> Any:
+    try:
+        from apps.http.pii import mask_pii
+    except ImportError:  # before the refactor
+        from apps.support.pii import mask_pii  # type: ignore[no-redef]
+    return mask_pii
+
+
+def upstream(stack: dict[str, Any], message: str) -> tuple[str | None, str]:
+    """What answer.py decides before answering: ("canned"|"rule:<topic>"|None, the masked question)."""
+    masked = _mask_pii()(message.strip())
+    if stack["rules"].canned_answer(masked) is not None:
+        return "canned", masked
+    intent = stack["intents"].classify([masked])[0]
+    sure = intent is not None and intent.confidence >= stack["settings"].intent_rule_confidence
+    topic = stack["rules"].handoff_topic(masked, intent.name if sure and intent else None)
+    return (f"rule:{topic}" if topic else None), masked
+
+
+def compute_features(stack: dict[str, Any], rows: list[dict[str, Any]], lm_model: str | None,
+                     lm_top: int) -> list[dict[str, Any]]:
+    """Upstream decision, parts, candidates and every feature per question (no likelihood when
+    ``lm_model`` is None: the LM columns stay 0 and only routes without them are run)."""
+    from apps.support.answer import split_parts
+
+    names = ALL_LM if lm_model else NO_LM
+    probe = Selector(list(names), [0.0] * len(names), [1.0] * len(names), [0.0] * len(names), 0.0,
+                     top_k=CACHE_TOP_K, include_faq=True, lm_model=lm_model or "base", lm_top=lm_top)
+    answerer = ExtractiveAnswerer(stack["engine"], stack["kb"], probe)
+    out = []
+    for i, row in enumerate(rows):
+        started = time.perf_counter()
+        decided, masked = upstream(stack, row["question"])
+        item: dict[str, Any] = {"question": row["question"], "upstream": decided}
+        if decided is None:
+            parts = split_parts(masked, stack["settings"].max_parts)
+            scored = answerer.score(masked, parts)
+            item["scored"] = scored
+        item["seconds"] = time.perf_counter() - started
+        out.append(item)
+        if (i + 1) % 10 == 0:
+            log.info("%d/%d questions, last %.2fs", i + 1, len(rows), item["seconds"])
+    return out
+
+
+# ---- routes ---------------------------------------------------------------------------------------
+
+
+def restrict(scored: Scored, route: Route) -> Scored:
+    keep = [i for i, s in enumerate(scored.sentences) if s.passage_rank <= route.top_k and (route.include_faq or s.kind != "faq")]
+    x = scored.features[:, keep, :].copy()
+    if keep:
+        for gap, base in (("cos_gap", "cos_ctx"), ("lm_gap", "lm_pmi")):
+            b = x[:, :, FEATURES.index(base)]
+            x[:, :, FEATURES.index(gap)] = b - b.max(axis=1, keepdims=True)
+    return Scored(scored.question, scored.parts, [scored.sentences[i] for i in keep], x)
+
+
+def training_rows(items: list[dict[str, Any]], rows: list[dict[str, Any]], route: Route) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for item, row in zip(items, rows, strict=True):
+        scored = item.get("scored")
+        if scored is None or not scored.sentences:
+            continue
+        sub = restrict(scored, route)
+        if not sub.sentences:
+            continue
+        facts = row.get("facts", [])
+        labels = np.array([sentence_label(s, facts) for s in sub.sentences]) if facts else np.zeros(len(sub.sentences))
+        for p in range(len(sub.parts)):
+            xs.append(sub.features[p])
+            ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@dataclass
+class Outcome:
+    set: str
+    half: str
+    question: str
+    decided: str  # "rule:..", "canned", "answered", "handoff"
+    right: bool
+    would_be_right: bool  # the reply it would give at any threshold contains the facts
+    confidence: float
+    answer: str
+    would_answer: str
+    cited: list[str]
+    violations: list[str]
+    reason: str | None
+    seconds: float
+
+
+def evaluate(items: list[dict[str, Any]], rows: list[dict[str, Any]], selector: Selector, route: Route,
+             answerer: ExtractiveAnswerer) -> list[Outcome]:
+    out = []
+    for item, row in zip(items, rows, strict=True):
+        facts = row.get("facts", [])
+        if item["upstream"] is not None:
+            out.append(Outcome(row["set"], row["half"], row["question"], item["upstream"], False, False, 1.0, "", "",
+                               [], [], item["upstream"], item["seconds"]))
+            continue
+        reply: ExtractiveReply = answerer.select(restrict(item["scored"], route), selector)
+        would = reply.details.get("would_answer", "")
+        sources = [s.source or s.text for s in reply.selected]
+        violations = fact_check(reply.answer, sources) if not reply.handoff else []
+        out.append(
+            Outcome(
+                row["set"], row["half"], row["question"], "handoff" if reply.handoff else "answered",
+                (not reply.handoff) and is_right(reply.answer, facts), is_right(would, facts), reply.confidence,
+                reply.answer, would, [c.doc_id for c in reply.citations], violations, reply.reason, item["seconds"],
+            )
+        )
+    return out
+
+
+def auroc(pos: list[float], neg: list[float]) -> float | None:
+    if not pos or not neg:
+        return None
+    p, n = np.asarray(pos), np.asarray(neg)
+    greater = (p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()
+    return float(greater / (len(p) * len(n)))
+
+
+def summary(outcomes: list[Outcome], prefix: str, half: str | None = None) -> dict[str, Any]:
+    def pick(kind: str) -> list[Outcome]:
+        return [o for o in outcomes if o.set == f"{prefix}/{kind}" and (half is None or o.half == half)]
+
+    ink, oos, rules = pick("in_kb"), pick("out_of_kb"), pick("rules")
+    rate = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    scored_in = [o for o in ink if o.decided in ("answered", "handoff")]
+    scored_oos = [o for o in oos if o.decided in ("answered", "handoff")]
+    return {
+        "in_kb": {
+            "n": len(ink),
+            "right": rate([o.right for o in ink]),
+            "wrong": rate([o.decided == "answered" and not o.right for o in ink]),
+            "handoff": rate([o.decided != "answered" for o in ink]),
+            "would_be_right": rate([o.would_be_right for o in ink]),
+            "auroc_right_vs_wrong": auroc([o.confidence for o in scored_in if o.would_be_right],
+                                          [o.confidence for o in scored_in if not o.would_be_right]),
+            "auroc_right_vs_wrong_or_oos": auroc(
+                [o.confidence for o in scored_in if o.would_be_right],
+                [o.confidence for o in scored_in if not o.would_be_right] + [o.confidence for o in scored_oos]),
+        },
+        "out_of_kb": {"n": len(oos), "handoff": rate([o.decided != "answered" for o in oos]),
+                      "answered": [o.question for o in oos if o.decided == "answered"]},
+        "rules": {"n": len(rules), "handoff": rate([o.decided != "answered" for o in rules]),
+                  "by_rule": rate([o.decided.startswith("rule:") for o in rules]),
+                  "missed": [o.question for o in rules if o.decided == "answered"]},
+        "violations": sum(len(o.violations) for o in outcomes if o.set.startswith(prefix) and (half is None or o.half == half)),
+    }
+
+
+def tune_threshold(outcomes_at: Any, candidates: list[float]) -> float:
+    """The threshold that maximises right - 4 * wrong (in-KB) - 2 * answered (out-of-KB) on the tune half."""
+    best, best_t = -1e9, 1.0
+    for t in sorted(set(candidates)):
+        s = outcomes_at(t)
+        score = s["in_kb"]["right"] - 4 * s["in_kb"]["wrong"] - 2 * (1 - s["out_of_kb"]["handoff"])
+        if score > best + 1e-9:
+            best, best_t = score, t
+    return best_t
+
+
+def run_route(route: Route, items: list[dict[str, Any]], rows: list[dict[str, Any]], answerer: ExtractiveAnswerer,
+              lm_model: str, lm_top: int = 6) -> tuple[Selector, list[Outcome], dict[str, Any]]:
+    fit_idx = [i for i, r in enumerate(rows) if r["half"] == "fit" and r["set"] in ("dev/in_kb", "dev/out_of_kb")]
+    x, y = training_rows([items[i] for i in fit_idx], [rows[i] for i in fit_idx], route)
+    selector = fit_selector(x, y, route.features, c=route.c, top_k=route.top_k, include_faq=route.include_faq,
+                            lm_model=lm_model, lm_top=lm_top, second_threshold=0.3)
+    tune_idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
+    tune_items, tune_rows = [items[i] for i in tune_idx], [rows[i] for i in tune_idx]
+    base = evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": 0.0}), route, answerer)
+    confs = [o.confidence for o in base if o.decided in ("answered", "handoff")] + [1.01]
+
+    def at(t: float) -> dict[str, Any]:
+        return summary(evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": t}), route, answerer),
+                       "dev", "tune")
+
+    selector.threshold = float(tune_threshold(at, confs))
+    outcomes = evaluate(items, rows, selector, route, answerer)
+    result = {
+        "route": asdict(route),
+        "threshold": selector.threshold,
+        "dev_tune": summary(outcomes, "dev", "tune"),
+        "dev_all": summary(outcomes, "dev"),
+        "report": summary(outcomes, "report"),
+        "fit_rows": int(len(y)),
+        "fit_positives": int(y.sum()),
+    }
+    return selector, outcomes, result
+
+
+def fmt(v: Any) -> str:
+    return "  -  " if v is None else f"{v:5.3f}"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    head = f"{'route':42s} {'set':9s} {'right':>6s} {'wrong':>6s} {'hand':>6s} {'AUROC':>6s} {'oosHO':>6s} {'rules':>6s} {'viol':>5s}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        for key, label in (("dev_tune", "dev-tune"), ("report", "report")):
+            s = r[key]
+            print(
+                f"{r['route']['name'][:42]:42s} {label:9s} {fmt(s['in_kb']['right'])} {fmt(s['in_kb']['wrong'])} "
+                f"{fmt(s['in_kb']['handoff'])} {fmt(s['in_kb']['auroc_right_vs_wrong'])} {fmt(s['out_of_kb']['handoff'])} "
+                f"{fmt(s['rules']['handoff'])} {s['violations']:5d}"
+            )
+        print(f"{'':42s} threshold {r['threshold']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=ROOT / "data" / "runtime" / "probe_support_extractive.pkl")
+    ap.add_argument("--lm-model", default="base", help="'base' or an adapter name, for the likelihood features")
+    ap.add_argument("--no-lm", action="store_true", help="skip the likelihood features and their routes (fast)")
+    ap.add_argument("--lm-top", type=int, default=6, help="candidates per part whose likelihood is computed")
+    ap.add_argument("--limit", type=int, default=None, help="first N rows of each set (a smoke run)")
+    ap.add_argument("--route", default=None, help="route to store/show in detail (default: best on dev tune)")
+    ap.add_argument("--write-selector", type=Path, nargs="?", const=DEFAULT_SELECTOR, default=None)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("httpx", "sentence_transformers", "bm25s", "faiss"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    sets = load_sets()
+    rows = [r for name in sets for r in sets[name][: args.limit]]
+    lm_model = None if args.no_lm else args.lm_model
+    routes = [r for r in ROUTES if lm_model or not any(f.startswith("lm") for f in r.features)]
+    key = hashlib.sha1(json.dumps([[r["question"] for r in rows], lm_model, args.lm_top, CACHE_TOP_K,
+                                   (ROOT / "apps" / "support" / "extractive.py").read_text()]).encode()).hexdigest()
+    items = None
+    if args.cache.is_file():
+        cached = pickle.loads(args.cache.read_bytes())
+        if cached.get("key") == key:
+            items = cached["items"]
+            log.info("features from the cache %s", args.cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = build_stack(Path(tmp))
+        if items is None:
+            started = time.perf_counter()
+            items = compute_features(stack, rows, lm_model, args.lm_top)
+            log.info("features for %d questions in %.0fs", len(rows), time.perf_counter() - started)
+            args.cache.parent.mkdir(parents=True, exist_ok=True)
+            args.cache.write_bytes(pickle.dumps({"key": key, "items": items}))
+        dummy = Selector(list(FEATURES), [0.0] * len(FEATURES), [1.0] * len(FEATURES), [0.0] * len(FEATURES), 0.0)
+        answerer = ExtractiveAnswerer(stack["engine"], stack["kb"], dummy, banned=stack["rules"].violations)
+        results, chosen = [], {}
+        for route in routes:
+            selector, outcomes, result = run_route(route, items, rows, answerer, lm_model or "base", args.lm_top)
+            results.append(result)
+            chosen[route.name] = (selector, outcomes, result)
+        print_table(results)
+        best_name = args.route or max(
+            results,
+            key=lambda r: r["dev_tune"]["in_kb"]["right"] - 4 * r["dev_tune"]["in_kb"]["wrong"]
+            - 2 * (1 - r["dev_tune"]["out_of_kb"]["handoff"]),
+        )["route"]["name"]
+        selector, outcomes, result = chosen[best_name]
+        print(f"\nchosen route: {best_name}")
+        print(json.dumps({k: result[k] for k in ("threshold", "dev_tune", "report")}, indent=1))
+        for o in outcomes:
+            if o.set.endswith("in_kb") and o.decided == "answered" and not o.right:
+                print(f"WRONG [{o.set}] {o.question}\n   -> {o.answer}")
+            if o.set.endswith("out_of_kb") and o.decided == "answered":
+                print(f"OOS ANSWERED [{o.set}] {o.question}\n   -> {o.answer}")
+            if o.violations:
+                print(f"VIOLATION [{o.set}] {o.question}: {o.violations}")
+        secs = [o.seconds for o in outcomes if o.decided in ("answered", "handoff")]
+        report = {
+            "routes": results,
+            "chosen": best_name,
+            "selector": asdict(selector),
+            "latency_s": {"p50": float(np.percentile(secs, 50)), "p95": float(np.percentile(secs, 95))} if secs else None,
+            "outcomes": [asdict(o) for o in outcomes],
+            "lm_model": args.lm_model,
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if args.write_selector:
+            selector.meta = {
+                "route": best_name,
+                "fitted_on": "dev fit half: even rows of eval/in_kb_facts.jsonl and eval/out_of_kb.jsonl",
+                "threshold_tuned_on": "dev tune half: odd rows of the same sets",
+                "dev_tune": result["dev_tune"]["in_kb"],
+                "written_by": "bench/probes/support_extractive.py",
+            }
+            selector.save(args.write_selector)
+            print(f"selector written to {args.write_selector}")
+        stack["engine"].close()
+
+
+if __name__ == "__main__":
+    main()
