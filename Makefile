@@ -59,7 +59,7 @@ test-integration: setup model
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core apps domainllm finetune
+	$(BIN)/mypy core domains apps domainllm finetune workers
 
 format: setup
 	$(BIN)/ruff check --fix .

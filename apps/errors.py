@@ -37,6 +37,7 @@ from core.errors import (
     ModelNotReadyError,
     NotFoundError,
     StoreUnavailableError,
+    UpstreamError,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     AdapterNotFoundError: 404,
     ConflictError: 409,
     AdapterLoadError: 422,
+    UpstreamError: 422,
     ModelNotReadyError: 503,
     StoreUnavailableError: 503,
     EngineOverloadedError: 503,
@@ -85,7 +87,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (bad parameter values, malformed JSON).",
         401: "Missing or wrong admin key.",
         404: "Unknown model/adapter.",
-        409: "The name is already taken.",
+        409: "Conflicts with the current state: a name already taken, a handoff another agent holds.",
         413: "Input above a configured limit (characters, tokens, texts, body bytes).",
         422: "The body does not match the schema, or the adapter folder cannot be loaded.",
         503: "The engine is still loading or its queue is full; retry after `Retry-After` seconds.",

@@ -44,7 +44,7 @@ from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
 from domains.recommend.records import format_of, read_text  # noqa: E402
 from domains.recommend.scoring import LLMScorer  # noqa: E402
-from tests.doubles.recommend import LocalRedis  # noqa: E402
+from tests.doubles.recommend import RedisProcess  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples" / "recommend"
 OUT = ROOT / "bench" / "results" / "recommend_bench.json"
@@ -71,7 +71,7 @@ def main() -> None:
     core = get_settings()
     engine = LocalEngine(core)
     with tempfile.TemporaryDirectory() as tmp:
-        server = LocalRedis(Path(tmp) / "redis").start()
+        server = RedisProcess(Path(tmp) / "redis").start()
         try:
             engine.warm_up()
             settings = RecommendSettings(

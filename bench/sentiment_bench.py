@@ -41,7 +41,8 @@ from apps.sentiment.service import SentimentContext  # noqa: E402
 from apps.sentiment.settings import DEFAULT_CONFIG, SentimentSettings  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
-from tests.doubles.sentiment import RedisProcess, WebhookReceiver  # noqa: E402
+from tests.doubles.redis import RedisProcess  # noqa: E402
+from tests.doubles.sentiment import WebhookReceiver  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sentiment_bench.json"
 SECRET = "bench-webhook-secret"

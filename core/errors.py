@@ -8,6 +8,7 @@
     ├── NotFoundError                  a named thing that does not exist
     │   └── AdapterNotFoundError       an adapter name that is not loaded
     ├── ConflictError                  a name that is already taken
+    ├── UpstreamError                  a remote resource we were asked to read failed, was too slow or is unusable
     ├── AdapterLoadError               an adapter folder that cannot be loaded
     ├── ModelNotReadyError             the engine has not finished warming up
     └── EngineOverloadedError          the batch queue is full
@@ -63,6 +64,13 @@ class AdapterNotFoundError(NotFoundError):
 
 class ConflictError(DomainLLMError):
     error_type = "conflict"
+
+
+class UpstreamError(DomainLLMError):
+    """A URL the caller named (a page to ingest) answered an error, too slowly, or with content we
+    cannot take: the request cannot be done as asked (422), though a retry may succeed later."""
+
+    error_type = "upstream_error"
 
 
 class AdapterLoadError(DomainLLMError):

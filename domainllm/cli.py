@@ -10,17 +10,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from apps.recommend import cli as recommend_cli
-from apps.sentiment import cli as sentiment_cli
-from apps.support import cli as support_cli
 from core.config import get_settings
 from core.errors import DomainLLMError
-from domainllm import recommend as recommend_offline
+from domainllm import evals
+from domainllm import recommend as recommend_cli
+from domainllm import sentiment as sentiment_cli
+from domainllm import support as support_cli
 from domains.recommend.serving import RANKING_ADAPTER
 
 app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
 app.add_typer(sentiment_cli.app, name="sentiment")
-recommend_offline.register(recommend_cli.app)  # train-ranker, sample-data: finetune/ code
 app.add_typer(recommend_cli.app, name="recommend")
 app.add_typer(support_cli.app, name="support")
 console = Console()
@@ -229,13 +228,13 @@ def evaluate(
     from rich.table import Table
 
     if task == "recommend-ranking":  # the recommender's own ranking evaluation (finetune/evals/recommend.py)
-        recommend_offline.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
+        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
         return
-    if task == "support-retrieval":  # the knowledge base's retrieval evaluation (apps/support/retrieval_eval.py)
-        support_cli.eval_retrieval(out=out)
+    if task == "support-retrieval":  # the knowledge base's retrieval (finetune/evals/support_retrieval.py)
+        evals.support_retrieval(out)
         return
-    if task == "support-answers":  # answers vs handoffs on the sample help centre (apps/support/evaluation.py)
-        support_cli.eval_answers(out=out, limit=None)
+    if task == "support-answers":  # answers vs handoffs on the sample help centre (finetune/evals/support_answers.py)
+        evals.support_answers(out)
         return
     settings = get_settings()
     module = _task_module(task)

@@ -1,113 +1,161 @@
-"""``domainllm support ...``: fill the knowledge base from files and search it.
+"""``domainllm support ...``: fill the knowledge base from files, folders and web pages, keep it in
+step with a folder, and search it.
+
+    domainllm support ingest PATH                 add or update (never deletes)
+    domainllm support sync FOLDER                 the KB holds exactly FOLDER's documents afterwards
+    domainllm support ingest-url URL... | --sitemap URL [--prune]
+    domainllm support search|list|delete
 
 These write the same folder the server reads (DOMAINLLM_SUPPORT_KB_DIR); a running server picks
-the change up on its next ``KnowledgeBase.refresh()``.
+the change up on its next ``KnowledgeBase.refresh()``. Every document records its source (the
+folder and file, or the URL), so a sync deletes only what came from that folder.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from apps.support.documents import SUPPORTED_SUFFIXES, Document, InvalidDocumentError, parse_document_report
+from apps.support.documents import SUPPORTED_SUFFIXES, InvalidDocumentError
+from apps.support.fetch import FetchPolicy
 from apps.support.kb import SEARCH_MODES, KnowledgeBase
+from apps.support.kb_sources import FolderScan, ingest_sitemap, ingest_urls, scan_folder, sync_folder
 from core.errors import DomainLLMError, NotFoundError
 from domainllm.common import console, err_console, fail, services
 
 app = typer.Typer(help="The customer-support knowledge base.", no_args_is_help=True)
-MAX_FILE_BYTES = 50_000_000
 
 KbDirOption = Annotated[
     Path | None, typer.Option("--kb-dir", help="Knowledge-base folder (default DOMAINLLM_SUPPORT_KB_DIR).")
 ]
+UrlPrefixOption = Annotated[str, typer.Option(help="Documents without a url get <prefix><doc_id> ('' for none).")]
 
 
 def _kb(kb_dir: Path | None) -> KnowledgeBase:
     """The served knowledge base (embedding on the engine's thread; no base model load needed),
-    or another folder's."""
+    or another folder's, with the same chunking settings."""
     built = services()
     if kb_dir is None:
         return built.support.kb
-    kb = KnowledgeBase(kb_dir, built.engine)
+    settings = built.settings.support
+    kb = KnowledgeBase(
+        kb_dir, built.engine, chunk_tokens=settings.chunk_tokens, overlap_tokens=settings.chunk_overlap_tokens
+    )
     kb.warm_up()
     return kb
 
 
-def files_under(path: Path) -> list[Path]:
-    """``path`` itself, or the supported files below it (recursive, hidden ones skipped), sorted."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InvalidDocumentError(f"no such file or folder: {path}")
-    return sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in SUPPORTED_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+def _report_scan(scan: FolderScan) -> None:
+    for rel, e in scan.skipped_rows:
+        err_console.print(f"[yellow]skipped[/] {rel} {e.where}: {e.reason}", highlight=False)
+    for f in scan.failures:
+        err_console.print(f"[red]failed[/] {f.path}: {f.reason}", highlight=False)
 
 
 @app.command()
 def ingest(
     path: Annotated[Path, typer.Argument(help="A file, or a folder searched recursively.")],
     kb_dir: KbDirOption = None,
-    url_prefix: Annotated[
-        str, typer.Option(help="Documents without a url get <prefix><doc_id> ('' for none).")
-    ] = "/help/",
+    url_prefix: UrlPrefixOption = "/help/",
 ) -> None:
     """Parse .md/.html/.txt/.pdf articles and .csv/.jsonl FAQ files and upsert them (one index rebuild).
-    Unchanged documents are left alone. Exit code 1 if any file failed; the good ones are still stored."""
+    Unchanged documents are left alone and nothing is deleted (see ``sync``). Exit code 1 if any file
+    failed; the good ones are still stored."""
     try:
-        files = files_under(path)
+        scan = scan_folder(path, url_prefix=url_prefix or None)
     except DomainLLMError as exc:
         fail(exc)
-    if not files:
+    if not scan.files and not scan.failures:
         fail(InvalidDocumentError(f"no supported files under {path} ({', '.join(sorted(SUPPORTED_SUFFIXES))})"))
-
-    def shown(file: Path) -> str:
-        return str(file.relative_to(path)) if path.is_dir() else str(file)
-
-    per_file: dict[Path, list[Document]] = {}
-    owner: dict[str, Path] = {}
-    failed = 0
-    for file in files:
-        try:
-            if file.stat().st_size > MAX_FILE_BYTES:
-                raise InvalidDocumentError(f"{file.name}: larger than {MAX_FILE_BYTES} bytes")
-            parsed = parse_document_report(file.name, file.read_bytes())
-            clash = next((d.doc_id for d in parsed.documents if d.doc_id in owner), None)
-            if clash is not None:
-                raise InvalidDocumentError(f"doc_id {clash!r} is already taken by {shown(owner[clash])}; rename one")
-        except (DomainLLMError, OSError) as exc:
-            failed += 1
-            err_console.print(f"[red]failed[/] {shown(file)}: {exc}", highlight=False)
-            continue
-        for e in parsed.errors:
-            err_console.print(f"[yellow]skipped[/] {shown(file)} {e.where}: {e.reason}", highlight=False)
-        for doc in parsed.documents:
-            if doc.url is None and url_prefix:
-                doc.url = f"{url_prefix}{doc.doc_id}"
-            owner[doc.doc_id] = file
-        per_file[file] = parsed.documents
-    if per_file:
+    _report_scan(scan)
+    if scan.documents:
         try:
             kb = _kb(kb_dir)
-            with console.status(f"indexing {sum(len(d) for d in per_file.values())} documents"):
-                results = {r.doc_id: r for r in kb.upsert_many(d for docs in per_file.values() for d in docs)}
+            with console.status(f"indexing {len(scan.documents)} documents"):
+                results = {r.doc_id: r for r in kb.upsert_many(scan.documents)}
         except DomainLLMError as exc:
             fail(exc)
-        for file, docs in per_file.items():
+        for rel, doc_ids in scan.files.items():
             counts = {"added": 0, "updated": 0, "unchanged": 0}
-            for doc in docs:
-                counts[results[doc.doc_id].status] += 1
-            console.print(f"{shown(file)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+            for doc_id in doc_ids:
+                counts[results[doc_id].status] += 1
+            console.print(f"{rel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
         console.print(f"knowledge base {kb.root}: {len(kb.documents())} documents, {len(kb)} chunks")
-    if failed:
-        err_console.print(f"[red]{failed} of {len(files)} files failed[/]")
+    if scan.failures:
+        err_console.print(f"[red]{len(scan.failures)} of {len(scan.files) + len(scan.failures)} files failed[/]")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def sync(
+    folder: Annotated[Path, typer.Argument(help="The folder whose files the knowledge base should hold.")],
+    kb_dir: KbDirOption = None,
+    url_prefix: UrlPrefixOption = "/help/",
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Let a folder with no files delete all of its documents.")
+    ] = False,
+) -> None:
+    """Make the knowledge base hold exactly FOLDER's documents: add new files, update changed ones,
+    delete the documents of files that are gone (a rename is a delete and an add). Documents from
+    other sources (other folders, URLs, API uploads) are not touched. One new index generation: a
+    failure leaves the old one serving. Exit code 1 if any file failed (its old documents are kept)."""
+    try:
+        kb = _kb(kb_dir)
+        with console.status(f"syncing {folder}"):
+            scan, result = sync_folder(kb, folder, url_prefix=url_prefix or None, allow_empty=allow_empty)
+    except DomainLLMError as exc:
+        fail(exc)
+    _report_scan(scan)
+    for status in ("added", "updated", "deleted", "kept"):
+        for doc_id in getattr(result, status):
+            console.print(f"{status:>9} {doc_id}", highlight=False)
+    console.print(
+        f"{result.source}: added {len(result.added)}, updated {len(result.updated)}, unchanged "
+        f"{len(result.unchanged)}, deleted {len(result.deleted)}; knowledge base {kb.root}: "
+        f"{len(kb.documents())} documents, {len(kb)} chunks",
+        highlight=False,
+    )
+    if scan.failures:
+        raise typer.Exit(code=1)
+
+
+@app.command("ingest-url")
+def ingest_url(
+    urls: Annotated[list[str] | None, typer.Argument(help="Pages to ingest (all or nothing).")] = None,
+    sitemap: Annotated[str | None, typer.Option(help="A sitemap or sitemap index URL instead.")] = None,
+    prune: Annotated[bool, typer.Option(help="With --sitemap: delete pages it gave before and lists no more.")] = False,
+    kb_dir: KbDirOption = None,
+) -> None:
+    """Fetch web pages into the knowledge base, within DOMAINLLM_SUPPORT_FETCH_* (allowed hosts,
+    public addresses only, size and time limits). Exit code 1 if a sitemap page failed."""
+    if bool(urls) == bool(sitemap):
+        fail("give page URLs or --sitemap URL, not both or neither")
+    if prune and not sitemap:
+        fail("--prune applies to --sitemap only")
+    try:
+        kb = _kb(kb_dir)
+        policy = FetchPolicy.from_settings(services().settings.support)
+        with console.status("fetching"):
+            if sitemap:
+                done = asyncio.run(ingest_sitemap(kb, sitemap, policy, prune=prune))
+            else:
+                done = asyncio.run(ingest_urls(kb, list(urls or []), policy))
+    except DomainLLMError as exc:
+        fail(exc)
+    for r in done.to_dict()["results"]:
+        console.print(f"{r['status']:>9} {r['doc_id']}", highlight=False)
+    for doc_id in done.sync.deleted if done.sync else []:
+        console.print(f"{'deleted':>9} {doc_id}", highlight=False)
+    for e in done.errors:
+        err_console.print(f"[red]failed[/] {e.path}: {e.reason}", highlight=False)
+    if done.truncated:
+        err_console.print(f"[yellow]the sitemap lists more than {policy.max_urls} pages; the rest were not fetched[/]")
+    console.print(f"knowledge base {kb.root}: {len(kb.documents())} documents, {len(kb)} chunks")
+    if done.errors:
         raise typer.Exit(code=1)
 
 
@@ -148,10 +196,11 @@ def list_documents(kb_dir: KbDirOption = None) -> None:
     """The documents in the knowledge base."""
     kb = _kb(kb_dir)
     table = Table(title=f"{kb.root}: {len(kb)} chunks")
-    for column in ("doc_id", "kind", "chunks", "title", "url"):
+    for column in ("doc_id", "kind", "chunks", "title", "url", "source"):
         table.add_column(column)
     for info in sorted(kb.documents(), key=lambda i: i.doc_id):
-        table.add_row(info.doc_id, info.kind, str(info.chunks), info.title, info.url or "")
+        source = f"{info.source} {info.source_path or ''}".strip() if info.source else ""
+        table.add_row(info.doc_id, info.kind, str(info.chunks), info.title, info.url or "", source)
     console.print(table)
 
 

@@ -11,6 +11,7 @@ import pytest
 from core.config import Settings
 from core.engine import LocalEngine
 from core.tiny import build_random_lora, build_tiny_model
+from tests.doubles.redis import RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,15 @@ def tiny_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         "alpha": build_random_lora(tiny_model_dir, root / "alpha", rank=4, seed=1),
         "beta": build_random_lora(tiny_model_dir, root / "beta", rank=8, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole run; each test keeps to its own key namespace. Tests that
+    stop or kill Redis start their own ``RedisProcess``."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ service.py    what the API and the CLI call
 routes.py     /v1/recommend
 schemas.py    the HTTP bodies
 settings.py   DOMAINLLM_RECOMMEND_*
-cli.py        ``domainllm recommend load / show``
 
 The recommender itself (records and file formats, the TALLRec prompt and the adapter card's
 serving section, features, the blender, the LLM score, rules, the candidate pipeline) is
-``domains/recommend``, shared with ranker training and the MovieLens evaluation in ``finetune/``.
+``domains/recommend``, shared with ranker training and the MovieLens evaluation in ``finetune/``;
+the commands (``domainllm recommend ...``) are ``domainllm/recommend.py``.
 """

@@ -10,12 +10,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import PROJECT_ROOT
+from domains.recommend.serving import RANKING_ADAPTER
 
 EventType = Literal["view", "click", "cart", "purchase", "rating"]
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
-
-
-RANKING_ADAPTER = "recommend-next"  # the adapter whose P("Yes") ranks the shortlist (finetune/configs)
 
 
 class RecommendSettings(BaseSettings):
@@ -38,7 +35,7 @@ class RecommendSettings(BaseSettings):
 
     # candidates and ranking
     history_len: int = Field(50, ge=1, le=1000, description="Recent events kept per user in Redis.")
-    prompt_history: int = Field(10, ge=1, le=50, description="Titles in the TALLRec prompt (as trained).")
+    prompt_history: int = Field(10, ge=1, le=50, description="Titles in the TALLRec prompt for a model whose card does not say (the base model); an adapter uses its card's history length.")
     candidates_per_source: int = Field(100, ge=10, le=5000)
     llm_candidates: int = Field(50, ge=0, le=1024, description="Shortlist size scored by the LLM.")
     covis_window: int = Field(10, ge=1, le=100, description="Earlier items of a user paired with each event.")
@@ -56,4 +53,3 @@ class RecommendSettings(BaseSettings):
         if len(set(self.exclude_event_types)) != len(self.exclude_event_types):
             raise ValueError("DOMAINLLM_RECOMMEND_EXCLUDE_EVENT_TYPES lists a type twice")
         return self
-

@@ -18,8 +18,9 @@ before it is stored.
 Each write that checks something and then changes something is one Lua script, so it is atomic:
 a message is never added to a session that expired a moment before, an outcome is counted once per
 message however often it is retried, and a changed rating moves its count. Input is validated
-whole before the script runs, so bad input stores nothing. Scripts build no keys of their own: any Redis (or primary) works; not Redis Cluster, since
-the session and the global counters live in different slots.
+whole before the script runs, so bad input stores nothing. Scripts build no keys of their own: any
+Redis (or primary) works; not Redis Cluster, since the session and the global counters live in
+different slots.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ end
 for _, i in ipairs({1, 2, 3, 5, 6}) do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return {1, prev}
 """
+
 
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

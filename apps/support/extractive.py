@@ -60,7 +60,10 @@ FEATURES: tuple[str, ...] = (
     "inv_rank",  # 1 / retrieval rank of that passage (among the part's and the question's hits)
     "is_faq",  # the sentence is a curated FAQ answer
     "log_words",  # log of the sentence's word count
+    "type_match",  # the part asks for a kind of answer (a duration, a price...) that the sentence holds
+    "type_miss",  # the part asks for a kind of answer that the sentence lacks
 )
+TEXT_FEATURES = ("lex", "lex_ctx", "lex_full", "is_faq", "log_words", "type_match", "type_miss")  # no model needed
 
 # Sentences that address the model rather than the reader (the same idea as answer.py's filter):
 # never candidates, so never quoted.
@@ -265,11 +268,116 @@ def _overlaps(sentence: str, passage: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _STOP = frozenset(
-    """a an the and or but if of to in on at for from by with about as into than then so do does did
-    done is are was were be been being am i me my mine you your yours u ur we us our it its this that
-    these those there here what which who whom whose when where why how can could would should will
-    shall may might must have has had having not no yes any some all get got pls please hi hello thanks
-    just still also too very really much many one thing things want need know tell let like ok okay""".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "from",
+        "by",
+        "with",
+        "about",
+        "as",
+        "into",
+        "than",
+        "then",
+        "so",
+        "do",
+        "does",
+        "did",
+        "done",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "you",
+        "your",
+        "yours",
+        "u",
+        "ur",
+        "we",
+        "us",
+        "our",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "have",
+        "has",
+        "had",
+        "having",
+        "not",
+        "no",
+        "yes",
+        "any",
+        "some",
+        "all",
+        "get",
+        "got",
+        "pls",
+        "please",
+        "hi",
+        "hello",
+        "thanks",
+        "just",
+        "still",
+        "also",
+        "too",
+        "very",
+        "really",
+        "much",
+        "many",
+        "one",
+        "thing",
+        "things",
+        "want",
+        "need",
+        "know",
+        "tell",
+        "let",
+        "like",
+        "ok",
+        "okay",
+    ]
 )
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 
@@ -334,6 +442,85 @@ def keyword_recall(query: Sequence[str], text: Sequence[str], idf: Idf) -> float
         ):
             got += 0.8 * weight
     return got / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer types: what kind of thing a question asks for, and whether a sentence holds one
+# ---------------------------------------------------------------------------------------------
+
+_N = r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|thirty|sixty|a few|a couple of)"
+ANSWER_TYPES: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
+    # name: (the question asks for it, the sentence holds it)
+    "duration": (
+        re.compile(
+            r"\bhow (long|soon|quick(ly)?|fast|many (days|weeks|months|hours|minutes))\b|\bwhen (will|do|does|can|is)\b"
+            r"|\b(valid|expire|last|til|until)\b",
+            re.I,
+        ),
+        re.compile(
+            rf"\b{_N}(\s*(-|to)\s*{_N})?\s+(working |business )?(day|hour|minute|week|month|year)s?\b"
+            r"|\bsame day\b|\bstraight away\b|\bimmediately\b|\bnext working day\b|\bwithin\b",
+            re.I,
+        ),
+    ),
+    "money": (
+        re.compile(
+            r"\bhow much\b|\b(cost|costs|price|prices|fee|fees|charge|charges|spend|postage|threshold|surcharge|"
+            r"amount|pay for|expensive|cheap|quid|euros?|dollars?|pounds?)\b",
+            re.I,
+        ),
+        re.compile(r"[£€$]\s?\d|\bfree\b|\bno (extra )?(cost|charge|fee)\b|\bat no cost\b", re.I),
+    ),
+    "clock": (
+        re.compile(r"\bwhat time\b|\b(open|opening|close|closing|hours)\b", re.I),
+        re.compile(r"\b\d{1,2}:\d{2}\b|\b\d{1,2}\s?(am|pm)\b|\bclosed\b", re.I),
+    ),
+    "contact": (
+        re.compile(
+            r"\b(e-?mail|address|adress|contact|phone|call|ring|who do i|where do i (send|forward|write))\b", re.I
+        ),
+        re.compile(r"@|\b\d{4} ?\d{3} ?\d{4}\b|\b[\w-]+\.(example|com|org|net)\b", re.I),
+    ),
+    "percent": (
+        re.compile(r"\b(rate|percent|percentage)\b|%|\bhow much (of|off)\b", re.I),
+        re.compile(r"\d\s?%", re.I),
+    ),
+    "measure": (
+        re.compile(r"\b(angle|temp|temperature|degrees|size|sizes|length|leg|cm|inch|inches|weight)\b", re.I),
+        re.compile(r"\d\s?(°|cm\b|mm\b|in\b|kg\b)|\bone size\b|\b(XS|S|M|L|XL|XXL)\b"),
+    ),
+    "count": (
+        re.compile(r"\bhow many\b|\bmax(imum)?\b|\bmin(imum)?\b", re.I),
+        re.compile(rf"\b{_N}\b|\bup to\b", re.I),
+    ),
+}
+
+
+def asked_types(question: str) -> list[str]:
+    """The kinds of answer a question asks for ("how long" -> duration, "how much" -> money, ...)."""
+    return [name for name, (ask, _) in ANSWER_TYPES.items() if ask.search(question)]
+
+
+def held_types(text: str) -> set[str]:
+    return {name for name, (_, has) in ANSWER_TYPES.items() if has.search(text)}
+
+
+def text_features(question: str, part: str, sentences: Sequence[Sentence], idf: Idf) -> dict[str, np.ndarray]:
+    """The features of ``TEXT_FEATURES`` (no model needed) for one part over the candidates."""
+    kw_text = [keywords(s.text) for s in sentences]
+    kw_ctx = [keywords(s.context) for s in sentences]
+    kw_part, kw_full = keywords(part), keywords(question)
+    asked = asked_types(part)
+    held = [held_types(s.text) for s in sentences]
+    return {
+        "lex": np.array([keyword_recall(kw_part, kt, idf) for kt in kw_text]),
+        "lex_ctx": np.array([keyword_recall(kw_part, kc, idf) for kc in kw_ctx]),
+        "lex_full": np.array([keyword_recall(kw_full, kc, idf) for kc in kw_ctx]),
+        "is_faq": np.array([1.0 if s.kind == "faq" else 0.0 for s in sentences]),
+        "log_words": np.array([math.log(1 + len(s.text.split())) for s in sentences]),
+        "type_match": np.array([float(any(t in h for t in asked)) for h in held]),
+        "type_miss": np.array([float(bool(asked) and not any(t in h for t in asked)) for h in held]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,9 +633,7 @@ def compose(selected: Sequence[Sentence]) -> tuple[str, list[Cited]]:
             text += "."
         nxt = selected[i + 1] if i + 1 < len(selected) else None
         pieces.append(text if nxt is not None and nxt.doc_id == s.doc_id else f"{text} [{n}]")
-    citations = [
-        Cited(n, d, first[d].title, first[d].url) for d, n in sorted(numbers.items(), key=lambda kv: kv[1])
-    ]
+    citations = [Cited(n, d, first[d].title, first[d].url) for d, n in sorted(numbers.items(), key=lambda kv: kv[1])]
     return " ".join(pieces), citations
 
 
@@ -461,13 +646,83 @@ _MONEY_OR_NUMBER = re.compile(
     r"(?<![\w.])(?:[£€$]\s?)?\d+(?:[.,:/]\d+)*(?:\s?(?:%|°[CF]?|p\b|k\b))?|\b\d+(?:st|nd|rd|th)\b", re.IGNORECASE
 )
 _NUMBER_WORDS = frozenset(
-    "zero one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty "
-    "hundred thousand twice half dozen first second third fourth fifth".split()
+    [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "fifteen",
+        "twenty",
+        "thirty",
+        "forty",
+        "fifty",
+        "hundred",
+        "thousand",
+        "twice",
+        "half",
+        "dozen",
+        "first",
+        "second",
+        "third",
+        "fourth",
+        "fifth",
+    ]
 )
 _CAPITALISED = re.compile(r"\b(?:[A-Z][\w'’&-]*|[a-z]+[A-Z][\w-]*)")
 _SENTENCE_STARTERS = frozenset(
-    "Yes No Sorry Please You Your We Our The A An If It This That There These Those To For In On At "
-    "And But Or So Then When Where What How Once After Before Sure Unfortunately Thanks Thank Hi Hello I".split()
+    [
+        "Yes",
+        "No",
+        "Sorry",
+        "Please",
+        "You",
+        "Your",
+        "We",
+        "Our",
+        "The",
+        "A",
+        "An",
+        "If",
+        "It",
+        "This",
+        "That",
+        "There",
+        "These",
+        "Those",
+        "To",
+        "For",
+        "In",
+        "On",
+        "At",
+        "And",
+        "But",
+        "Or",
+        "So",
+        "Then",
+        "When",
+        "Where",
+        "What",
+        "How",
+        "Once",
+        "After",
+        "Before",
+        "Sure",
+        "Unfortunately",
+        "Thanks",
+        "Thank",
+        "Hi",
+        "Hello",
+        "I",
+    ]
 )
 
 
@@ -493,7 +748,14 @@ def claims(text: str) -> dict[str, set[str]]:
         for m in _CAPITALISED.finditer(sentence):
             token = m.group(0).rstrip("'’-")
             (starters if m.start() == lead else names).add(token)
-    return {"url": urls, "email": emails, "number": numbers, "number_word": number_words, "name": names, "starter": starters}
+    return {
+        "url": urls,
+        "email": emails,
+        "number": numbers,
+        "number_word": number_words,
+        "name": names,
+        "starter": starters,
+    }
 
 
 def fact_check(reply: str, sources: Sequence[str] | Sequence[Sentence]) -> list[str]:
@@ -649,7 +911,9 @@ class ExtractiveAnswerer:
         doc_sentences = self._doc_sentences(hit.doc_id)
         if doc_sentences:
             chunk = hit.text
-            mine = [s for s in doc_sentences if (s.section or None) == (hit.section or None) and _overlaps(s.text, chunk)]
+            mine = [
+                s for s in doc_sentences if (s.section or None) == (hit.section or None) and _overlaps(s.text, chunk)
+            ]
             if mine:
                 return mine
         kind = getattr(hit, "kind", None) or ("faq" if str(hit.doc_id).startswith("faq-") else "article")
@@ -707,14 +971,11 @@ class ExtractiveAnswerer:
         c_vecs = self._vectors([s.context for s in sentences])
         full_vec = q_vecs[queries.index(question)]
         cos_full = c_vecs @ full_vec
-        kw_text = [keywords(s.text) for s in sentences]
-        kw_ctx = [keywords(s.context) for s in sentences]
-        kw_full = keywords(question)
-        lex_full = np.array([keyword_recall(kw_full, kc, idf) for kc in kw_ctx])
+        text = {part: text_features(question, part, sentences, idf) for part in parts}
+        lex_full = text[parts[0]]["lex_full"]
         use_lm = self.selector.needs_lm
         pv_all = {part: q_vecs[queries.index(part)] for part in parts}
-        kw_all = {part: keywords(part) for part in parts}
-        lex_ctx_all = {part: np.array([keyword_recall(kw_all[part], kc, idf) for kc in kw_ctx]) for part in parts}
+        lex_ctx_all = {part: text[part]["lex_ctx"] for part in parts}
         lm_rows: list[int] = []
         if use_lm:  # the likelihood costs a forward pass per candidate: only the likeliest few
             for part in parts:
@@ -739,10 +1000,7 @@ class ExtractiveAnswerer:
             lm_full_pmi = pmi_q
         for p, part in enumerate(parts):
             pv = pv_all[part]
-            cos = s_vecs @ pv
             cos_ctx = c_vecs @ pv
-            lex = np.array([keyword_recall(kw_all[part], kt, idf) for kt in kw_text])
-            lex_ctx = lex_ctx_all[part]
             if not use_lm:
                 lm = pmi = np.zeros(n)
             elif part == question:
@@ -750,21 +1008,17 @@ class ExtractiveAnswerer:
             else:
                 lm, pmi = lm_for(part)
             cols = {
-                "cos": cos,
+                **text[part],
+                "cos": s_vecs @ pv,
                 "cos_ctx": cos_ctx,
                 "cos_full": cos_full,
                 "cos_gap": cos_ctx - cos_ctx.max(),
-                "lex": lex,
-                "lex_ctx": lex_ctx,
-                "lex_full": lex_full,
                 "lm": lm,
                 "lm_pmi": pmi,
                 "lm_full_pmi": lm_full_pmi,
                 "lm_gap": pmi - pmi.max(),
                 "passage_cos": np.array([s.passage_cosine for s in sentences]),
                 "inv_rank": np.array([1.0 / max(s.passage_rank, 1) for s in sentences]),
-                "is_faq": np.array([1.0 if s.kind == "faq" else 0.0 for s in sentences]),
-                "log_words": np.array([math.log(1 + len(s.text.split())) for s in sentences]),
             }
             x[p] = np.stack([cols[f] for f in FEATURES], axis=1)
         return Scored(question, list(parts), sentences, x)
@@ -781,14 +1035,23 @@ class ExtractiveAnswerer:
         chosen: list[Sentence] = []
         seen: set[tuple[str, int, int]] = set()
         for p, part in enumerate(scored.parts):
-            order = np.argsort(-probs[p], kind="stable")
-            top = scored.sentences[int(order[0])]
+            order = [int(i) for i in np.argsort(-probs[p], kind="stable")]
+            if p > 0 and scored.sentences[order[0]].key in seen:
+                # an earlier part already says this: answer this part with its best other sentence
+                # when that one is likely enough, so "X? and Y?" does not get X's sentence twice
+                other = next((i for i in order if scored.sentences[i].key not in seen), None)
+                if other is not None and probs[p, other] >= sel.second_threshold:
+                    order.remove(other)
+                    order.insert(0, other)
+            top = scored.sentences[order[0]]
             picked = [top]
             for j in order[1:3]:
                 s = scored.sentences[int(j)]
-                adjacent = s.doc_id == top.doc_id and s.section_index == top.section_index and abs(
-                    s.position - top.position
-                ) == 1
+                adjacent = (
+                    s.doc_id == top.doc_id
+                    and s.section_index == top.section_index
+                    and abs(s.position - top.position) == 1
+                )
                 if probs[p, j] >= sel.second_threshold and (adjacent or not sel.second_adjacent):
                     picked.append(s)
                     break
@@ -803,8 +1066,10 @@ class ExtractiveAnswerer:
         details: dict[str, Any] = {
             "would_answer": answer,
             "would_cite": [c.doc_id for c in citations],
-            "parts": [{"part": ps.part, "p": round(ps.probability, 4), "top": ps.top.text if ps.top else None}
-                      for ps in part_scores],
+            "parts": [
+                {"part": ps.part, "p": round(ps.probability, 4), "top": ps.top.text if ps.top else None}
+                for ps in part_scores
+            ],
         }
         if confidence < sel.threshold:
             return ExtractiveReply("", [], confidence, True, "low_confidence", part_scores, chosen, details)

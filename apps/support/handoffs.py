@@ -17,12 +17,12 @@ Keys (``{t}`` is ``{ns}:tenant:{tenant}``, ``{ns}`` the support namespace):
     {ns}:session:{sid}           hash    the session (``conversations.py``) plus ``handoff`` (the active
                                          id) and ``csat_pending`` (a closed id awaiting a rating)
 
-Each transition is one Lua script that checks the state, writes the change and appends its events
-to the streams, so two agents taking at once get one winner and no event is lost or doubled. The
-streams make the live parts work across API replicas: any replica's event stream reads them. Open
-and taken handoffs never expire (they are the team's queue); a closed one is kept ``retention_s``.
-Text is PII-masked before it is stored, except the e-mail address a customer leaves in order to be
-contacted (``contact_email``), which exists to be used; it is never logged unmasked.
+Each transition is one Lua script (``handoff_scripts.py``) that checks the state, writes the change
+and appends its events to the streams, so two agents taking at once get one winner and no event is
+lost or doubled. The streams make the live parts work across API replicas: any replica's event
+stream reads them. Open and taken handoffs never expire (they are the team's queue); a closed one is
+kept ``retention_s``. Text is PII-masked before it is stored, except the e-mail address a customer
+leaves in order to be contacted (``contact_email``), which exists to be used; it is never logged.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 
 from apps.http.pii import mask_pii
 from apps.support.conversations import ConversationStore, UnknownSessionError
+from apps.support.handoff_scripts import CLOSE, CONTACT, CSAT, CUSTOMER, NO_AGENT, OPEN, REPLY, TAKE
 from core.errors import ConflictError, InputTooLargeError, InvalidRequestError, NotFoundError
 
 DEFAULT_TENANT = "default"
@@ -135,144 +136,6 @@ def _float(raw: dict[str, str], name: str) -> float | None:
     return float(raw[name]) if raw.get(name) else None
 
 
-# ---- scripts ---------------------------------------------------------------------------------------
-# Streams are appended with MAXLEN ~ (cheap trimming) and the customer's expires with the session.
-
-# KEYS: session, handoff, messages, open index, inbox, session events
-# ARGV: id, created_at, inbox event, session event, inbox max, session max, ttl, 2n, n field/value
-#       pairs, then the transcript (one JSON message each)
-_OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, ''} end
-local current = redis.call('HGET', KEYS[1], 'handoff')
-if current then return {0, current} end
-local n = tonumber(ARGV[8])
-local fields = {}
-for i = 9, 8 + n do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[2], unpack(fields))
-for i = 9 + n, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-redis.call('HSET', KEYS[1], 'handoff', ARGV[1])
-redis.call('HDEL', KEYS[1], 'csat_pending')
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'type', 'handoff_opened', 'data', ARGV[3])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'type', 'handoff_opened', 'data', ARGV[4])
-redis.call('EXPIRE', KEYS[6], ARGV[7])
-return {1, ARGV[1]}
-"""
-
-# KEYS: handoff, open index, taken index, messages, inbox, session events
-# ARGV: id, agent, now, system note, inbox event, session event, inbox max, session max, ttl
-_TAKE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
-if status == 'closed' then return {-3, by} end
-if status == 'taken' then
-  if by == ARGV[2] then return {0, by} end
-  return {-4, by}
-end
-redis.call('HSET', KEYS[1], 'status', 'taken', 'taken_by', ARGV[2], 'taken_at', ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'handoff_taken', 'data', ARGV[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', 'agent_joined', 'data', ARGV[6])
-redis.call('EXPIRE', KEYS[6], ARGV[9])
-return {1, ARGV[2]}
-"""
-
-# KEYS: handoff, messages, inbox, session events
-# ARGV: agent, message, inbox event, session event, inbox max, session max, ttl
-_REPLY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
-if status == 'closed' then return {-3, by} end
-if status ~= 'taken' then return {-5, ''} end
-if by ~= ARGV[1] then return {-4, by} end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', 'agent_message', 'data', ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'type', 'agent_message', 'data', ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-return {1, by}
-"""
-
-# KEYS: handoff, open index, taken index, closed index, messages, session, inbox, session events
-# ARGV: id, agent, now, retention, system note, inbox event, session event (rating asked),
-#       session event (not asked), inbox max, session max, ttl
-_CLOSE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
-if status == 'closed' then return {0, by} end
-if status == 'taken' and by ~= ARGV[2] then return {-4, by} end
-local rated = status == 'taken'
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_by', ARGV[2], 'closed_at', ARGV[3])
-redis.call('RPUSH', KEYS[5], ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[5], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
-if redis.call('HGET', KEYS[6], 'handoff') == ARGV[1] then
-  redis.call('HDEL', KEYS[6], 'handoff')
-  if rated then redis.call('HSET', KEYS[6], 'csat_pending', ARGV[1]) end
-end
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'type', 'handoff_closed', 'data', ARGV[6])
-local event = ARGV[8]
-if rated then event = ARGV[7] end
-redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', 'type', 'handoff_closed', 'data', event)
-redis.call('EXPIRE', KEYS[8], ARGV[11])
-return {1, by}
-"""
-
-# KEYS: session, handoff, messages, inbox | ARGV: id, message, inbox event, inbox max
-_CUSTOMER = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-if redis.call('HGET', KEYS[1], 'handoff') ~= ARGV[1] then return 0 end
-local status = redis.call('HGET', KEYS[2], 'status')
-if status ~= 'open' and status ~= 'taken' then return 0 end
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'customer_message', 'data', ARGV[3])
-return 1
-"""
-
-# KEYS: session, handoff, inbox | ARGV: id, rating, comment ('' = none), now, inbox event, inbox max
-_CSAT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-if redis.call('HGET', KEYS[1], 'csat_pending') ~= ARGV[1] then return -3 end
-if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HEXISTS', KEYS[2], 'csat') == 1 then return -3 end
-redis.call('HSET', KEYS[2], 'csat', ARGV[2], 'csat_at', ARGV[4])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'csat_comment', ARGV[3]) end
-redis.call('HDEL', KEYS[1], 'csat_pending')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'csat_recorded', 'data', ARGV[5])
-return 1
-"""
-
-# KEYS: session, handoff, inbox | ARGV: id, email, now, inbox event, inbox max
-_CONTACT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-if redis.call('HGET', KEYS[1], 'handoff') ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
-redis.call('HSET', KEYS[2], 'contact_email', ARGV[2], 'contact_at', ARGV[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', 'contact_left', 'data', ARGV[4])
-return 1
-"""
-
-# KEYS: handoff, inbox, session events
-# ARGV: now, timeout, inbox event, session event, inbox max, session max, ttl
-_NO_AGENT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'no_agent_at') == 1 then return 0 end
-local created = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
-if tonumber(ARGV[1]) - created < tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'no_agent_at', ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', 'no_agent', 'data', ARGV[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'no_agent', 'data', ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-return 1
-"""
-
-
 class HandoffDesk:
     """The handoffs of one tenant, on the conversation store's Redis and namespace.
 
@@ -313,10 +176,8 @@ class HandoffDesk:
         self.session_maxlen = int(session_maxlen)
         self.clock = clock
         register = self.r.register_script
-        self._open, self._take, self._reply, self._close = map(register, (_OPEN, _TAKE, _REPLY, _CLOSE))
-        self._customer, self._csat, self._contact, self._no_agent = map(
-            register, (_CUSTOMER, _CSAT, _CONTACT, _NO_AGENT)
-        )
+        self._open, self._take, self._reply, self._close = map(register, (OPEN, TAKE, REPLY, CLOSE))
+        self._customer, self._csat, self._contact, self._no_agent = map(register, (CUSTOMER, CSAT, CONTACT, NO_AGENT))
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -467,7 +328,7 @@ class HandoffDesk:
             raise UnknownHandoffError(handoff_id)
         return record
 
-    def list(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_handoffs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Handoffs newest first, without their conversations: each with its message count and the
         last message, what an inbox list shows."""
         if status is not None and status not in STATUSES:

@@ -146,9 +146,9 @@ class Inbox:
             self._notify("handoff.closed", record)
         return record
 
-    def list(self, status: str | None, limit: int) -> dict[str, Any]:
+    def list_handoffs(self, status: str | None, limit: int) -> dict[str, Any]:
         cursor = self.desk.inbox_cursor()  # first: an event after it is never missed by a client that follows
-        return {"handoffs": self.desk.list(status, limit), "cursor": cursor}
+        return {"handoffs": self.desk.list_handoffs(status, limit), "cursor": cursor}
 
     def get(self, handoff_id: str) -> dict[str, Any]:
         return self.desk.require(handoff_id)

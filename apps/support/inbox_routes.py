@@ -72,7 +72,7 @@ def list_handoffs(
     status: Annotated[str | None, Query(pattern="^(open|taken|closed)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    return inbox.list(status, limit)
+    return inbox.list_handoffs(status, limit)
 
 
 @router.get(

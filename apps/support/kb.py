@@ -41,11 +41,11 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from apps.support.chunking import Chunk, ChunkingConfig, chunk_document
+from apps.support.chunking import Chunk, ChunkingConfig, TokenCounter, chunk_document, default_counter
 from apps.support.documents import Document, InvalidDocumentError
 from core.config import PROJECT_ROOT
 from core.embeddings import Embedder
-from core.errors import InvalidRequestError
+from core.errors import ConflictError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,30 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class SyncResult:
+    """What ``sync_source`` changed: doc ids by what happened to them."""
+
+    source: str
+    added: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    deleted: list[str]
+    kept: list[str]  # the source's documents left alone because their file failed to parse
+    generation: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "kept": self.kept,
+            "generation": self.generation,
+        }
+
+
+@dataclass(frozen=True)
 class DocumentInfo:
     doc_id: str
     title: str
@@ -109,6 +133,8 @@ class DocumentInfo:
     chunks: int
     content_hash: str
     updated_at: float
+    source: str | None = None
+    source_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,15 +269,17 @@ class KnowledgeBase:
         root: Path,
         embedder: Embedder,
         *,
-        chunk_words: int = 200,
-        overlap: int = 40,
+        chunk_tokens: int = 200,
+        overlap_tokens: int = 40,
+        token_counter: TokenCounter | None = None,
         ann_threshold: int = 20_000,
         fusion: FusionConfig | None = None,
         query_cache_size: int = 1024,
     ) -> None:
         self.root = Path(root)
         self.embedder = embedder
-        self.chunking = ChunkingConfig(chunk_words, overlap)
+        self.chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
+        self._counter = token_counter
         if ann_threshold < 1:
             raise ValueError("ann_threshold must be >= 1")
         self.ann_threshold = ann_threshold
@@ -327,9 +355,23 @@ class KnowledgeBase:
 
     def documents(self) -> list[DocumentInfo]:
         return [
-            DocumentInfo(s.doc.doc_id, s.doc.title, s.doc.url, s.doc.kind, s.chunks, s.content_hash, s.updated_at)
+            DocumentInfo(
+                s.doc.doc_id,
+                s.doc.title,
+                s.doc.url,
+                s.doc.kind,
+                s.chunks,
+                s.content_hash,
+                s.updated_at,
+                s.doc.source,
+                s.doc.source_path,
+            )
             for s in self._snapshot().docs.values()
         ]
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot().generation
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", *, fusion: FusionConfig | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``query``, best first; ``fusion``: another hybrid setting than the
@@ -457,16 +499,54 @@ class KnowledgeBase:
             statuses: dict[str, str] = {}
             now = time.time()
             for doc_id, doc in batch.items():
-                digest = doc.content_hash()
-                old = snap.docs.get(doc_id)
-                if old is not None and old.content_hash == digest:
-                    statuses[doc_id] = "unchanged"
-                    continue
-                statuses[doc_id] = "added" if old is None else "updated"
-                new_docs[doc_id] = _StoredDoc(doc, digest, 0, now)
+                statuses[doc_id] = _stage(snap.docs.get(doc_id), doc, new_docs, now)
             if any(s != "unchanged" for s in statuses.values()):
                 snap = self._rebuild(snap, new_docs)
         return [UpsertResult(d, statuses[d], snap.docs[d].chunks) for d in batch]  # type: ignore[arg-type]
+
+    def sync_source(
+        self, source: str, docs: Iterable[Document], *, keep_paths: Iterable[str] = (), adopt: Iterable[str] = ()
+    ) -> SyncResult:
+        """Make ``source``'s documents exactly ``docs``, in one new generation: add the new, replace
+        the changed, delete the source's documents that are not in ``docs`` (a renamed file is one
+        delete and one add), except those whose ``source_path`` is in ``keep_paths`` (files that
+        exist but failed to parse this time). Documents of other sources are never touched; a doc_id
+        that another source holds is a ``ConflictError`` and nothing changes, unless that source is
+        in ``adopt`` (a sitemap takes over pages ingested one by one) or None (ingested before
+        sources were recorded): then the document becomes this source's. All or nothing: if
+        anything fails (embedding, disk), the previous generation keeps serving."""
+        batch: dict[str, Document] = {}
+        for doc in docs:
+            if doc.source != source:
+                raise InvalidDocumentError(f"document {doc.doc_id!r} is from {doc.source!r}, not {source!r}")
+            if doc.doc_id in batch:
+                raise ConflictError(f"two documents of {source} have the doc_id {doc.doc_id!r}", doc_id=doc.doc_id)
+            batch[doc.doc_id] = doc
+        keep = set(keep_paths)
+        adoptable = {None, source, *adopt}
+        with self._writing() as snap:
+            taken = {d: s.doc.source for d, s in snap.docs.items() if d in batch and s.doc.source not in adoptable}
+            if taken:
+                shown = ", ".join(f"{d!r} (held by {src})" for d, src in sorted(taken.items())[:5])
+                raise ConflictError(f"doc_ids already held by another source: {shown}; rename or delete them")
+            new_docs = dict(snap.docs)
+            now = time.time()
+            statuses = {d: _stage(snap.docs.get(d), doc, new_docs, now) for d, doc in batch.items()}
+            deleted, kept = [], []
+            for d, s in snap.docs.items():
+                if s.doc.source != source or d in batch:
+                    continue
+                if s.doc.source_path in keep:
+                    kept.append(d)
+                else:
+                    deleted.append(d)
+                    del new_docs[d]
+            if deleted or any(s != "unchanged" for s in statuses.values()):
+                snap = self._rebuild(snap, new_docs)
+        by = {k: sorted(d for d, s in statuses.items() if s == k) for k in ("added", "updated", "unchanged")}
+        return SyncResult(
+            source, by["added"], by["updated"], by["unchanged"], sorted(deleted), sorted(kept), snap.generation
+        )
 
     def delete(self, doc_id: str) -> bool:
         with self._writing() as snap:
@@ -479,8 +559,9 @@ class KnowledgeBase:
         """Chunk, embed what is new, index, persist as the next generation, swap. Caller holds the write lock."""
         chunks: list[Chunk] = []
         stored: dict[str, _StoredDoc] = {}
+        counter = self._counter or default_counter()
         for doc_id, s in docs.items():
-            doc_chunks = chunk_document(s.doc, self.chunking)
+            doc_chunks = chunk_document(s.doc, self.chunking, counter)
             chunks.extend(doc_chunks)
             stored[doc_id] = _StoredDoc(s.doc, s.content_hash, len(doc_chunks), s.updated_at)
         known = {_text_key(c.index_text): old.vectors[i] for i, c in enumerate(old.chunks)}
@@ -528,6 +609,14 @@ class KnowledgeBase:
 
     # --- persistence -----------------------------------------------------------------------------
 
+    def _chunking_manifest(self) -> dict[str, Any]:
+        counter = self._counter or default_counter()
+        return {
+            "chunk_tokens": self.chunking.chunk_tokens,
+            "overlap_tokens": self.chunking.overlap_tokens,
+            "tokenizer": counter.name,
+        }
+
     def _gen_dir(self, generation: int) -> Path:
         return self.root / f"gen-{generation:06d}"
 
@@ -568,7 +657,7 @@ class KnowledgeBase:
             "faqs": len(snap.faq_ids),
             "dim": int(snap.vectors.shape[1]) if snap.vectors.size else self._dim,
             "dense_index": type(snap.dense).__name__ if snap.dense is not None else None,
-            "chunking": {"chunk_words": self.chunking.chunk_words, "overlap": self.chunking.overlap},
+            "chunking": self._chunking_manifest(),
             "bm25_stemmer": STEMMER_NAME,
             "written_at": time.time(),
         }
@@ -614,10 +703,9 @@ class KnowledgeBase:
         dim = manifest.get("dim")
         if self._dim is None and dim:
             self._dim = int(dim)
-        stale = manifest.get("chunking") != {
-            "chunk_words": self.chunking.chunk_words,
-            "overlap": self.chunking.overlap,
-        } or (dim is not None and self._dim is not None and int(dim) != self._dim)
+        stale = manifest.get("chunking") != self._chunking_manifest() or (
+            dim is not None and self._dim is not None and int(dim) != self._dim
+        )
         if stale:  # chunking settings or embedder changed: rebuild from the stored documents
             log.info("knowledge base %s: settings changed since it was written, rebuilding", self.root)
             same_dim = dim is not None and int(dim) == self._dim
@@ -637,6 +725,18 @@ class KnowledgeBase:
             else:
                 bm25 = _build_bm25(chunks)
         return _Snapshot(generation, docs, chunks, vectors, dense, bm25, faq_ids, faq_vectors)
+
+
+def _stage(old: _StoredDoc | None, doc: Document, new_docs: dict[str, _StoredDoc], now: float) -> str:
+    """Put ``doc`` into ``new_docs`` unless it is the same as ``old``; its status."""
+    digest = doc.content_hash()
+    if old is not None and old.content_hash == digest:
+        if (old.doc.source, old.doc.source_path) == (doc.source, doc.source_path):
+            return "unchanged"
+        new_docs[doc.doc_id] = _StoredDoc(doc, digest, old.chunks, old.updated_at)  # moved: same chunks
+        return "updated"
+    new_docs[doc.doc_id] = _StoredDoc(doc, digest, 0, now)
+    return "added" if old is None else "updated"
 
 
 @contextmanager

@@ -74,6 +74,28 @@ class SupportSettings(BaseSettings):
     webhook_backoff_s: int = Field(2, ge=1, description="First retry delay; doubles each retry.")
     webhook_backoff_max_s: int = Field(600, ge=1)
 
+    # the knowledge base: fetching pages (apps/support/fetch.py), chunking, folder sync over the API
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description='Hosts URL ingest may fetch from: "help.example.com", "*.example.com", "*" (any public '
+        "host). Empty: URL ingest is off.",
+    )
+    fetch_allow_private: bool = Field(
+        False, description="Allow loopback, private and other non-public addresses (a local docs server)."
+    )
+    fetch_max_bytes: int = Field(5_000_000, ge=1024, description="A fetched page or sitemap over this is refused.")
+    fetch_timeout_s: float = Field(15.0, gt=0, le=300, description="Deadline for one fetch, redirects included.")
+    fetch_max_redirects: int = Field(3, ge=0, le=10)
+    fetch_max_urls: int = Field(200, ge=1, le=10_000, description="Pages taken from one sitemap, at most.")
+    chunk_tokens: int = Field(
+        200, ge=32, le=512, description="Word pieces per chunk, title and heading included (MiniLM reads 256)."
+    )
+    chunk_overlap_tokens: int = Field(40, ge=0, le=255, description="Word pieces a chunk repeats from the last.")
+    sync_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders POST /v1/support/kb/sync may read (it and below). Empty: that route is off.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> SupportSettings:
         if any(not k.strip() for k in self.public_keys):
@@ -83,5 +105,11 @@ class SupportSettings(BaseSettings):
                 raise ValueError("DOMAINLLM_SUPPORT_WEBHOOK_URL must be an http(s) URL")
             if self.webhook_secret.get_secret_value() in PLACEHOLDER_SECRETS:
                 raise ValueError("DOMAINLLM_SUPPORT_WEBHOOK_SECRET must be set to a real secret to sign webhooks")
+        return self
+
+    @model_validator(mode="after")
+    def _check_kb(self) -> SupportSettings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
+            raise ValueError("DOMAINLLM_SUPPORT_CHUNK_OVERLAP_TOKENS must be under half of CHUNK_TOKENS")
         return self
 

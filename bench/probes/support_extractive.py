@@ -139,7 +139,9 @@ def build_stack(tmp: Path) -> dict[str, Any]:
     from core.config import Settings
     from core.engine import LocalEngine
 
-    engine = LocalEngine(Settings(environment="test", admin_key="probe-admin-key", adapters_dir=ROOT / "data" / "adapters"))
+    engine = LocalEngine(
+        Settings(environment="test", admin_key="probe-admin-key", adapters_dir=ROOT / "data" / "adapters")
+    )
     engine.warm_up()
     kb = KnowledgeBase(tmp / "kb", engine)
     kb.warm_up()
@@ -177,15 +179,25 @@ def upstream(stack: dict[str, Any], message: str) -> tuple[str | None, str]:
     return (f"rule:{topic}" if topic else None), masked
 
 
-def compute_features(stack: dict[str, Any], rows: list[dict[str, Any]], lm_model: str | None,
-                     lm_top: int) -> list[dict[str, Any]]:
+def compute_features(
+    stack: dict[str, Any], rows: list[dict[str, Any]], lm_model: str | None, lm_top: int
+) -> list[dict[str, Any]]:
     """Upstream decision, parts, candidates and every feature per question (no likelihood when
     ``lm_model`` is None: the LM columns stay 0 and only routes without them are run)."""
     from apps.support.answer import split_parts
 
     names = ALL_LM if lm_model else NO_LM
-    probe = Selector(list(names), [0.0] * len(names), [1.0] * len(names), [0.0] * len(names), 0.0,
-                     top_k=CACHE_TOP_K, include_faq=True, lm_model=lm_model or "base", lm_top=lm_top)
+    probe = Selector(
+        list(names),
+        [0.0] * len(names),
+        [1.0] * len(names),
+        [0.0] * len(names),
+        0.0,
+        top_k=CACHE_TOP_K,
+        include_faq=True,
+        lm_model=lm_model or "base",
+        lm_top=lm_top,
+    )
     answerer = ExtractiveAnswerer(stack["engine"], stack["kb"], probe)
     out = []
     for i, row in enumerate(rows):
@@ -207,7 +219,11 @@ def compute_features(stack: dict[str, Any], rows: list[dict[str, Any]], lm_model
 
 
 def restrict(scored: Scored, route: Route) -> Scored:
-    keep = [i for i, s in enumerate(scored.sentences) if s.passage_rank <= route.top_k and (route.include_faq or s.kind != "faq")]
+    keep = [
+        i
+        for i, s in enumerate(scored.sentences)
+        if s.passage_rank <= route.top_k and (route.include_faq or s.kind != "faq")
+    ]
     x = scored.features[:, keep, :].copy()
     if keep:
         for gap, base in (("cos_gap", "cos_ctx"), ("lm_gap", "lm_pmi")):
@@ -216,7 +232,9 @@ def restrict(scored: Scored, route: Route) -> Scored:
     return Scored(scored.question, scored.parts, [scored.sentences[i] for i in keep], x)
 
 
-def training_rows(items: list[dict[str, Any]], rows: list[dict[str, Any]], route: Route) -> tuple[np.ndarray, np.ndarray]:
+def training_rows(
+    items: list[dict[str, Any]], rows: list[dict[str, Any]], route: Route
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for item, row in zip(items, rows, strict=True):
         scored = item.get("scored")
@@ -250,14 +268,34 @@ class Outcome:
     seconds: float
 
 
-def evaluate(items: list[dict[str, Any]], rows: list[dict[str, Any]], selector: Selector, route: Route,
-             answerer: ExtractiveAnswerer) -> list[Outcome]:
+def evaluate(
+    items: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    selector: Selector,
+    route: Route,
+    answerer: ExtractiveAnswerer,
+) -> list[Outcome]:
     out = []
     for item, row in zip(items, rows, strict=True):
         facts = row.get("facts", [])
         if item["upstream"] is not None:
-            out.append(Outcome(row["set"], row["half"], row["question"], item["upstream"], False, False, 1.0, "", "",
-                               [], [], item["upstream"], item["seconds"]))
+            out.append(
+                Outcome(
+                    row["set"],
+                    row["half"],
+                    row["question"],
+                    item["upstream"],
+                    False,
+                    False,
+                    1.0,
+                    "",
+                    "",
+                    [],
+                    [],
+                    item["upstream"],
+                    item["seconds"],
+                )
+            )
             continue
         reply: ExtractiveReply = answerer.select(restrict(item["scored"], route), selector)
         would = reply.details.get("would_answer", "")
@@ -265,9 +303,19 @@ def evaluate(items: list[dict[str, Any]], rows: list[dict[str, Any]], selector: 
         violations = fact_check(reply.answer, sources) if not reply.handoff else []
         out.append(
             Outcome(
-                row["set"], row["half"], row["question"], "handoff" if reply.handoff else "answered",
-                (not reply.handoff) and is_right(reply.answer, facts), is_right(would, facts), reply.confidence,
-                reply.answer, would, [c.doc_id for c in reply.citations], violations, reply.reason, item["seconds"],
+                row["set"],
+                row["half"],
+                row["question"],
+                "handoff" if reply.handoff else "answered",
+                (not reply.handoff) and is_right(reply.answer, facts),
+                is_right(would, facts),
+                reply.confidence,
+                reply.answer,
+                would,
+                [c.doc_id for c in reply.citations],
+                violations,
+                reply.reason,
+                item["seconds"],
             )
         )
     return out
@@ -296,18 +344,29 @@ def summary(outcomes: list[Outcome], prefix: str, half: str | None = None) -> di
             "wrong": rate([o.decided == "answered" and not o.right for o in ink]),
             "handoff": rate([o.decided != "answered" for o in ink]),
             "would_be_right": rate([o.would_be_right for o in ink]),
-            "auroc_right_vs_wrong": auroc([o.confidence for o in scored_in if o.would_be_right],
-                                          [o.confidence for o in scored_in if not o.would_be_right]),
+            "auroc_right_vs_wrong": auroc(
+                [o.confidence for o in scored_in if o.would_be_right],
+                [o.confidence for o in scored_in if not o.would_be_right],
+            ),
             "auroc_right_vs_wrong_or_oos": auroc(
                 [o.confidence for o in scored_in if o.would_be_right],
-                [o.confidence for o in scored_in if not o.would_be_right] + [o.confidence for o in scored_oos]),
+                [o.confidence for o in scored_in if not o.would_be_right] + [o.confidence for o in scored_oos],
+            ),
         },
-        "out_of_kb": {"n": len(oos), "handoff": rate([o.decided != "answered" for o in oos]),
-                      "answered": [o.question for o in oos if o.decided == "answered"]},
-        "rules": {"n": len(rules), "handoff": rate([o.decided != "answered" for o in rules]),
-                  "by_rule": rate([o.decided.startswith("rule:") for o in rules]),
-                  "missed": [o.question for o in rules if o.decided == "answered"]},
-        "violations": sum(len(o.violations) for o in outcomes if o.set.startswith(prefix) and (half is None or o.half == half)),
+        "out_of_kb": {
+            "n": len(oos),
+            "handoff": rate([o.decided != "answered" for o in oos]),
+            "answered": [o.question for o in oos if o.decided == "answered"],
+        },
+        "rules": {
+            "n": len(rules),
+            "handoff": rate([o.decided != "answered" for o in rules]),
+            "by_rule": rate([o.decided.startswith("rule:") for o in rules]),
+            "missed": [o.question for o in rules if o.decided == "answered"],
+        },
+        "violations": sum(
+            len(o.violations) for o in outcomes if o.set.startswith(prefix) and (half is None or o.half == half)
+        ),
     }
 
 
@@ -322,20 +381,38 @@ def tune_threshold(outcomes_at: Any, candidates: list[float]) -> float:
     return best_t
 
 
-def run_route(route: Route, items: list[dict[str, Any]], rows: list[dict[str, Any]], answerer: ExtractiveAnswerer,
-              lm_model: str, lm_top: int = 6) -> tuple[Selector, list[Outcome], dict[str, Any]]:
+def run_route(
+    route: Route,
+    items: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    answerer: ExtractiveAnswerer,
+    lm_model: str,
+    lm_top: int = 6,
+) -> tuple[Selector, list[Outcome], dict[str, Any]]:
     fit_idx = [i for i, r in enumerate(rows) if r["half"] == "fit" and r["set"] in ("dev/in_kb", "dev/out_of_kb")]
     x, y = training_rows([items[i] for i in fit_idx], [rows[i] for i in fit_idx], route)
-    selector = fit_selector(x, y, route.features, c=route.c, top_k=route.top_k, include_faq=route.include_faq,
-                            lm_model=lm_model, lm_top=lm_top, second_threshold=0.3)
+    selector = fit_selector(
+        x,
+        y,
+        route.features,
+        c=route.c,
+        top_k=route.top_k,
+        include_faq=route.include_faq,
+        lm_model=lm_model,
+        lm_top=lm_top,
+        second_threshold=0.3,
+    )
     tune_idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
     tune_items, tune_rows = [items[i] for i in tune_idx], [rows[i] for i in tune_idx]
     base = evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": 0.0}), route, answerer)
     confs = [o.confidence for o in base if o.decided in ("answered", "handoff")] + [1.01]
 
     def at(t: float) -> dict[str, Any]:
-        return summary(evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": t}), route, answerer),
-                       "dev", "tune")
+        return summary(
+            evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": t}), route, answerer),
+            "dev",
+            "tune",
+        )
 
     selector.threshold = float(tune_threshold(at, confs))
     outcomes = evaluate(items, rows, selector, route, answerer)
@@ -345,7 +422,7 @@ def run_route(route: Route, items: list[dict[str, Any]], rows: list[dict[str, An
         "dev_tune": summary(outcomes, "dev", "tune"),
         "dev_all": summary(outcomes, "dev"),
         "report": summary(outcomes, "report"),
-        "fit_rows": int(len(y)),
+        "fit_rows": len(y),
         "fit_positives": int(y.sum()),
     }
     return selector, outcomes, result
@@ -389,8 +466,17 @@ def main() -> None:
     rows = [r for name in sets for r in sets[name][: args.limit]]
     lm_model = None if args.no_lm else args.lm_model
     routes = [r for r in ROUTES if lm_model or not any(f.startswith("lm") for f in r.features)]
-    key = hashlib.sha1(json.dumps([[r["question"] for r in rows], lm_model, args.lm_top, CACHE_TOP_K,
-                                   (ROOT / "apps" / "support" / "extractive.py").read_text()]).encode()).hexdigest()
+    key = hashlib.sha1(
+        json.dumps(
+            [
+                [r["question"] for r in rows],
+                lm_model,
+                args.lm_top,
+                CACHE_TOP_K,
+                (ROOT / "apps" / "support" / "extractive.py").read_text(),
+            ]
+        ).encode()
+    ).hexdigest()
     items = None
     if args.cache.is_file():
         cached = pickle.loads(args.cache.read_bytes())
@@ -413,11 +499,17 @@ def main() -> None:
             results.append(result)
             chosen[route.name] = (selector, outcomes, result)
         print_table(results)
-        best_name = args.route or max(
-            results,
-            key=lambda r: r["dev_tune"]["in_kb"]["right"] - 4 * r["dev_tune"]["in_kb"]["wrong"]
-            - 2 * (1 - r["dev_tune"]["out_of_kb"]["handoff"]),
-        )["route"]["name"]
+        best_name = (
+            args.route
+            or max(
+                results,
+                key=lambda r: (
+                    r["dev_tune"]["in_kb"]["right"]
+                    - 4 * r["dev_tune"]["in_kb"]["wrong"]
+                    - 2 * (1 - r["dev_tune"]["out_of_kb"]["handoff"])
+                ),
+            )["route"]["name"]
+        )
         selector, outcomes, result = chosen[best_name]
         print(f"\nchosen route: {best_name}")
         print(json.dumps({k: result[k] for k in ("threshold", "dev_tune", "report")}, indent=1))
@@ -433,7 +525,9 @@ def main() -> None:
             "routes": results,
             "chosen": best_name,
             "selector": asdict(selector),
-            "latency_s": {"p50": float(np.percentile(secs, 50)), "p95": float(np.percentile(secs, 95))} if secs else None,
+            "latency_s": {"p50": float(np.percentile(secs, 50)), "p95": float(np.percentile(secs, 95))}
+            if secs
+            else None,
             "outcomes": [asdict(o) for o in outcomes],
             "lm_model": args.lm_model,
         }

@@ -52,15 +52,7 @@ def window_prompts(events: list[tuple[int, str, float]], t: int, targets: int) -
 
 def movielens_prompts(history: History, *, per_user: int, seed: int) -> list[PreferencePrompt]:
     """Up to ``per_user`` prompts per user, each target after at least 10 earlier ratings."""
-    rng = random.Random(seed)
-    out = []
-    for user in sorted(history):
-        events = history[user]
-        positions = list(range(HISTORY, len(events)))
-        rng.shuffle(positions)
-        out += [window_prompts(events, t, 1)[0] for t in positions[:per_user]]
-    rng.shuffle(out)
-    return out
+    return [g[0] for g in movielens_groups(history, windows_per_user=per_user, targets_per_window=1, seed=seed)]
 
 
 def movielens_groups(
@@ -102,6 +94,8 @@ def next_item_groups(
         events = history[user]
         seen = {title for _, title, _ in events}
         positions = list(range(HISTORY, len(events) - holdout_last))
+        if positions and len(titles) - len(seen) < negatives:
+            raise ValueError(f"user {user} has rated all but {len(titles) - len(seen)} titles: too few negatives")
         rng.shuffle(positions)
         for t in positions[:windows_per_user]:
             head = window_prompts(events, t, 1)[0]

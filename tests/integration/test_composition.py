@@ -3,10 +3,7 @@ process, and every route (and the worker's runtime) is handed that one instance.
 
 from __future__ import annotations
 
-import gc
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,37 +17,31 @@ from apps.settings import AppSettings
 from apps.support.service import SupportService
 from apps.support.settings import SupportSettings
 from core.config import Settings
-from core.redis_server import start_background
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _count_constructions(monkeypatch: pytest.MonkeyPatch, kinds: tuple[type, ...]) -> dict[str, int]:
+    """Count every construction of ``kinds`` while the test runs (the real constructors still run)."""
+    counts = {kind.__name__: 0 for kind in kinds}
+    for kind in kinds:
+        original = kind.__init__
 
+        def counting(self: object, *args: object, __original=original, __name=kind.__name__, **kwargs: object) -> None:
+            counts[__name] += 1
+            __original(self, *args, **kwargs)
 
-@pytest.fixture(scope="module")
-def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    proc = start_background(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _live(kind: type) -> list[object]:
-    gc.collect()
-    return [o for o in gc.get_objects() if isinstance(o, kind)]
+        monkeypatch.setattr(kind, "__init__", counting)
+    return counts
 
 
 def test_each_service_is_built_once_and_shared_by_every_route(
-    tiny_settings: Settings, real_redis: str, tmp_path: Path
+    tiny_settings: Settings, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    counts = _count_constructions(monkeypatch, (SupportService, SentimentContext, RecommendService))
     before = composition.BUILDS["count"]
     settings = AppSettings.of(
-        tiny_settings.model_copy(update={"redis_url": real_redis}),
+        tiny_settings.model_copy(update={"redis_url": redis_url}),
         support=SupportSettings(kb_dir=tmp_path / "kb", public_keys=["pk_test"]),
     )
     app = create_app(settings)
@@ -62,13 +53,12 @@ def test_each_service_is_built_once_and_shared_by_every_route(
         services = app.state.services
         # one request per app, twice: each goes through apps.deps to the one instance
         for _ in range(2):
-            assert client.post("/v1/support/sessions", json={}, headers={"X-Support-Key": "pk_test"}).status_code == 200
+            assert client.post("/v1/support/sessions", json={}, headers={"X-Support-Key": "pk_test"}).status_code == 201
             assert client.get("/v1/sentiment/stats").status_code == 200
             assert client.get("/v1/recommend/stats").status_code == 200
         assert app.state.services is services
         assert composition.BUILDS["count"] == before + 1
-        for kind in (SupportService, SentimentContext, RecommendService):
-            assert len(_live(kind)) == 1, kind.__name__
+        assert counts == {"SupportService": 1, "SentimentContext": 1, "RecommendService": 1}
         # the engine handle is the one every service holds
         assert services.support.engine is services.engine
         assert services.enricher(services.sentiment).engine is services.engine

@@ -23,7 +23,8 @@ from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
 from apps.server import create_app
 from core.config import PROJECT_ROOT, Settings
-from tests.doubles.sentiment import RedisProcess, WebhookReceiver, free_port
+from tests.doubles.redis import RedisProcess, free_port
+from tests.doubles.sentiment import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

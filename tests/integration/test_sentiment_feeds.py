@@ -18,7 +18,7 @@ from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
 from core.config import Settings
 from core.redis_client import connect
-from tests.doubles.sentiment import FeedServer, RedisProcess
+from tests.doubles.sentiment import FeedServer
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +31,6 @@ def entry(title: str | None, link: str, body: str = "") -> str:
     t = f"<title>{title}</title>" if title is not None else ""
     return f"<item>{t}<link>{link}</link><description>{body}</description><pubDate>Sat, 21 Nov 2026 10:00:00 GMT</pubDate></item>"
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

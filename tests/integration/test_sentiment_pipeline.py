@@ -31,7 +31,8 @@ from apps.server import create_app
 from apps.settings import AppSettings
 from core.config import PROJECT_ROOT, Settings
 from core.redis_client import connect
-from tests.doubles.sentiment import FeedServer, RedisProcess, SmtpSink, WebhookReceiver
+from tests.doubles.redis import RedisProcess
+from tests.doubles.sentiment import FeedServer, SmtpSink, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

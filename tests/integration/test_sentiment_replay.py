@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.config import PROJECT_ROOT, Settings
-from tests.doubles.sentiment import RedisProcess
+from tests.doubles.redis import RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from apps.recommend.service import RecommendService
 from apps.recommend.settings import RecommendSettings
 from apps.server import create_app
 from core.engine import LocalEngine
-from tests.doubles.recommend import HashEmbedder, LocalRedis
+from tests.doubles.recommend import HashEmbedder
 
 pytestmark = pytest.mark.unit
 
@@ -57,12 +57,6 @@ def catalogue() -> list[dict[str, Any]]:
             )
     return items
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 def make_service(redis_url: str, tmp_path: Path, engine: LocalEngine | None, **overrides: Any) -> RecommendService:

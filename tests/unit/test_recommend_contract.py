@@ -146,7 +146,7 @@ def test_the_serving_section_round_trips_and_older_cards_read_as_trained() -> No
 
 # ---- (b) held-out ratings are never training targets ----------------------------------------------
 
-USERS = 10
+USERS = 20  # two dev users: the dev negatives are drawn from the dev users' titles
 PER_USER = 16
 TIED = 4  # each user's last four ratings share one second
 
@@ -225,7 +225,7 @@ def test_the_ratings_the_ranking_evaluation_holds_out_are_never_training_targets
         if options.get("objective") == "next_item" and row.label == "No":
             continue  # a negative: a title of another user
         positives.setdefault(user_of(row), set()).add(row.target)
-    assert len(positives) == USERS - 1  # one dev user
+    assert len(positives) == USERS - 2  # two dev users
     for user, targets in positives.items():
         assert targets == {t for _, t, _ in ordered[user][HISTORY:-HELD_OUT]}
 

@@ -23,14 +23,15 @@ from domains.recommend.rules import mmr
 from domains.recommend.scoring import LLMScorer
 from domains.recommend.signals import MemorySignals
 from finetune.ranker import fit_blender, residual_blender
-from tests.doubles.recommend import HashEmbedder, LocalRedis
+from tests.doubles.recommend import HashEmbedder
+from tests.doubles.redis import RedisProcess
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield redis.Redis.from_url(server.url)
     server.stop()
 

@@ -17,17 +17,10 @@ from apps.sentiment.settings import SentimentSettings
 from apps.server import create_app
 from core.config import Settings
 from core.redis_client import connect
-from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from core.config import PROJECT_ROOT, Settings
 from core.engine import LocalEngine
 from core.redis_client import connect
 from core.tiny import build_random_lora
-from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 
@@ -34,12 +33,6 @@ TOPIC_ACCURACY_FLOOR = 0.85  # measured 0.909 top-1 (40/44) with all-MiniLM-L6-v
 def config():  # type: ignore[no-untyped-def]
     return load_monitor_config(DEFAULT_CONFIG)
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from apps.server import create_app
 from core.config import Settings
 from core.errors import InputTooLargeError, InvalidRequestError
 from core.redis_client import connect
-from tests.doubles.sentiment import RedisProcess
 
 pytestmark = pytest.mark.unit
 
@@ -33,12 +32,6 @@ ITEM = {
     "published_at": "2026-11-21T10:02:00Z",
 }
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture
@@ -195,7 +188,7 @@ def test_non_utf8_and_ten_megabyte_bodies_are_refused(client: TestClient) -> Non
 
 
 def test_redis_down_is_a_503_not_a_500(tiny_settings: Settings) -> None:
-    from tests.doubles.sentiment import free_port
+    from tests.doubles.redis import free_port
 
     core = tiny_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     app = create_app(settings=core)

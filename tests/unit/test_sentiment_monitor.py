@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,19 +18,14 @@ from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
 from apps.sentiment.trends import chart_png, series
 from core.redis_client import connect
-from tests.doubles.sentiment import RedisProcess, SmtpSink, WebhookReceiver, free_port
+from tests.doubles.redis import free_port
+from tests.doubles.sentiment import SmtpSink, WebhookReceiver
 
 pytestmark = pytest.mark.unit
 
 T0 = 1_790_000_000.0  # a fixed "now" (2026-09) so the test does not depend on the clock
 SECRET = "test-webhook-secret"
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

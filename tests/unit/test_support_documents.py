@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
-from apps.support.chunking import ChunkingConfig, chunk_document, windows
+from apps.support.chunking import ChunkingConfig, chunk_document, default_counter
 from apps.support.documents import (
     Document,
     InvalidDocumentError,
@@ -89,6 +90,62 @@ def test_markdown_title_from_first_h1_and_explicit_arguments_win() -> None:
     assert doc.sections[0] == Section(None, "Some preface.")
     (doc,) = parse_document("ship.md", md, doc_id="shipping", url="/help/shipping", title="Delivery")
     assert (doc.doc_id, doc.title, doc.url) == ("shipping", "Delivery", "/help/shipping")
+
+
+def test_markdown_lists_tables_and_paragraphs_keep_their_shape() -> None:
+    md = b"""# Payments
+
+We take these cards
+and wallets (a soft line break):
+
+- Visa, *Mastercard* and [Amex](https://amex.example)
+- Apple Pay
+  1. on iPhone
+  2. on Mac
+
+3. third item of an ordered list
+4. fourth
+
+| Method | Fee |
+|:--|--:|
+| Card | none |
+| Pipe \\| inside | 1% |
+
+<div>Raw <b>HTML</b> block<script>hidden()</script></div>
+
+Text with a comment<!-- secret --> and ![a diagram of fees](fees.png).
+"""
+    (doc,) = parse_document("payments.md", md)
+    text = doc.sections[-1].text
+    blocks = text.split("\n\n")
+    assert blocks[0] == "We take these cards and wallets (a soft line break):"
+    assert blocks[1] == "- Visa, Mastercard and Amex\n- Apple Pay\n1. on iPhone\n2. on Mac"
+    assert blocks[2] == "3. third item of an ordered list\n4. fourth"
+    assert blocks[3].split("\n")[:3] == ["| Method | Fee |", "|---|---|", "| Card | none |"]
+    assert "Raw HTML block" in text and "hidden" not in text
+    assert "secret" not in text and "a diagram of fees" in text and "fees.png" not in text
+
+
+def test_markdown_headings_in_code_and_setext_headings() -> None:
+    md = b"Title\n=====\n\nIntro.\n\n    # indented code, not a heading\n\nSub\n---\n\nBody.\n"
+    (doc,) = parse_document("t.md", md)
+    assert doc.title == "Title"
+    assert [s.heading for s in doc.sections] == ["Title", "Sub"]
+    assert "# indented code, not a heading" in doc.sections[0].text
+
+
+def test_markdown_bad_front_matter_is_refused_clearly() -> None:
+    with pytest.raises(InvalidDocumentError, match="front matter"):
+        parse_document("bad.md", b"---\ntitle: [unclosed\n---\n# Hi\n\ntext\n")
+    (doc,) = parse_document("rule.md", b"---\n\nJust a rule, then text.\n")  # a thematic break, not front matter
+    assert "Just a rule" in doc.text
+
+
+def test_a_document_source_is_not_part_of_its_content() -> None:
+    (doc,) = parse_document("a.md", b"# A\n\ntext\n")
+    moved = doc.with_source("folder:/x", "a.md")
+    assert moved.content_hash() == doc.content_hash() and moved.source == "folder:/x"
+    assert Document.from_dict(moved.to_dict()) == moved
 
 
 def test_html_drops_scripts_styles_comments_and_splits_at_headings() -> None:
@@ -239,35 +296,80 @@ def test_faq_file_without_usable_rows_or_columns_is_refused() -> None:
 # ---- chunking ----------------------------------------------------------------------------------
 
 
-def test_windows_overlap_and_merge_a_short_tail() -> None:
-    words = [f"w{i}" for i in range(100)]
-    parts = windows(" ".join(words), chunk_words=40, overlap=10)
-    assert [p.split()[0] for p in parts] == ["w0", "w30", "w60"]
-    assert parts[0].split()[-10:] == parts[1].split()[:10]  # the overlap
-    assert parts[-1].split()[-1] == "w99"
-    assert len(parts[-1].split()) == 40  # w60..w99: the 10-word tail did not stand alone
-    assert windows(" ".join(words[:45]), 40, 10) == [" ".join(words[:45])]  # a 5-word tail joins
-    assert windows("   ", 40, 10) == []
+class WordCounter:
+    """One token per word: easy to reason about in a test (the default counts MiniLM word pieces)."""
+
+    name = "words"
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
 
 
-def test_windows_keep_line_breaks() -> None:
-    assert windows("line one\nline two", 20, 5) == ["line one\nline two"]
+def sentences(n: int, words: int = 10, start: int = 0) -> list[str]:
+    return [" ".join([f"S{i}"] + [f"w{i}x{j}" for j in range(words - 1)]) + "." for i in range(start, start + n)]
 
 
-def test_chunks_carry_doc_fields_and_index_text_has_title_and_section() -> None:
+def test_passages_pack_whole_sentences_and_overlap() -> None:
+    text = " ".join(sentences(12))  # one 120-word line: split at its sentences
+    doc = Document(doc_id="d", title="T", text=text)
+    chunks = chunk_document(doc, ChunkingConfig(chunk_tokens=42, overlap_tokens=12), WordCounter())
+    # budget 42 - 2 (title + line break) = 40 words: 4 sentences; overlap: the last one (10 <= 12)
+    firsts = [c.text.split()[0] for c in chunks]
+    assert firsts == ["S0", "S3", "S6", "S9"]
+    for c in chunks:
+        assert len(c.index_text.split()) <= 42
+        assert c.text.endswith(".")  # never a cut sentence
+    for a, b in itertools.pairwise(chunks):
+        assert a.text.split(". ")[-1].rstrip(".") == b.text.split(". ")[0]  # the overlap: one whole sentence
+    assert chunks[-1].text.endswith("S11" + "".join(f" w11x{j}" for j in range(9)) + ".")
+    assert {w for c in chunks for w in c.text.split()} == set(text.split())  # nothing lost
+
+
+def test_a_long_sentence_falls_back_to_words_and_ids_are_stable() -> None:
+    doc = Document(doc_id="d", title="T", text=" ".join(f"w{i}" for i in range(100)))
+    config = ChunkingConfig(chunk_tokens=32, overlap_tokens=5)
+    chunks = chunk_document(doc, config, WordCounter())
+    assert all(len(c.index_text.split()) <= 32 for c in chunks)
+    assert [c.chunk_id for c in chunks] == [f"d#{i}" for i in range(len(chunks))]
+    assert chunks[0].text.split()[-5:] == chunks[1].text.split()[:5]
+    assert chunk_document(doc, config, WordCounter()) == chunks  # deterministic
+
+
+def test_table_rows_keep_their_header_in_every_chunk() -> None:
+    rows = "\n".join(f"| Region {i} | {i} working days |" for i in range(30))
+    doc = Document(
+        doc_id="ship", title="Shipping", text="x", sections=[Section("Times", f"| Region | Time |\n|---|---|\n{rows}")]
+    )
+    chunks = chunk_document(doc, ChunkingConfig(chunk_tokens=60, overlap_tokens=0), WordCounter())
+    assert len(chunks) > 2
+    for c in chunks:
+        lines = c.text.split("\n")
+        assert lines[:2] == ["| Region | Time |", "|---|---|"]
+        assert all(line.startswith("| Region ") for line in lines[2:])
+    body = [line for c in chunks for line in c.text.split("\n")[2:]]
+    assert body == rows.split("\n")  # each row once, in order
+
+
+def test_chunks_fit_minilm_and_carry_doc_fields() -> None:
     doc = Document(
         doc_id="returns",
         title="Returns",
         text="...",
         url="/help/returns",
-        sections=[Section("Returns", "Intro."), Section("Refund times", " ".join(["word"] * 250))],
+        sections=[Section("Returns", "Intro."), Section("Refund times", " ".join(sentences(80)))],
     )
-    chunks = chunk_document(doc, ChunkingConfig(chunk_words=100, overlap=20))
+    chunks = chunk_document(doc, ChunkingConfig(chunk_tokens=128, overlap_tokens=20))
+    counter = default_counter()
+    assert max(counter.count([c.index_text for c in chunks])) <= 128  # MiniLM word pieces, title included
     assert [c.chunk_id for c in chunks] == [f"returns#{i}" for i in range(len(chunks))]
-    assert chunks[0].index_text == "Returns\nIntro."  # section equal to the title is not repeated
+    assert chunks[0].index_text == "Returns\nIntro."  # a section equal to the title is not repeated
     assert chunks[1].index_text.startswith("Returns — Refund times\n")
     assert all(c.url == "/help/returns" and c.doc_id == "returns" for c in chunks)
-    assert len(chunks) == 1 + 3  # 250 words at 100/80 step: 0-100, 80-180, 160-250 (tail merged)
+
+
+def test_minilm_counts_word_pieces_not_words() -> None:
+    (n,) = default_counter().count(["Unbelievably, refunds take 5-7 working days."])
+    assert n > len(["Unbelievably,", "refunds", "take", "5-7", "working", "days."])
 
 
 def test_document_without_sections_is_one_section() -> None:
@@ -277,6 +379,6 @@ def test_document_without_sections_is_one_section() -> None:
 
 def test_chunking_config_validation() -> None:
     with pytest.raises(ValueError):
-        ChunkingConfig(chunk_words=5)
+        ChunkingConfig(chunk_tokens=5)
     with pytest.raises(ValueError):
-        ChunkingConfig(chunk_words=100, overlap=60)
+        ChunkingConfig(chunk_tokens=100, overlap_tokens=60)

@@ -16,6 +16,7 @@ from apps.support.documents import Document, Section
 from apps.support.extractive import (
     FEATURES,
     ExtractiveAnswerer,
+    Idf,
     Selector,
     Sentence,
     claims,
@@ -24,7 +25,6 @@ from apps.support.extractive import (
     fit_selector,
     keyword_recall,
     keywords,
-    Idf,
     sentences_of_document,
     split_prose,
     split_section,
@@ -64,7 +64,9 @@ class FakeEngine:
             words = re.findall(r"[a-z]+", question.lower())
             context = set(re.findall(r"[a-z]+", head.lower()))
             q_lp = sum(-1.0 if w in context else -4.0 for w in words)
-            out.append(ContinuationScore(logprob=-2.0 * len(head.split()) + q_lp, n_tokens=len(head.split()) + len(words)))
+            out.append(
+                ContinuationScore(logprob=-2.0 * len(head.split()) + q_lp, n_tokens=len(head.split()) + len(words))
+            )
         return out
 
 
@@ -81,7 +83,9 @@ ARTICLES = [
                 "| Region | Standard | Express |\n|---|---|---|\n| United Kingdom | 2-4 working days, £3.95 | next working day, £6.95 |\n"
                 "| European Union | 3-6 working days, €5.95 | 1-3 working days, €12.95 |",
             ),
-            Section("Free delivery", "Standard delivery is free over £50 in the UK. Gift cards do not count towards it."),
+            Section(
+                "Free delivery", "Standard delivery is free over £50 in the UK. Gift cards do not count towards it."
+            ),
         ],
     ),
     Document(
@@ -94,7 +98,9 @@ ARTICLES = [
                 "What can be returned",
                 "Items must be unused.\n\nThe following cannot be returned:\n\n- gift cards;\n- items marked Final sale.",
             ),
-            Section("Return windows", "You can return items within 30 days of delivery. Trailblazer members get 60 days."),
+            Section(
+                "Return windows", "You can return items within 30 days of delivery. Trailblazer members get 60 days."
+            ),
         ],
     ),
     Document(
@@ -114,7 +120,9 @@ ARTICLES = [
         title="Do you offer free delivery?",
         text="Do you offer free delivery?\n\nYes. Standard delivery is free on orders over £50 in the UK.",
         url="/help/shipping",
-        sections=[Section("Do you offer free delivery?", "Yes. Standard delivery is free on orders over £50 in the UK.")],
+        sections=[
+            Section("Do you offer free delivery?", "Yes. Standard delivery is free on orders over £50 in the UK.")
+        ],
         kind="faq",
         question="Do you offer free delivery?",
         answer="Yes. Standard delivery is free on orders over £50 in the UK.",
@@ -175,7 +183,12 @@ def test_sentences_of_document_keep_where_they_came_from() -> None:
     sentences = sentences_of_document(ARTICLES[0])
     first = sentences[0]
     assert (first.doc_id, first.title, first.url, first.section, first.section_index, first.position) == (
-        "shipping", "Shipping times and costs", "/help/shipping", None, 0, 0
+        "shipping",
+        "Shipping times and costs",
+        "/help/shipping",
+        None,
+        0,
+        0,
     )
     assert [s.position for s in sentences if s.section_index == 1] == [0, 1]
     assert sentences[2].context.startswith("Shipping times and costs — Delivery options: United Kingdom")
@@ -243,7 +256,10 @@ def test_compose_cites_each_document_once_in_order_of_use() -> None:
         "Returns are free in the UK. EU labels cost €5.95. [1] Standard delivery is free over £50. [2] "
         "Gift cards never expire early. [1]"
     )
-    assert [(x.n, x.doc_id, x.url) for x in citations] == [(1, "returns", "/help/returns"), (2, "shipping", "/help/shipping")]
+    assert [(x.n, x.doc_id, x.url) for x in citations] == [
+        (1, "returns", "/help/returns"),
+        (2, "shipping", "/help/shipping"),
+    ]
     assert fact_check(answer, [a1, a2, b, c]) == []
 
 
@@ -318,7 +334,9 @@ def test_injected_instructions_are_never_quoted(kb: KnowledgeBase) -> None:
 
 
 def test_never_say_rules_hand_off(kb: KnowledgeBase) -> None:
-    answerer = ExtractiveAnswerer(FakeEngine(), kb, _selector(threshold=0.0), banned=lambda t: ["no_prices"] if "£" in t else [])
+    answerer = ExtractiveAnswerer(
+        FakeEngine(), kb, _selector(threshold=0.0), banned=lambda t: ["no_prices"] if "£" in t else []
+    )
     reply = answerer.answer("free delivery threshold in the uk")
     assert reply.handoff and reply.reason == "never_say:no_prices"
 

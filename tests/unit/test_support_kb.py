@@ -154,13 +154,14 @@ def test_generations_are_swapped_and_pruned(kb: KnowledgeBase) -> None:
 
 
 def test_changed_chunking_rebuilds_on_warm_up(kb: KnowledgeBase) -> None:
-    long_doc = Document(doc_id="long", title="Long", text=" ".join(f"w{i}" for i in range(120)))
+    long_doc = Document(doc_id="long", title="Long", text=" ".join(["word"] * 120))  # 120 word pieces
     kb.upsert(long_doc)
     assert {i.doc_id: i.chunks for i in kb.documents()}["long"] == 1
-    small = KnowledgeBase(kb.root, HashEmbedder(), chunk_words=40, overlap=10)
+    small = KnowledgeBase(kb.root, HashEmbedder(), chunk_tokens=64, overlap_tokens=10)
     small.warm_up()
-    assert {i.doc_id: i.chunks for i in small.documents()}["long"] == 4
-    assert json.loads((kb.root / "manifest.json").read_text())["chunking"] == {"chunk_words": 40, "overlap": 10}
+    assert {i.doc_id: i.chunks for i in small.documents()}["long"] > 1
+    chunking = json.loads((kb.root / "manifest.json").read_text())["chunking"]
+    assert chunking == {"chunk_tokens": 64, "overlap_tokens": 10, "tokenizer": "minilm-wordpiece"}
 
 
 def test_refresh_sees_another_writer(kb: KnowledgeBase) -> None:
@@ -341,11 +342,23 @@ def test_sections_are_searchable_and_cited(tmp_path: Path, embedder: HashEmbedde
 # ---- CLI ---------------------------------------------------------------------------------------
 
 
-def test_cli_ingest_folder_reports_and_exits_1_on_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.embeddings
-    from apps.support import cli
+def cli_services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``domainllm support`` on a hashing embedder and a scratch KB folder (never the served one)."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(core.embeddings, "MiniLMEmbedder", lambda *a, **k: HashEmbedder())
+    import domainllm.support
+    from apps.support.settings import SupportSettings
+
+    fake = SimpleNamespace(
+        engine=HashEmbedder(), settings=SimpleNamespace(support=SupportSettings(kb_dir=tmp_path / "kb"))
+    )
+    monkeypatch.setattr(domainllm.support, "services", lambda: fake)
+
+
+def test_cli_ingest_folder_reports_and_exits_1_on_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domainllm import support as cli
+
+    cli_services(monkeypatch, tmp_path)
     docs = tmp_path / "docs"
     (docs / "sub").mkdir(parents=True)
     (docs / "returns.md").write_text("# Returns\n\nReturn items within 30 days.\n")
@@ -367,6 +380,8 @@ def test_cli_ingest_folder_reports_and_exits_1_on_a_bad_file(tmp_path: Path, mon
     kb = KnowledgeBase(kb_dir, HashEmbedder())
     assert sorted(d.doc_id for d in kb.documents())[1] == "returns"
     assert kb.get("returns").url == "/help/returns"  # type: ignore[union-attr]
+    info = {d.doc_id: d for d in kb.documents()}["returns"]
+    assert (info.source, info.source_path) == (f"folder:{docs.resolve()}", "returns.md")
     found = runner.invoke(cli.app, ["search", "return items", "--k", "1", "--kb-dir", str(kb_dir)])
     assert found.exit_code == 0 and "returns" in found.output
     bad_mode = runner.invoke(cli.app, ["search", "x", "--mode", "nope", "--kb-dir", str(kb_dir)])

@@ -10,6 +10,11 @@
  * events from a POST (fetch + ReadableStream: EventSource can only GET). Server text is only ever
  * put in the page as textContent, never as HTML. window.SupportWidget.open() / close() / ask(text) let
  * the host page drive it from its own buttons.
+ *
+ * Once the conversation goes to a person, the widget follows the session's event stream (GET
+ * /v1/support/sessions/{id}/events, resumed with ?after=<last event id>): the agent joining, their
+ * messages, the close with a 1-5 rating prompt, and the "nobody is free" notice with an e-mail field.
+ * While a person holds the conversation the bot is silent: messages go to them (the API answers 202).
  */
 (function () {
   "use strict";
@@ -79,6 +84,20 @@
     ".feedback button.down svg{transform:rotate(180deg);}",
     ".feedback button:hover:not(:disabled){background:var(--soft);}",
     ".feedback button[aria-pressed=true]{border-color:var(--accent);color:var(--accent);background:#e3efe9;opacity:1;}",
+    ".msg.agent{align-self:flex-start;background:#e8f1fb;border:1px solid #c9dcf2;border-bottom-left-radius:4px;}",
+    ".msg .who{font-size:12px;font-weight:600;color:#1b4d80;margin-bottom:2px;white-space:normal;}",
+    ".msg .sent{font-size:11.5px;opacity:.85;margin-top:3px;text-align:right;white-space:normal;}",
+    ".rating{display:flex;gap:6px;margin-top:8px;white-space:normal;}",
+    ".rating button{min-width:36px;border:1px solid var(--line);background:var(--bg);color:var(--ink);border-radius:8px;",
+    "  padding:5px 0;font-weight:600;}",
+    ".rating button:hover:not(:disabled){background:var(--soft);}",
+    ".rating button[aria-pressed=true]{border-color:var(--accent);background:#e3efe9;color:var(--accent);opacity:1;}",
+    ".contact{display:flex;gap:6px;margin-top:8px;white-space:normal;}",
+    ".contact input{flex:1;min-width:0;font:inherit;color:inherit;border:1px solid var(--line);border-radius:8px;padding:6px 8px;}",
+    ".contact button{border:0;border-radius:8px;background:var(--accent);color:var(--accent-ink);padding:0 12px;font-weight:600;}",
+    ".launcher[data-unread]::after{content:'';position:absolute;top:6px;right:6px;width:12px;height:12px;border-radius:50%;",
+    "  background:#d9480f;border:2px solid #fff;}",
+    ".launcher{position:relative;}",
     ".form{display:flex;gap:8px;padding:10px;border-top:1px solid var(--line);background:var(--bg);}",
     ".form textarea{flex:1;resize:none;font:inherit;color:inherit;border:1px solid var(--line);border-radius:10px;",
     "  padding:8px 10px;height:40px;max-height:120px;}",
@@ -270,19 +289,22 @@
     sessionId = null;
     sessionPromise = null;
     storeSession(null);
+    stopFollowing(); // a new session has no person on it
+    if (held) clearHeld();
   }
 
   // ---- server-sent events over a fetch body ----
-  // Calls onEvent(name, data) for each event; resolves when the stream ends.
+  // Calls onEvent(name, data, lastEventId) for each event; resolves when the stream ends.
   function readEvents(response, onEvent) {
     var reader = response.body.getReader();
     var decoder = new TextDecoder();
     var buffer = "";
     var eventName = "message";
     var dataLines = [];
+    var lastId = null;
 
     function dispatch() {
-      if (dataLines.length) onEvent(eventName, dataLines.join("\n"));
+      if (dataLines.length) onEvent(eventName, dataLines.join("\n"), lastId);
       eventName = "message";
       dataLines = [];
     }
@@ -295,6 +317,7 @@
       if (value.charAt(0) === " ") value = value.slice(1);
       if (field === "event") eventName = value || "message";
       else if (field === "data") dataLines.push(value);
+      else if (field === "id") lastId = value;
     }
     function pump() {
       return reader.read().then(function (chunk) {
@@ -433,7 +456,8 @@
           text: "Handed to a person on our team",
         })
       );
-      markHandedOff();
+      setHeld("open");
+      follow();
     } else if (typeof result.confidence === "number" && result.confidence < LOW_CONFIDENCE) {
       node.appendChild(
         el("div", {
@@ -486,6 +510,12 @@
           if (type.indexOf("text/event-stream") < 0) {
             return response.json().then(function (result) {
               finished = true;
+              if (result && result.held) {
+                node.remove(); // a person holds the conversation (another tab handed it off): no bot answer
+                setHeld("open");
+                follow();
+                return;
+              }
               renderFinal(node, result);
             });
           }
@@ -536,9 +566,9 @@
     var text = input.value.trim();
     if (!text || busy) return;
     input.value = "";
-    addMessage("user", text, "message-user");
+    var userNode = addMessage("user", text, "message-user");
     setBusy(true);
-    ask(text).then(function () {
+    (held ? sendToPerson(text, userNode) : ask(text)).then(function () {
       setBusy(false);
       input.focus();
     });
@@ -562,7 +592,8 @@
           var text = (result && result.message) || "We've asked a person on our team to join.";
           var node = addMessage("notice", text, "handoff-message");
           if (result && result.handoff_id) node.setAttribute("data-handoff-id", result.handoff_id);
-          markHandedOff();
+          setHeld(held ? held.status : "open");
+          follow();
         },
         function (err) {
           handoffButton.disabled = false;
@@ -571,10 +602,261 @@
       );
   }
 
+  // ---- a person in the conversation: the session's event stream ----
+  var HANDOFF_STORE = "support-handoff:" + API + ":" + KEY;
+  var following = null; // the AbortController of the open event stream, while following
+  var eventsCursor = null; // the last event id seen: a reconnect resumes after it
+  var retryDelay = 1000;
+  var held = null; // while a person holds the conversation: {status: "open"|"taken", agent}
+  var asked = {}; // prompts already shown, by kind and handoff id
+
+  function storeFollowing(on) {
+    try {
+      if (on) sessionStorage.setItem(HANDOFF_STORE, "1");
+      else sessionStorage.removeItem(HANDOFF_STORE);
+    } catch (e) {
+      /* see readStoredSession */
+    }
+  }
+  function readFollowing() {
+    try {
+      return sessionStorage.getItem(HANDOFF_STORE) === "1";
+    } catch (e) {
+      return false;
+    }
+  }
+
+  function setHeld(status, agent) {
+    held = { status: status, agent: agent || (held && held.agent) || null };
+    panel.setAttribute("data-handoff", status);
+    markHandedOff();
+    input.placeholder = held.agent ? "Write to " + held.agent + "\u2026" : "Write to our team\u2026";
+  }
+
+  function clearHeld() {
+    held = null;
+    panel.removeAttribute("data-handoff");
+    handoffButton.disabled = false;
+    handoffButton.textContent = "Talk to a person";
+    input.placeholder = "Type your question\u2026";
+  }
+
+  function follow() {
+    storeFollowing(true);
+    if (following) return;
+    var controller = new AbortController();
+    following = controller;
+    ensureSession()
+      .then(function (id) {
+        var query = eventsCursor ? "?after=" + encodeURIComponent(eventsCursor) : "";
+        return fetch(API + "/v1/support/sessions/" + encodeURIComponent(id) + "/events" + query, {
+          headers: { Accept: "text/event-stream", "X-Support-Key": KEY },
+          signal: controller.signal,
+        });
+      })
+      .then(function (response) {
+        if (response.status === 404) return stopFollowing(); // the session expired
+        if (!response.ok) throw new ApiError("events: " + response.status, response.status);
+        retryDelay = 1000;
+        panel.setAttribute("data-live", "true");
+        return readEvents(response, function (name, data, id) {
+          var payload;
+          try {
+            payload = JSON.parse(data);
+          } catch (e) {
+            return;
+          }
+          if (id) eventsCursor = id;
+          onPersonEvent(name, payload || {});
+        });
+      })
+      .then(
+        function () {
+          reconnect(controller, 500); // the server ended the stream (it does, now and then): resume
+        },
+        function () {
+          reconnect(controller, retryDelay);
+          retryDelay = Math.min(retryDelay * 2, 15000);
+        }
+      );
+  }
+
+  function reconnect(controller, delay) {
+    if (following !== controller) return; // stopped, or already replaced
+    following = null;
+    panel.removeAttribute("data-live");
+    setTimeout(function () {
+      if (!following && readFollowing()) follow();
+    }, delay);
+  }
+
+  function stopFollowing() {
+    storeFollowing(false);
+    var controller = following;
+    following = null;
+    panel.removeAttribute("data-live");
+    if (controller) controller.abort();
+  }
+
+  function onPersonEvent(name, data) {
+    if (name === "state") {
+      if (data.handoff) setHeld(data.handoff.status, data.handoff.taken_by);
+      else if (held) clearHeld();
+      if (data.csat_pending) askRating(data.csat_pending);
+      else if (!data.handoff) stopFollowing(); // nothing left to wait for
+    } else if (name === "handoff_opened") {
+      setHeld("open");
+    } else if (name === "agent_joined") {
+      setHeld("taken", data.agent);
+      addMessage("notice", (data.agent || "Someone from our team") + " joined the conversation.", "agent-joined");
+      nudge();
+    } else if (name === "agent_message" && data.message) {
+      var node = addMessage("agent", data.message.text, "message-agent");
+      node.insertBefore(el("div", { class: "who", text: data.message.agent || "Support team" }), node.firstChild);
+      node.setAttribute("data-message-id", data.message.id || "");
+      nudge();
+    } else if (name === "handoff_closed") {
+      var who = held && held.agent;
+      clearHeld();
+      addMessage("notice", (who || "Our team") + " closed the conversation.", "handoff-closed");
+      if (data.csat) askRating(data.handoff_id);
+      else stopFollowing();
+    } else if (name === "no_agent") {
+      askEmail(data.handoff_id, data.message);
+      nudge();
+    }
+  }
+
+  function nudge() {
+    if (panel.hidden) launcher.setAttribute("data-unread", "true");
+  }
+
+  function askRating(handoffId) {
+    if (asked["rating:" + handoffId]) return;
+    asked["rating:" + handoffId] = true;
+    var node = addMessage("notice", "How did we do? Please rate this conversation.", "csat-prompt");
+    node.setAttribute("data-handoff-id", handoffId || "");
+    var row = el("div", { class: "rating", role: "group", "aria-label": "Your rating, 1 (poor) to 5 (great)" });
+    var buttons = [];
+    [1, 2, 3, 4, 5].forEach(function (rating) {
+      var button = el("button", {
+        type: "button",
+        "aria-label": rating + " out of 5",
+        "aria-pressed": "false",
+        "data-testid": "csat-" + rating,
+        text: String(rating),
+      });
+      button.addEventListener("click", function () {
+        rate(rating, button);
+      });
+      buttons.push(button);
+      row.appendChild(button);
+    });
+    node.appendChild(row);
+    scrollToEnd();
+
+    function thanks(text) {
+      node.appendChild(el("div", { class: "hint", "data-testid": "csat-thanks", text: text }));
+      stopFollowing();
+      scrollToEnd();
+    }
+    function rate(rating, button) {
+      buttons.forEach(function (b) {
+        b.disabled = true;
+      });
+      request("/v1/support/sessions/" + encodeURIComponent(sessionId) + "/csat", { rating: rating }).then(
+        function () {
+          button.setAttribute("aria-pressed", "true");
+          node.setAttribute("data-rating", String(rating));
+          thanks("Thanks for rating us " + rating + " out of 5.");
+        },
+        function (err) {
+          if (err.status === 409) return thanks("Thanks, we already have your rating.");
+          buttons.forEach(function (b) {
+            b.disabled = false;
+          });
+          showError(err.message);
+        }
+      );
+    }
+  }
+
+  function askEmail(handoffId, message) {
+    if (asked["email:" + handoffId]) return;
+    asked["email:" + handoffId] = true;
+    var node = addMessage(
+      "notice",
+      message || "Everyone on our team is busy right now. Leave your e-mail address and we'll answer you there.",
+      "no-agent-notice"
+    );
+    var field = el("input", {
+      type: "email",
+      autocomplete: "email",
+      maxlength: "254",
+      placeholder: "you@example.com",
+      "aria-label": "Your e-mail address",
+      "data-testid": "contact-email",
+    });
+    var button = el("button", { type: "submit", "data-testid": "contact-send", text: "Send" });
+    var contact = el("form", { class: "contact", "aria-label": "Leave your e-mail address" }, field, button);
+    contact.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var email = field.value.trim();
+      if (!email) return field.focus();
+      button.disabled = true;
+      request("/v1/support/sessions/" + encodeURIComponent(sessionId) + "/contact", { email: email }).then(
+        function (result) {
+          contact.replaceWith(
+            el("div", {
+              class: "hint",
+              "data-testid": "contact-thanks",
+              text: (result && result.message) || "Thanks: we'll answer you by e-mail.",
+            })
+          );
+        },
+        function (err) {
+          button.disabled = false;
+          showError(err.message);
+        }
+      );
+    });
+    node.appendChild(contact);
+    scrollToEnd();
+  }
+
+  // While a person holds the conversation: the message goes to them, and no bot answer is expected.
+  function sendToPerson(text, userNode) {
+    return ensureSession()
+      .then(function (id) {
+        return fetch(API + "/v1/support/sessions/" + encodeURIComponent(id) + "/messages", {
+          method: "POST",
+          headers: headers(),
+          body: JSON.stringify({ message: text, stream: false }),
+        }).then(null, networkError);
+      })
+      .then(function (response) {
+        if (!response.ok) return errorFrom(response);
+        return response.json().then(function (result) {
+          if (response.status === 202 && result && result.held) {
+            userNode.setAttribute("data-delivered", "person");
+            var to = held && held.agent ? held.agent : "our team";
+            userNode.appendChild(el("div", { class: "sent", "data-testid": "message-delivered", text: "Sent to " + to }));
+            return;
+          }
+          clearHeld(); // the person had closed it a moment ago: the bot answered
+          renderFinal(addMessage("assistant", "", "message-assistant"), result || {});
+        });
+      })
+      .then(null, function (err) {
+        showError(err && err.message ? err.message : "Something went wrong. Please try again.");
+      });
+  }
+
   // ---- open / close ----
   function open() {
     if (!panel.hidden) return;
     panel.hidden = false;
+    launcher.removeAttribute("data-unread");
     launcher.setAttribute("aria-expanded", "true");
     launcher.setAttribute("aria-label", "Close support chat");
     launcher.innerHTML = CLOSE_ICON;
@@ -618,6 +900,7 @@
   });
 
   sessionId = readStoredSession();
+  if (sessionId && readFollowing()) follow(); // a person was on this conversation before the page changed
 
   function mount() {
     document.body.appendChild(host);
