@@ -1,9 +1,10 @@
 """The one FastAPI app of the suite: ``uvicorn apps.server:create_app --factory``.
 
-The lifespan builds the core ``LocalEngine`` once and loads it in the background (a worker thread), so
-the process answers /healthz at once and /readyz turns 200 when the model is in; until then the
-model routes answer 503 with Retry-After. Routers are gathered in ``ROUTERS``; each resource has
-its own module and reaches the engine only through the dependencies in ``apps.deps``.
+The lifespan calls the composition root (``apps.composition.build_services``) once and loads the
+engine in the background (a worker thread), so the process answers /healthz at once and /readyz
+turns 200 when the model is in; until then the model routes answer 503 with Retry-After. Routers
+are gathered in ``ROUTERS``; each resource has its own module and reaches the engine and its
+service only through the dependencies in ``apps.deps``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from core.config import get_settings
 from core.errors import DomainLLMError
@@ -16,27 +15,13 @@ from domainllm import evals
 from domainllm import recommend as recommend_cli
 from domainllm import sentiment as sentiment_cli
 from domainllm import support as support_cli
+from domainllm.common import console, fail, fail_run, progress_bars
 from domains.recommend.serving import RANKING_ADAPTER
 
 app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one shared LLM core.", no_args_is_help=True)
 app.add_typer(sentiment_cli.app, name="sentiment")
 app.add_typer(recommend_cli.app, name="recommend")
 app.add_typer(support_cli.app, name="support")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
-
-
-def _fail_run(what: str, exc: Exception) -> None:
-    """A failure inside a long job: one line naming the problem (the traceback only with -v)."""
-    logging.getLogger(__name__).debug("%s failed", what, exc_info=exc)
-    message = exc.message if isinstance(exc, DomainLLMError) else f"{type(exc).__name__}: {exc}"
-    err_console.print(f"[bold red]error:[/] {what} failed: {message}")
-    raise typer.Exit(code=1)
 
 
 @app.callback()
@@ -54,14 +39,14 @@ def prepare_model(force: Annotated[bool, typer.Option(help="Rebuild even if prep
     path = settings.base_model_path
     if settings.base_model != DEFAULT_BASE_MODEL:
         if not is_prepared(path):
-            _fail(DomainLLMError(f"base model folder {path} is missing config, tokenizer or weights"))
+            fail(DomainLLMError(f"base model folder {path} is missing config, tokenizer or weights"))
         console.print(f"using base model {path}")
         return
     try:
         with console.status(f"preparing {DEFAULT_BASE_MODEL} under {path}"):
             result = prepare_default_model(path, force=force)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"base model {'prepared' if result.created else 'already prepared'}: {path}")
 
 
@@ -99,7 +84,7 @@ def models() -> None:
     try:
         engine.warm_up()
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     console.print_json(json.dumps({"models": engine.list_models(), "failed": engine.adapter_failures}, default=str))
     engine.close()
 
@@ -126,7 +111,7 @@ def generate(
             on_delta=lambda d: console.print(d, end="", highlight=False),
         )
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     finally:
         engine.close()
     console.print()
@@ -145,7 +130,7 @@ def load_adapter_check(
         engine.warm_up()
         info = engine.load_adapter(name or path.name, path)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     finally:
         engine.close()
     console.print_json(json.dumps(info.describe(), default=str))
@@ -162,11 +147,11 @@ def _task_module(task: str) -> Any:
     import importlib
 
     if task not in TASK_MODULES:
-        _fail(DomainLLMError(f"unknown task {task!r}; choose one of {', '.join(TASK_MODULES)}"))
+        fail(DomainLLMError(f"unknown task {task!r}; choose one of {', '.join(TASK_MODULES)}"))
     try:
         return importlib.import_module(TASK_MODULES[task])
     except ModuleNotFoundError as exc:
-        _fail(DomainLLMError(f"task {task!r} is not built yet ({exc})"))
+        fail(DomainLLMError(f"task {task!r} is not built yet ({exc})"))
 
 
 @app.command()
@@ -183,7 +168,7 @@ def train(
     try:
         cfg = load_config(config or config_for(task), settings.shared_data_dir)
     except DomainLLMError as exc:
-        _fail(exc)
+        fail(exc)
     module = _task_module(cfg.task)
     with Progress(
         TextColumn(f"training {cfg.adapter_name}"),
@@ -203,7 +188,7 @@ def train(
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a bad row, a full disk, out of memory: one line, not a traceback
-            _fail_run(f"training {cfg.adapter_name!r}", exc)
+            fail_run(f"training {cfg.adapter_name!r}", exc)
     training = card["training"]
     console.print(
         f"adapter {cfg.adapter_name!r} saved to {settings.adapters_path / cfg.adapter_name} "
@@ -227,21 +212,28 @@ def evaluate(
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
-    if task == "recommend-ranking":  # the recommender's own ranking evaluation (finetune/evals/recommend.py)
-        recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
-        return
-    if task == "support-retrieval":  # the knowledge base's retrieval (finetune/evals/support_retrieval.py)
-        evals.support_retrieval(out)
-        return
-    if task == "support-answers":  # answers vs handoffs on the sample help centre (finetune/evals/support_answers.py)
-        evals.support_answers(out)
-        return
-    settings = get_settings()
-    module = _task_module(task)
+    extra = ("recommend-ranking", "support-retrieval", "support-answers")
+    if task not in (*TASK_MODULES, *extra):
+        fail(f"unknown evaluation {task!r}; choose one of {', '.join((*TASK_MODULES, *extra))}")
     try:
-        report = module.evaluate(settings, out_dir=out)
-    except DomainLLMError as exc:
-        _fail(exc)
+        with progress_bars():
+            if task == "recommend-ranking":  # the recommender's own ranking evaluation (finetune/evals/recommend.py)
+                recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
+                return
+            if task == "support-retrieval":  # the knowledge base's retrieval (finetune/evals/support_retrieval.py)
+                evals.support_retrieval(out)
+                return
+            if (
+                task == "support-answers"
+            ):  # answers and handoffs on the sample help centre (finetune/evals/support_answers.py)
+                evals.support_answers(out)
+                return
+            module = _task_module(task)
+            report = module.evaluate(get_settings(), out_dir=out)
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as exc:  # missing data, a broken adapter: one line, not a traceback
+        fail_run(f"the {task} evaluation", exc)
     for split, systems in report["splits"].items():
         metrics = [k for k, v in next(iter(systems.values())).items() if isinstance(v, float)]
         table = Table(title=f"{task}: {split}")

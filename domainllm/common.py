@@ -4,11 +4,14 @@ the composition root (built once per process, the same function the API and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import TaskID
 
 from apps.composition import Services, build_services
 from apps.settings import get_settings
@@ -36,3 +39,36 @@ def fail_run(what: str, exc: Exception) -> NoReturn:
 def services() -> Services:
     """This process's services; the engine is not loaded until a command warms it up."""
     return build_services(get_settings())
+
+
+@contextmanager
+def progress_bars() -> Iterator[None]:
+    """A bar per phase for whatever ``finetune.progress.track`` reports inside the block."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from finetune.progress import reporting
+
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=total or None)
+            progress.update(bars[phase], completed=done, total=total or None)
+
+        with reporting(report):
+            yield

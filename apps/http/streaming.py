@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from apps.errors import stream_error_json
-from core.engine import LocalEngine, Prompt
+from core.interface import Engine, Prompt
 from core.errors import DomainLLMError
 from core.sampling import Completion, SamplingParams
 
@@ -67,7 +67,7 @@ class DeltaBridge:
 
 
 def submit_streaming(
-    engine: LocalEngine, prompt: Prompt, *, model: str, params: SamplingParams
+    engine: Engine, prompt: Prompt, *, model: str, params: SamplingParams
 ) -> tuple[DeltaBridge, Future[Completion]]:
     """Queue a generation whose deltas flow through a new bridge; it stops if the reader goes away."""
     bridge = DeltaBridge()

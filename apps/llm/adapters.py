@@ -49,9 +49,7 @@ def adapter_folder(body: AdapterLoadRequest, settings: Settings) -> Path:
     responses=error_responses(503),
 )
 async def list_adapters(engine: EngineDep) -> AdapterList:
-    registry = engine.registry
-    infos = registry.all() if registry is not None else []
-    return AdapterList(data=[adapter_out(i) for i in infos], failed=dict(engine.adapter_failures))
+    return AdapterList(data=[adapter_out(i) for i in engine.adapters()], failed=dict(engine.adapter_failures))
 
 
 @router.post(

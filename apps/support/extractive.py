@@ -538,8 +538,10 @@ class Selector:
     coef: list[float]
     intercept: float
     threshold: float = 0.5  # confidence below this: hand off
-    second_threshold: float = 0.5  # a second sentence for a part needs this probability...
-    second_adjacent: bool = True  # ...and to sit next to the first (same section), when True
+    second_threshold: float = 0.5  # a further sentence for a part needs this probability...
+    second_adjacent: bool = False  # ...and to sit next to the first (same section), when True
+    max_sentences: int = 2  # sentences per part at most
+    confidence: str = "union"  # "union": P(any selected sentence answers); "top": P(the top one does)
     top_k: int = 6  # passages retrieved per query
     include_faq: bool = True  # curated FAQ answers are candidate sentences too
     lm_model: str = "base"  # which model's likelihood ("base" or an adapter name)
@@ -1044,19 +1046,27 @@ class ExtractiveAnswerer:
                     order.remove(other)
                     order.insert(0, other)
             top = scored.sentences[order[0]]
-            picked = [top]
-            for j in order[1:3]:
-                s = scored.sentences[int(j)]
+            picked, p_picked = [top], [float(probs[p, order[0]])]
+            top_words = set(keywords(top.text))
+            for j in order[1:]:
+                if len(picked) >= sel.max_sentences or probs[p, j] < sel.second_threshold:
+                    break
+                s = scored.sentences[j]
+                words = set(keywords(s.text))
+                if s.key in seen or len(words & top_words) > 0.7 * max(len(words | top_words), 1):
+                    continue  # said already, or the same thing in other words (an FAQ and its article)
                 adjacent = (
                     s.doc_id == top.doc_id
                     and s.section_index == top.section_index
                     and abs(s.position - top.position) == 1
                 )
-                if probs[p, j] >= sel.second_threshold and (adjacent or not sel.second_adjacent):
+                if adjacent or not sel.second_adjacent:
                     picked.append(s)
-                    break
-            picked.sort(key=lambda s: (s.doc_id != top.doc_id, s.section_index, s.position))
-            part_scores.append(PartScore(part, top, float(probs[p, order[0]]), picked))
+                    p_picked.append(float(probs[p, j]))
+            picked.sort(key=lambda s: (s.doc_id != top.doc_id, s.doc_id, s.section_index, s.position))
+            union = 1.0 - float(np.prod([1.0 - q for q in p_picked]))
+            part_p = union if sel.confidence == "union" else p_picked[0]
+            part_scores.append(PartScore(part, top, part_p, picked))
             for s in picked:
                 if s.key not in seen:
                     seen.add(s.key)

@@ -50,7 +50,7 @@ return {1, ARGV[2]}
 """
 
 # KEYS: handoff, messages, inbox, session events
-# ARGV: agent, message, inbox event, session event, inbox max, session max, ttl
+# ARGV: agent, message, inbox event, session event, inbox max, session max, ttl, messages max
 REPLY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -59,6 +59,7 @@ if status == 'closed' then return {-3, by} end
 if status ~= 'taken' then return {-5, ''} end
 if by ~= ARGV[1] then return {-4, by} end
 redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', 'agent_message', 'data', ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'type', 'agent_message', 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
@@ -95,13 +96,14 @@ redis.call('EXPIRE', KEYS[8], ARGV[11])
 return {1, by}
 """
 
-# KEYS: session, handoff, messages, inbox | ARGV: id, message, inbox event, inbox max
+# KEYS: session, handoff, messages, inbox | ARGV: id, message, inbox event, inbox max, messages max
 CUSTOMER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 if redis.call('HGET', KEYS[1], 'handoff') ~= ARGV[1] then return 0 end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'open' and status ~= 'taken' then return 0 end
 redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'customer_message', 'data', ARGV[3])
 return 1
 """

@@ -153,6 +153,7 @@ class HandoffDesk:
         max_text_chars: int = 4000,
         inbox_maxlen: int = 1000,
         session_maxlen: int = 200,
+        max_messages: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not _TENANT_RE.match(tenant):
@@ -163,6 +164,7 @@ class HandoffDesk:
             ("max_text_chars", max_text_chars),
             ("inbox_maxlen", inbox_maxlen),
             ("session_maxlen", session_maxlen),
+            ("max_messages", max_messages),
         ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -174,6 +176,7 @@ class HandoffDesk:
         self.max_text_chars = int(max_text_chars)
         self.inbox_maxlen = int(inbox_maxlen)
         self.session_maxlen = int(session_maxlen)
+        self.max_messages = int(max_messages)  # of one handoff's conversation: the newest are kept
         self.clock = clock
         register = self.r.register_script
         self._open, self._take, self._reply, self._close = map(register, (OPEN, TAKE, REPLY, CLOSE))
@@ -434,6 +437,7 @@ class HandoffDesk:
                 _json({"handoff_id": hid, "session_id": record["session_id"], "message": message}),
                 _json({"handoff_id": hid, "message": message}),
                 *self._stream_args(),
+                self.max_messages,
             ],
         )
         if int(code) == -1:
@@ -533,6 +537,7 @@ class HandoffDesk:
                     _json(message),
                     _json({"handoff_id": hid, "session_id": sid, "message": message}),
                     self.inbox_maxlen,
+                    self.max_messages,
                 ],
             )
         )

@@ -134,7 +134,7 @@ def sync_folder(
             f"{folder} has no supported files: syncing would delete all {len(mine)} of its documents; "
             "allow an empty folder to do that (--allow-empty, or allow_empty: true)"
         )
-    taken = {}
+    taken: dict[str, tuple[str, str | None]] = {}
     for doc in scan.documents:
         other = held.get(doc.doc_id, scan.source)
         if other not in (None, scan.source):

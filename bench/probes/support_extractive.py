@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from apps.support.extractive import (  # noqa: E402
     FEATURES,
+    TEXT_FEATURES,
     ExtractiveAnswerer,
     ExtractiveReply,
     Scored,
@@ -51,6 +52,7 @@ from apps.support.extractive import (  # noqa: E402
     Sentence,
     fact_check,
     fit_selector,
+    text_features,
 )
 
 log = logging.getLogger("support_extractive")
@@ -60,9 +62,11 @@ EVAL = SAMPLES / "eval"
 DEFAULT_SELECTOR = SAMPLES / "selector.json"
 RESULTS = ROOT / "bench" / "results" / "support_extractive.json"
 CACHE_TOP_K = 8  # candidates are gathered once at this depth; routes filter by rank
+CACHE_VERSION = 2  # bump when candidates or the model features change (text features are refreshed)
 
 ALL_LM = [f for f in FEATURES]
 NO_LM = [f for f in FEATURES if not f.startswith("lm")]
+NO_TYPES = [f for f in NO_LM if not f.startswith("type")]
 EMB = ["cos", "cos_ctx", "cos_full", "cos_gap", "passage_cos", "inv_rank"]
 
 
@@ -73,16 +77,26 @@ class Route:
     top_k: int = 6
     include_faq: bool = True
     c: float = 1.0
+    second_threshold: float = 0.2  # a second sentence per part from this probability
+    max_sentences: int = 2
+    confidence: str = "union"
 
 
 ROUTES = [
+    Route("embedder only, 1 sentence", EMB, max_sentences=1, confidence="top"),
     Route("embedder only", EMB),
-    Route("embedder + keywords", NO_LM),
-    Route("embedder + keywords + LM likelihood", ALL_LM),
-    Route("all, no FAQ sentences", ALL_LM, include_faq=False),
-    Route("all, top 3 passages", ALL_LM, top_k=3),
-    Route("all, top 8 passages", ALL_LM, top_k=8),
-    Route("LM likelihood + keywords (no embedder)", [f for f in ALL_LM if not f.startswith("cos")]),
+    Route("embedder + keywords, 1 sentence", NO_TYPES, max_sentences=1, confidence="top"),
+    Route("embedder + keywords", NO_TYPES),
+    Route("embedder + keywords + answer types", NO_LM),
+    Route("emb + kw + types, no FAQ sentences", NO_LM, include_faq=False),
+    Route("emb + kw + types, top 3 passages", NO_LM, top_k=3),
+    Route("emb + kw + types, top 8 passages", NO_LM, top_k=8),
+    Route("emb + kw + types, 3 sentences", NO_LM, max_sentences=3),
+    Route("all + LM likelihood, 1 sentence", ALL_LM, max_sentences=1, confidence="top"),
+    Route("all + LM likelihood", ALL_LM),
+    Route("all + LM, no FAQ sentences", ALL_LM, include_faq=False),
+    Route("all + LM, top 8 passages", ALL_LM, top_k=8),
+    Route("LM + keywords + types (no embedder)", [f for f in ALL_LM if not f.startswith("cos")]),
 ]
 
 
@@ -131,7 +145,6 @@ def sentence_label(sentence: Sentence, facts: list[Any]) -> int:
 
 
 def build_stack(tmp: Path) -> dict[str, Any]:
-    from apps.support.documents import parse_document_report, slug_of
     from apps.support.intents import IntentClassifier
     from apps.support.kb import KnowledgeBase
     from apps.support.rules import load_rules
@@ -145,10 +158,7 @@ def build_stack(tmp: Path) -> dict[str, Any]:
     engine.warm_up()
     kb = KnowledgeBase(tmp / "kb", engine)
     kb.warm_up()
-    docs = []
-    for path in sorted((SAMPLES / "articles").glob("*")):  # served at /help/<doc_id>, as `make run` does
-        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
-    docs.extend(parse_document_report("faq.csv", (SAMPLES / "faq.csv").read_bytes()).documents)
+    docs = sample_documents()
     kb.upsert_many(docs)
     settings = SupportSettings(kb_dir=tmp / "kb")
     return {
@@ -158,6 +168,31 @@ def build_stack(tmp: Path) -> dict[str, Any]:
         "settings": settings,
         "intents": IntentClassifier(engine, settings.adapter),
     }
+
+
+def sample_documents() -> list[Any]:
+    from apps.support.documents import parse_document_report, slug_of
+
+    docs = []
+    for path in sorted((SAMPLES / "articles").glob("*")):  # served at /help/<doc_id>, as `make run` does
+        docs.extend(parse_document_report(path.name, path.read_bytes(), url=f"/help/{slug_of(path.name)}").documents)
+    docs.extend(parse_document_report("faq.csv", (SAMPLES / "faq.csv").read_bytes()).documents)
+    return docs
+
+
+class DocsOnly:
+    """The part of a KnowledgeBase that IDF needs (documents, get), for runs from the cache."""
+
+    def __init__(self, docs: list[Any]) -> None:
+        self.docs = {d.doc_id: d for d in docs}
+
+    def documents(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(doc_id=d.doc_id, content_hash=d.content_hash()) for d in self.docs.values()]
+
+    def get(self, doc_id: str) -> Any:
+        return self.docs.get(doc_id)
 
 
 def _mask_pii() -> Any:
@@ -215,6 +250,25 @@ def compute_features(
     return out
 
 
+def refresh(items: list[dict[str, Any]], names: list[str], idf: Any) -> None:
+    """Cached features in today's ``FEATURES`` order, the model-free ones recomputed with today's code."""
+    for item in items:
+        scored = item.get("scored")
+        if scored is None:
+            continue
+        old = scored.features
+        x = np.zeros((*old.shape[:2], len(FEATURES)))
+        for j, f in enumerate(FEATURES):
+            if f in names:
+                x[:, :, j] = old[:, :, names.index(f)]
+        for p, part in enumerate(scored.parts):
+            if scored.sentences:
+                cols = text_features(scored.question, part, scored.sentences, idf)
+                for f in TEXT_FEATURES:
+                    x[p, :, FEATURES.index(f)] = cols[f]
+        scored.features = x
+
+
 # ---- routes ---------------------------------------------------------------------------------------
 
 
@@ -263,6 +317,7 @@ class Outcome:
     answer: str
     would_answer: str
     cited: list[str]
+    sentences: list[str]
     violations: list[str]
     reason: str | None
     seconds: float
@@ -292,6 +347,7 @@ def evaluate(
                     "",
                     [],
                     [],
+                    [],
                     item["upstream"],
                     item["seconds"],
                 )
@@ -313,6 +369,7 @@ def evaluate(
                 reply.answer,
                 would,
                 [c.doc_id for c in reply.citations],
+                [x.text for x in reply.selected] if not reply.handoff else [],
                 violations,
                 reply.reason,
                 item["seconds"],
@@ -364,6 +421,13 @@ def summary(outcomes: list[Outcome], prefix: str, half: str | None = None) -> di
             "by_rule": rate([o.decided.startswith("rule:") for o in rules]),
             "missed": [o.question for o in rules if o.decided == "answered"],
         },
+        "sentences_per_reply": rate(
+            [
+                len(o.sentences)
+                for o in outcomes
+                if o.set.startswith(prefix) and o.decided == "answered" and (half is None or o.half == half)
+            ]
+        ),
         "violations": sum(
             len(o.violations) for o in outcomes if o.set.startswith(prefix) and (half is None or o.half == half)
         ),
@@ -400,7 +464,9 @@ def run_route(
         include_faq=route.include_faq,
         lm_model=lm_model,
         lm_top=lm_top,
-        second_threshold=0.3,
+        second_threshold=route.second_threshold,
+        max_sentences=route.max_sentences,
+        confidence=route.confidence,
     )
     tune_idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
     tune_items, tune_rows = [items[i] for i in tune_idx], [rows[i] for i in tune_idx]
@@ -467,32 +533,34 @@ def main() -> None:
     lm_model = None if args.no_lm else args.lm_model
     routes = [r for r in ROUTES if lm_model or not any(f.startswith("lm") for f in r.features)]
     key = hashlib.sha1(
-        json.dumps(
-            [
-                [r["question"] for r in rows],
-                lm_model,
-                args.lm_top,
-                CACHE_TOP_K,
-                (ROOT / "apps" / "support" / "extractive.py").read_text(),
-            ]
-        ).encode()
+        json.dumps([[r["question"] for r in rows], lm_model, args.lm_top, CACHE_TOP_K, CACHE_VERSION]).encode()
     ).hexdigest()
     items = None
     if args.cache.is_file():
         cached = pickle.loads(args.cache.read_bytes())
         if cached.get("key") == key:
             items = cached["items"]
+            names = cached.get("features", list(FEATURES))
             log.info("features from the cache %s", args.cache)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = build_stack(Path(tmp))
         if items is None:
+            stack = build_stack(Path(tmp))
             started = time.perf_counter()
             items = compute_features(stack, rows, lm_model, args.lm_top)
             log.info("features for %d questions in %.0fs", len(rows), time.perf_counter() - started)
             args.cache.parent.mkdir(parents=True, exist_ok=True)
-            args.cache.write_bytes(pickle.dumps({"key": key, "items": items}))
+            args.cache.write_bytes(pickle.dumps({"key": key, "items": items, "features": list(FEATURES)}))
+            names = list(FEATURES)
+            kb, engine = stack["kb"], stack["engine"]
+        else:  # everything below works from the cache: no model, no index
+            from apps.support.rules import load_rules
+            from apps.support.settings import SupportSettings
+
+            stack = {"rules": load_rules(SupportSettings().rules_path)}
+            kb, engine = DocsOnly(sample_documents()), None
+        refresh(items, names, ExtractiveAnswerer(engine, kb, Selector([], [], [], [], 0.0)).idf())
         dummy = Selector(list(FEATURES), [0.0] * len(FEATURES), [1.0] * len(FEATURES), [0.0] * len(FEATURES), 0.0)
-        answerer = ExtractiveAnswerer(stack["engine"], stack["kb"], dummy, banned=stack["rules"].violations)
+        answerer = ExtractiveAnswerer(engine, kb, dummy, banned=stack["rules"].violations)
         results, chosen = [], {}
         for route in routes:
             selector, outcomes, result = run_route(route, items, rows, answerer, lm_model or "base", args.lm_top)
@@ -543,7 +611,8 @@ def main() -> None:
             }
             selector.save(args.write_selector)
             print(f"selector written to {args.write_selector}")
-        stack["engine"].close()
+        if engine is not None:
+            engine.close()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from domains.recommend.records import Event, Item
 from domains.recommend.scoring import LLMScorer
 from domains.recommend.serving import RANKING_ADAPTER
 from domains.recommend.signals import MemorySignals
+from finetune.progress import track
 from finetune.ranker import fit_blender, ndcg_at_k, residual_blender
 
 K = 10
@@ -301,7 +302,8 @@ def validation_rows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, shortlisted, user index) over each user's candidates at the validation stage."""
     xs, ys, shorts, groups = [], [], [], []
-    for n, user in enumerate(users):
+    phase = "validation users" + (" (LLM)" if use_llm else "")
+    for n, user in enumerate(track(users, phase)):
         profile = profiles(user)
         seen = {e.item_id for e in split.history[user]}  # the whole history, not only the profile's window
         ids = [i for i in pipeline.candidates(profile, now(user)) if i not in seen]
@@ -332,7 +334,7 @@ def run_protocols(
     for system in systems:
         f_ndcg, f_rec, s_ndcg, s_hr = [], [], [], []
         started = time.monotonic()
-        for u in users:
+        for u in track(users, f"test users ({system.name})"):
             target = split.target("test", u)
             rank = rank_in(target, system.top(u, seen(u)))
             f_ndcg.append(ndcg_at_k(rank))

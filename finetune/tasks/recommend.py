@@ -26,6 +26,7 @@ from finetune.cards import write_card
 from finetune.config import TrainConfig, config_for, load_config
 from finetune.data.recommend import assemble, like_rates
 from finetune.metrics import RESULTS_DIR, auc, plot_roc
+from finetune.progress import track
 from finetune.trainer import Example, LoraTrainer
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RES
             name = "zero_shot_base" if model == "base" else f"adapter:{adapter}"
             texts = [r.text() for r in rows]
             probs: list[float] = []
-            for start in range(0, len(texts), 32):
+            for start in track(range(0, len(texts), 32), f"{model} on TALLRec valid (batches of 32)"):
                 batch = engine.score_labels(
                     texts[start : start + 32], config.labels, model=model, instruction=instruction
                 )

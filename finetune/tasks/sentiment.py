@@ -23,6 +23,7 @@ from finetune.cards import write_card
 from finetune.config import TrainConfig
 from finetune.data.sentiment import SentimentSplits, build_splits, stratified_split
 from finetune.metrics import RESULTS_DIR, classification_report, plot_confusion, plot_roc
+from finetune.progress import track
 from finetune.trainer import Example, LoraTrainer
 
 
@@ -138,7 +139,7 @@ def evaluate(settings: Settings, adapter: str = "sentiment", out_dir: Path = RES
             for split, rows in tests.items():
                 texts = [r.text for r in rows]
                 probs: list[dict[str, float]] = []
-                for start in range(0, len(texts), 64):
+                for start in track(range(0, len(texts), 64), f"{name} on {split} (batches of 64)"):
                     probs += engine.score_labels(
                         texts[start : start + 64], labels, model=model, instruction=instruction
                     )

@@ -55,6 +55,7 @@ from finetune.metrics import (
     rouge_l,
     word_tokens,
 )
+from finetune.progress import track
 from finetune.trainer import Example, LoraTrainer, load_base
 
 
@@ -288,11 +289,14 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
             name: [engine.submit_generate(p, model=model, params=params) for p in prompts]
             for name, model in models.items()
         }  # all at once: the micro-batcher decodes them in mixed-adapter batches
-        generated = {name: [f.result().text for f in fs] for name, fs in futures.items()}
+        generated = {
+            name: [f.result().text for f in track(fs, f"generating answers ({name})")] for name, fs in futures.items()
+        }
         perplexity = {}
         for name, model in models.items():
             scores = [
-                engine.score_continuations(p, [ref], model=model)[0] for p, ref in zip(prompts, references, strict=True)
+                engine.score_continuations(p, [ref], model=model)[0]
+                for p, ref in track(zip(prompts, references, strict=True), f"perplexity ({name})", len(prompts))
             ]
             perplexity[name] = {
                 "perplexity": math.exp(-sum(s.logprob for s in scores) / sum(s.n_tokens for s in scores))

@@ -73,6 +73,7 @@ def test_an_agent_takes_over_a_handed_off_conversation(browser: Browser, support
         # the agent takes it and replies; the customer sees both
         detail.get_by_test_id("take-button").click()
         expect(customer.get_by_test_id("agent-joined")).to_have_text("Dana joined the conversation.")
+        expect(detail.get_by_test_id("handoff-status")).to_have_text("taken")
         detail.get_by_test_id("reply-input").fill(REPLY)
         detail.get_by_test_id("reply-send").click()
         agent_message = customer.get_by_test_id("message-agent").last

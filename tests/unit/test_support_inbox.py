@@ -18,7 +18,7 @@ import redis
 
 from apps.errors import status_for
 from apps.support.conversations import ConversationStore, UnknownSessionError
-from apps.support.handoffs import HandoffConflictError, StreamEvent, UnknownHandoffError
+from apps.support.handoffs import HandoffConflictError, HandoffDesk, StreamEvent, UnknownHandoffError
 from apps.support.inbox import Inbox
 from apps.support.live import NoAgentTimer, customer_events, inbox_events
 from apps.support.settings import SupportSettings
@@ -498,3 +498,13 @@ def test_the_inbox_stream_sees_a_new_handoff_and_ends_for_a_reconnect(client: re
     assert '"status": "open"' in got[1]["data"]
     with pytest.raises(InvalidRequestError, match="event id"):
         inbox.desk.inbox_events("$")
+
+
+def test_a_handoff_keeps_its_newest_messages_only(inbox: Inbox) -> None:
+    desk = HandoffDesk(inbox.sessions, max_messages=3)
+    sid, record = handed_off(inbox)
+    desk.take(record["id"], "Dana")
+    for i in range(3):
+        desk.customer_message(sid, f"customer {i}")
+        desk.reply(record["id"], "Dana", f"agent {i}")
+    assert [m["text"] for m in desk.require(record["id"])["conversation"]] == ["agent 1", "customer 2", "agent 2"]

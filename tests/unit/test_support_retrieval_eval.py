@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from apps.support.cli import RRF_BASELINE, kb_systems
+from domainllm.evals import RRF_BASELINE, kb_systems
 from apps.support.kb import FusionConfig
 from core.errors import InvalidRequestError
 from finetune.evals.support_retrieval import (

@@ -26,6 +26,7 @@
     stream: null,
     retry: 1000,
     timers: {},
+    drafts: {}, // the reply being written, per handoff: a live re-render must not lose it
   };
 
   // ---- small helpers ----
@@ -226,6 +227,7 @@
   function renderDetail(h) {
     const mine = h.status === "taken" && h.taken_by === state.agent;
     const detail = $("detail");
+    const writing = document.activeElement && document.activeElement.dataset.testid === "reply-input";
     const meta = el("div", { class: "meta" }, el("span", { class: `badge ${h.status}`, "data-testid": "handoff-status", text: h.status }));
     meta.append(
       el("span", { "data-testid": "handoff-reason", text: `reason: ${h.reason}` }),
@@ -280,6 +282,10 @@
     const left = el("div", null, el("h3", { text: "Conversation" }), conversation);
     if (mine) {
       const box = el("textarea", { "data-testid": "reply-input", "aria-label": "Your reply", placeholder: "Write to the customer…", maxlength: "2000" });
+      box.value = state.drafts[h.id] || "";
+      box.addEventListener("input", () => {
+        state.drafts[h.id] = box.value;
+      });
       const send = el("button", { type: "submit", class: "primary", "data-testid": "reply-send", text: "Send" });
       const form = el("form", { class: "reply" }, box, send);
       form.addEventListener("submit", async (event) => {
@@ -289,6 +295,7 @@
         send.disabled = true;
         try {
           await api(`/v1/support/handoffs/${h.id}/messages`, { agent: state.agent, text });
+          delete state.drafts[h.id];
           box.value = "";
           await loadDetail();
         } catch (err) {
@@ -311,7 +318,10 @@
     detail.setAttribute("data-status", h.status);
     conversation.scrollTop = conversation.scrollHeight;
     const input = detail.querySelector("textarea");
-    if (input && document.activeElement === document.body) input.focus();
+    if (input && (writing || document.activeElement === document.body)) {
+      input.focus();
+      input.setSelectionRange(input.value.length, input.value.length);
+    }
   }
 
   async function act(path, body) {
