@@ -33,7 +33,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ FEATURES: tuple[str, ...] = (
     "cos_ctx",  # ... of the part and "title — section: sentence"
     "cos_full",  # ... of the whole question and the sentence in context (= cos_ctx for one part)
     "cos_gap",  # cos_ctx minus the best cos_ctx among this part's candidates (0 for the best)
+    "cos_head",  # ... of the part and the sentence's "title — section" alone
+    "cos_win",  # ... of the part and the sentence with its neighbours in the section
     "lex",  # IDF-weighted share of the part's keywords found in the sentence (typo-tolerant)
     "lex_ctx",  # ... in the sentence with its title and section
     "lex_full",  # ... of the whole question's keywords, in context
@@ -64,6 +66,7 @@ FEATURES: tuple[str, ...] = (
     "type_miss",  # the part asks for a kind of answer that the sentence lacks
 )
 TEXT_FEATURES = ("lex", "lex_ctx", "lex_full", "is_faq", "log_words", "type_match", "type_miss")  # no model needed
+EMBED_FEATURES = ("cos", "cos_ctx", "cos_full", "cos_gap", "cos_head", "cos_win", "passage_cos", "inv_rank")
 
 # Sentences that address the model rather than the reader (the same idea as answer.py's filter):
 # never candidates, so never quoted.
@@ -100,11 +103,14 @@ class Sentence:
         return (self.doc_id, self.section_index, self.position)
 
     @property
-    def context(self) -> str:
-        head = self.title
+    def heading(self) -> str:
         if self.section and self.section.strip().lower() != self.title.strip().lower():
-            head = f"{self.title} — {self.section}"
-        return f"{head}: {self.text}"
+            return f"{self.title} — {self.section}"
+        return self.title
+
+    @property
+    def context(self) -> str:
+        return f"{self.heading}: {self.text}"
 
 
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+(.*\S)\s*$")
@@ -222,23 +228,37 @@ _PROPER_STARTS = frozenset(
 )
 
 
+_ANSWER_PARTICLE = re.compile(r"^(?:yes|no|sure|of course)\b[,.!;:]?\s+(?=\S)", re.IGNORECASE)
+
+
+def without_answer_particle(text: str) -> str:
+    """An FAQ answer's sentence without its leading "Yes," / "No." : that word answers the FAQ's own
+    question, not the customer's, so it is never quoted ("Yes, Click and Collect ..." must not
+    become a yes to "can I book an appointment?")."""
+    rest = _ANSWER_PARTICLE.sub("", text, count=1)
+    if rest == text or len(rest.split()) < 3:
+        return text
+    return rest[0].upper() + rest[1:]
+
+
 def sentences_of_document(doc: Any) -> list[Sentence]:
     """Every sentence of a document (``apps.support.documents.Document``-like: doc_id, title, url,
-    kind, sections with heading and text, or just text)."""
+    kind, sections with heading and text, or just text). FAQ answers lose a leading yes/no."""
     sections = list(getattr(doc, "sections", None) or [])
     if not sections:
         sections = [_Section(None, doc.text)]
+    kind = getattr(doc, "kind", "article") or "article"
     out: list[Sentence] = []
     for si, section in enumerate(sections):
         for pos, text in enumerate(split_section(section.text)):
             out.append(
                 Sentence(
-                    text=text,
+                    text=without_answer_particle(text) if kind == "faq" else text,
                     doc_id=doc.doc_id,
                     title=doc.title,
                     url=getattr(doc, "url", None),
                     section=section.heading,
-                    kind=getattr(doc, "kind", "article") or "article",
+                    kind=kind,
                     position=pos,
                     section_index=si,
                     source=section.text,
@@ -903,7 +923,7 @@ class ExtractiveAnswerer:
                     old = found.get(s.key)
                     rank = hit.rank if old is None else min(hit.rank, old.passage_rank)
                     best = cosine if old is None else max(cosine, old.passage_cosine)
-                    found[s.key] = _with(s, passage_rank=rank, passage_cosine=best)
+                    found[s.key] = replace(s, passage_rank=rank, passage_cosine=best)
         return sorted(found.values(), key=lambda s: (s.passage_rank, s.doc_id, s.section_index, s.position))
 
     def _sentences_of_hit(self, hit: Any) -> list[Sentence]:
@@ -958,6 +978,43 @@ class ExtractiveAnswerer:
         means = np.array([(f[0] - b[0]) / max(f[1] - b[1], 1) for f, b in zip(full, base, strict=True)])
         return means[:-1], float(means[-1])
 
+    def window(self, s: Sentence) -> str:
+        """The sentence with the sentences before and after it in its section."""
+        if s.section_index < 0:  # a chunk's own sentence: no stored document to look around in
+            return s.text
+        doc = self._doc_sentences(s.doc_id) or []
+        near = {t.position: t.text for t in doc if t.section_index == s.section_index}
+        return " ".join(t for t in (near.get(s.position - 1), s.text, near.get(s.position + 1)) if t)
+
+    def embedding_features(
+        self, question: str, parts: Sequence[str], sentences: Sequence[Sentence]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """The features of ``EMBED_FEATURES`` per part (MiniLM cosines and the retrieval signals)."""
+        queries = list(dict.fromkeys([*parts, question]))
+        q_vecs = self._vectors(queries)
+        s_vecs = self._vectors([s.text for s in sentences])
+        c_vecs = self._vectors([s.context for s in sentences])
+        h_vecs = self._vectors([s.heading for s in sentences])
+        w_vecs = self._vectors([self.window(s) for s in sentences])
+        cos_full = c_vecs @ q_vecs[queries.index(question)]
+        passage_cos = np.array([s.passage_cosine for s in sentences])
+        inv_rank = np.array([1.0 / max(s.passage_rank, 1) for s in sentences])
+        out = {}
+        for part in parts:
+            pv = q_vecs[queries.index(part)]
+            cos_ctx = c_vecs @ pv
+            out[part] = {
+                "cos": s_vecs @ pv,
+                "cos_ctx": cos_ctx,
+                "cos_full": cos_full,
+                "cos_gap": cos_ctx - cos_ctx.max(),
+                "cos_head": h_vecs @ pv,
+                "cos_win": w_vecs @ pv,
+                "passage_cos": passage_cos,
+                "inv_rank": inv_rank,
+            }
+        return out
+
     def score(self, question: str, parts: Sequence[str] | None = None) -> Scored:
         """Candidates and their features for each part (all of ``FEATURES``; the selector picks)."""
         parts = [p for p in (parts or [question]) if p.strip()] or [question]
@@ -968,20 +1025,14 @@ class ExtractiveAnswerer:
         if n == 0:
             return Scored(question, list(parts), sentences, x)
         idf = self.idf()
-        q_vecs = self._vectors(queries)
-        s_vecs = self._vectors([s.text for s in sentences])
-        c_vecs = self._vectors([s.context for s in sentences])
-        full_vec = q_vecs[queries.index(question)]
-        cos_full = c_vecs @ full_vec
         text = {part: text_features(question, part, sentences, idf) for part in parts}
-        lex_full = text[parts[0]]["lex_full"]
+        emb = self.embedding_features(question, parts, sentences)
+        cos_full, lex_full = emb[parts[0]]["cos_full"], text[parts[0]]["lex_full"]
         use_lm = self.selector.needs_lm
-        pv_all = {part: q_vecs[queries.index(part)] for part in parts}
-        lex_ctx_all = {part: text[part]["lex_ctx"] for part in parts}
         lm_rows: list[int] = []
         if use_lm:  # the likelihood costs a forward pass per candidate: only the likeliest few
             for part in parts:
-                pre = c_vecs @ pv_all[part] + 0.5 * lex_ctx_all[part]
+                pre = emb[part]["cos_ctx"] + 0.5 * text[part]["lex_ctx"]
                 lm_rows.extend(int(i) for i in np.argsort(-pre, kind="stable")[: self.selector.lm_top])
             pre = cos_full + 0.5 * lex_full
             lm_rows.extend(int(i) for i in np.argsort(-pre, kind="stable")[: self.selector.lm_top])
@@ -1001,8 +1052,6 @@ class ExtractiveAnswerer:
             lm_q, pmi_q = lm_for(question)
             lm_full_pmi = pmi_q
         for p, part in enumerate(parts):
-            pv = pv_all[part]
-            cos_ctx = c_vecs @ pv
             if not use_lm:
                 lm = pmi = np.zeros(n)
             elif part == question:
@@ -1011,16 +1060,11 @@ class ExtractiveAnswerer:
                 lm, pmi = lm_for(part)
             cols = {
                 **text[part],
-                "cos": s_vecs @ pv,
-                "cos_ctx": cos_ctx,
-                "cos_full": cos_full,
-                "cos_gap": cos_ctx - cos_ctx.max(),
+                **emb[part],
                 "lm": lm,
                 "lm_pmi": pmi,
                 "lm_full_pmi": lm_full_pmi,
                 "lm_gap": pmi - pmi.max(),
-                "passage_cos": np.array([s.passage_cosine for s in sentences]),
-                "inv_rank": np.array([1.0 / max(s.passage_rank, 1) for s in sentences]),
             }
             x[p] = np.stack([cols[f] for f in FEATURES], axis=1)
         return Scored(question, list(parts), sentences, x)
@@ -1095,9 +1139,3 @@ class ExtractiveAnswerer:
     def answer(self, question: str, parts: Sequence[str] | None = None) -> ExtractiveReply:
         """The reply to one (masked, standalone) question split into ``parts``."""
         return self.select(self.score(question, parts))
-
-
-def _with(s: Sentence, **changes: Any) -> Sentence:
-    data = asdict(s)
-    data.update(changes)
-    return Sentence(**data)

@@ -295,8 +295,9 @@ class Fetcher:
             for address in addresses:
                 problem = address_problem(address)
                 if problem:
+                    where = f"{host} is {problem}" if address == host else f"{host} resolves to {address}, {problem}"
                     raise UrlRefusedError(
-                        f"{url}: {host} resolves to {address}, {problem}; only public addresses can be fetched "
+                        f"{url}: {where}; only public addresses can be fetched "
                         "(DOMAINLLM_SUPPORT_FETCH_ALLOW_PRIVATE=true allows others)",
                         url=str(url),
                         address=address,

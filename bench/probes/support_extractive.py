@@ -33,7 +33,7 @@ import pickle
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from apps.support.extractive import (  # noqa: E402
+    EMBED_FEATURES,
     FEATURES,
     TEXT_FEATURES,
     ExtractiveAnswerer,
@@ -53,6 +54,7 @@ from apps.support.extractive import (  # noqa: E402
     fact_check,
     fit_selector,
     text_features,
+    without_answer_particle,
 )
 
 log = logging.getLogger("support_extractive")
@@ -67,7 +69,7 @@ CACHE_VERSION = 2  # bump when candidates or the model features change (text fea
 ALL_LM = [f for f in FEATURES]
 NO_LM = [f for f in FEATURES if not f.startswith("lm")]
 NO_TYPES = [f for f in NO_LM if not f.startswith("type")]
-EMB = ["cos", "cos_ctx", "cos_full", "cos_gap", "passage_cos", "inv_rank"]
+EMB = ["cos", "cos_ctx", "cos_full", "cos_gap", "cos_head", "cos_win", "passage_cos", "inv_rank"]
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,16 @@ ROUTES = [
     Route("embedder only", EMB),
     Route("embedder + keywords, 1 sentence", NO_TYPES, max_sentences=1, confidence="top"),
     Route("embedder + keywords", NO_TYPES),
-    Route("embedder + keywords + answer types", NO_LM),
+    Route("emb + keywords + answer types", NO_LM),
+    Route("emb + kw + types, 1 sentence", NO_LM, max_sentences=1, confidence="top"),
     Route("emb + kw + types, no FAQ sentences", NO_LM, include_faq=False),
     Route("emb + kw + types, top 3 passages", NO_LM, top_k=3),
     Route("emb + kw + types, top 8 passages", NO_LM, top_k=8),
     Route("emb + kw + types, 3 sentences", NO_LM, max_sentences=3),
+    Route("emb + kw + types, C=0.1", NO_LM, c=0.1),
     Route("all + LM likelihood, 1 sentence", ALL_LM, max_sentences=1, confidence="top"),
     Route("all + LM likelihood", ALL_LM),
     Route("all + LM, no FAQ sentences", ALL_LM, include_faq=False),
-    Route("all + LM, top 8 passages", ALL_LM, top_k=8),
     Route("LM + keywords + types (no embedder)", [f for f in ALL_LM if not f.startswith("cos")]),
 ]
 
@@ -250,23 +253,33 @@ def compute_features(
     return out
 
 
-def refresh(items: list[dict[str, Any]], names: list[str], idf: Any) -> None:
-    """Cached features in today's ``FEATURES`` order, the model-free ones recomputed with today's code."""
-    for item in items:
+def refresh(items: list[dict[str, Any]], names: list[str], answerer: ExtractiveAnswerer, embed: bool) -> None:
+    """Cached features in today's ``FEATURES`` order, recomputed with today's code where no LLM is
+    needed: the text features always, the MiniLM ones when ``embed`` (the likelihood stays cached)."""
+    idf = answerer.idf()
+    for n, item in enumerate(items):
         scored = item.get("scored")
         if scored is None:
             continue
+        scored.sentences = [
+            replace(s, text=without_answer_particle(s.text)) if s.kind == "faq" else s for s in scored.sentences
+        ]
         old = scored.features
         x = np.zeros((*old.shape[:2], len(FEATURES)))
         for j, f in enumerate(FEATURES):
             if f in names:
                 x[:, :, j] = old[:, :, names.index(f)]
-        for p, part in enumerate(scored.parts):
-            if scored.sentences:
+        if scored.sentences:
+            emb = answerer.embedding_features(scored.question, scored.parts, scored.sentences) if embed else {}
+            for p, part in enumerate(scored.parts):
                 cols = text_features(scored.question, part, scored.sentences, idf)
                 for f in TEXT_FEATURES:
                     x[p, :, FEATURES.index(f)] = cols[f]
+                for f in EMBED_FEATURES if embed else ():
+                    x[p, :, FEATURES.index(f)] = emb[part][f]
         scored.features = x
+        if embed and (n + 1) % 50 == 0:
+            log.info("refreshed %d/%d", n + 1, len(items))
 
 
 # ---- routes ---------------------------------------------------------------------------------------
@@ -434,15 +447,60 @@ def summary(outcomes: list[Outcome], prefix: str, half: str | None = None) -> di
     }
 
 
-def tune_threshold(outcomes_at: Any, candidates: list[float]) -> float:
-    """The threshold that maximises right - 4 * wrong (in-KB) - 2 * answered (out-of-KB) on the tune half."""
-    best, best_t = -1e9, 1.0
-    for t in sorted(set(candidates)):
-        s = outcomes_at(t)
-        score = s["in_kb"]["right"] - 4 * s["in_kb"]["wrong"] - 2 * (1 - s["out_of_kb"]["handoff"])
-        if score > best + 1e-9:
-            best, best_t = score, t
-    return best_t
+def at_threshold(outcomes: list[Outcome], t: float) -> list[Outcome]:
+    """Outcomes recorded at threshold 0, as they would be at ``t`` (greedy selection: the same replies)."""
+    out = []
+    for o in outcomes:
+        if o.decided == "answered" and o.confidence < t:
+            o = replace(
+                o,
+                decided="handoff",
+                right=False,
+                answer="",
+                cited=[],
+                sentences=[],
+                violations=[],
+                reason="low_confidence",
+            )
+        out.append(o)
+    return out
+
+
+def tune_threshold(outcomes: list[Outcome], max_wrong: float = 0.03, min_oos: float = 0.97) -> float:
+    """On dev out-of-fold outcomes (at threshold 0): the threshold with the most right answers among
+    those with in-KB wrong <= ``max_wrong`` and out-of-KB handoff >= ``min_oos`` (a margin under the
+    issue's 0.05 and 0.95); without one, the one that maximises right - 4 wrong - 2 (out-of-KB answered)."""
+    candidates = sorted({o.confidence for o in outcomes if o.decided == "answered"} | {1.01})
+    best: tuple[float, float] | None = None
+    fallback: tuple[float, float] = (-1e9, 1.01)
+    for t in candidates:
+        s = summary(at_threshold(outcomes, t), "dev")
+        right, wrong, oos = s["in_kb"]["right"], s["in_kb"]["wrong"], s["out_of_kb"]["handoff"]
+        if wrong <= max_wrong + 1e-9 and oos >= min_oos - 1e-9 and (best is None or right > best[0] + 1e-9):
+            best = (right, t)
+        score = right - 4 * wrong - 2 * (1 - oos)
+        if score > fallback[0] + 1e-9:
+            fallback = (score, t)
+    return (best or fallback)[1]
+
+
+def _fit(
+    route: Route, items: list[dict[str, Any]], rows: list[dict[str, Any]], idx: list[int], **settings: Any
+) -> Selector:
+    x, y = training_rows([items[i] for i in idx], [rows[i] for i in idx], route)
+    return fit_selector(
+        x,
+        y,
+        route.features,
+        c=route.c,
+        top_k=route.top_k,
+        include_faq=route.include_faq,
+        second_threshold=route.second_threshold,
+        max_sentences=route.max_sentences,
+        confidence=route.confidence,
+        meta={"fit_rows": len(y), "fit_positives": int(y.sum())},
+        **settings,
+    )
 
 
 def run_route(
@@ -453,43 +511,37 @@ def run_route(
     lm_model: str,
     lm_top: int = 6,
 ) -> tuple[Selector, list[Outcome], dict[str, Any]]:
-    fit_idx = [i for i, r in enumerate(rows) if r["half"] == "fit" and r["set"] in ("dev/in_kb", "dev/out_of_kb")]
-    x, y = training_rows([items[i] for i in fit_idx], [rows[i] for i in fit_idx], route)
-    selector = fit_selector(
-        x,
-        y,
-        route.features,
-        c=route.c,
-        top_k=route.top_k,
-        include_faq=route.include_faq,
-        lm_model=lm_model,
-        lm_top=lm_top,
-        second_threshold=route.second_threshold,
-        max_sentences=route.max_sentences,
-        confidence=route.confidence,
-    )
-    tune_idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
-    tune_items, tune_rows = [items[i] for i in tune_idx], [rows[i] for i in tune_idx]
-    base = evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": 0.0}), route, answerer)
-    confs = [o.confidence for o in base if o.decided in ("answered", "handoff")] + [1.01]
-
-    def at(t: float) -> dict[str, Any]:
-        return summary(
-            evaluate(tune_items, tune_rows, Selector(**{**asdict(selector), "threshold": t}), route, answerer),
-            "dev",
-            "tune",
-        )
-
-    selector.threshold = float(tune_threshold(at, confs))
+    """Two-fold on dev: weights fitted on one half answer the other half (out of fold), the
+    threshold is chosen on all dev out-of-fold outcomes, and the served selector is fitted on all
+    of dev with that threshold. Dev figures are out of fold; report figures use the served one."""
+    settings = {"lm_model": lm_model, "lm_top": lm_top}
+    fits = {
+        half: [i for i, r in enumerate(rows) if r["half"] == half and r["set"] in ("dev/in_kb", "dev/out_of_kb")]
+        for half in ("fit", "tune")
+    }
+    oof: dict[int, Outcome] = {}
+    for train, test in (("fit", "tune"), ("tune", "fit")):
+        sel = _fit(route, items, rows, fits[train], **settings)
+        sel.threshold = 0.0
+        idx = [i for i, r in enumerate(rows) if r["half"] == test]
+        for i, o in zip(
+            idx, evaluate([items[i] for i in idx], [rows[i] for i in idx], sel, route, answerer), strict=True
+        ):
+            oof[i] = o
+    dev_oof = [oof[i] for i in sorted(oof)]
+    threshold = float(tune_threshold(dev_oof))
+    selector = _fit(route, items, rows, fits["fit"] + fits["tune"], **settings)
+    selector.threshold = threshold
     outcomes = evaluate(items, rows, selector, route, answerer)
+    dev_at = at_threshold(dev_oof, threshold)
+    by_index = dict(zip(sorted(oof), dev_at, strict=True))
+    outcomes = [by_index.get(i, o) for i, o in enumerate(outcomes)]  # dev: out of fold; report: served selector
     result = {
         "route": asdict(route),
-        "threshold": selector.threshold,
-        "dev_tune": summary(outcomes, "dev", "tune"),
-        "dev_all": summary(outcomes, "dev"),
+        "threshold": threshold,
+        "dev_oof": summary(outcomes, "dev"),
         "report": summary(outcomes, "report"),
-        "fit_rows": len(y),
-        "fit_positives": int(y.sum()),
+        **selector.meta,
     }
     return selector, outcomes, result
 
@@ -503,7 +555,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(head)
     print("-" * len(head))
     for r in results:
-        for key, label in (("dev_tune", "dev-tune"), ("report", "report")):
+        for key, label in (("dev_oof", "dev(oof)"), ("report", "report")):
             s = r[key]
             print(
                 f"{r['route']['name'][:42]:42s} {label:9s} {fmt(s['in_kb']['right'])} {fmt(s['in_kb']['wrong'])} "
@@ -518,6 +570,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "data" / "runtime" / "probe_support_extractive.pkl")
     ap.add_argument("--lm-model", default="base", help="'base' or an adapter name, for the likelihood features")
     ap.add_argument("--no-lm", action="store_true", help="skip the likelihood features and their routes (fast)")
+    ap.add_argument("--refresh-embeddings", action="store_true", help="recompute MiniLM features of cached runs")
     ap.add_argument("--lm-top", type=int, default=6, help="candidates per part whose likelihood is computed")
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each set (a smoke run)")
     ap.add_argument("--route", default=None, help="route to store/show in detail (default: best on dev tune)")
@@ -558,7 +611,14 @@ def main() -> None:
 
             stack = {"rules": load_rules(SupportSettings().rules_path)}
             kb, engine = DocsOnly(sample_documents()), None
-        refresh(items, names, ExtractiveAnswerer(engine, kb, Selector([], [], [], [], 0.0)).idf())
+            if args.refresh_embeddings or any(f not in names for f in EMBED_FEATURES):
+                from core.embeddings import MiniLMEmbedder
+
+                engine = MiniLMEmbedder()
+        fresh = args.refresh_embeddings or any(f not in names for f in EMBED_FEATURES)
+        refresh(
+            items, names, ExtractiveAnswerer(engine, kb, Selector([], [], [], [], 0.0)), fresh and engine is not None
+        )
         dummy = Selector(list(FEATURES), [0.0] * len(FEATURES), [1.0] * len(FEATURES), [0.0] * len(FEATURES), 0.0)
         answerer = ExtractiveAnswerer(engine, kb, dummy, banned=stack["rules"].violations)
         results, chosen = [], {}
@@ -572,15 +632,15 @@ def main() -> None:
             or max(
                 results,
                 key=lambda r: (
-                    r["dev_tune"]["in_kb"]["right"]
-                    - 4 * r["dev_tune"]["in_kb"]["wrong"]
-                    - 2 * (1 - r["dev_tune"]["out_of_kb"]["handoff"])
+                    r["dev_oof"]["in_kb"]["right"]
+                    - 4 * r["dev_oof"]["in_kb"]["wrong"]
+                    - 2 * (1 - r["dev_oof"]["out_of_kb"]["handoff"])
                 ),
             )["route"]["name"]
         )
         selector, outcomes, result = chosen[best_name]
         print(f"\nchosen route: {best_name}")
-        print(json.dumps({k: result[k] for k in ("threshold", "dev_tune", "report")}, indent=1))
+        print(json.dumps({k: result[k] for k in ("threshold", "dev_oof", "report")}, indent=1))
         for o in outcomes:
             if o.set.endswith("in_kb") and o.decided == "answered" and not o.right:
                 print(f"WRONG [{o.set}] {o.question}\n   -> {o.answer}")
@@ -602,16 +662,16 @@ def main() -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if args.write_selector:
-            selector.meta = {
+            selector.meta |= {
                 "route": best_name,
-                "fitted_on": "dev fit half: even rows of eval/in_kb_facts.jsonl and eval/out_of_kb.jsonl",
-                "threshold_tuned_on": "dev tune half: odd rows of the same sets",
-                "dev_tune": result["dev_tune"]["in_kb"],
+                "fitted_on": "all of dev: eval/in_kb_facts.jsonl and eval/out_of_kb.jsonl",
+                "threshold_tuned_on": "dev out-of-fold outcomes (two folds: even rows / odd rows)",
+                "dev_out_of_fold": result["dev_oof"],
                 "written_by": "bench/probes/support_extractive.py",
             }
             selector.save(args.write_selector)
             print(f"selector written to {args.write_selector}")
-        if engine is not None:
+        if engine is not None and hasattr(engine, "close"):
             engine.close()
 
 

@@ -42,6 +42,7 @@ def test_an_agent_takes_over_a_handed_off_conversation(browser: Browser, support
         agent.get_by_test_id("inbox-agent").fill("Dana")
         agent.get_by_test_id("inbox-open").click()
         expect(agent.get_by_test_id("inbox-live")).to_have_attribute("data-state", "live")
+        expect(agent.get_by_test_id("inbox-signin")).to_be_hidden()
 
         # the customer asks something the help centre does not cover: the bot hands off
         open_widget(customer)
@@ -82,8 +83,11 @@ def test_an_agent_takes_over_a_handed_off_conversation(browser: Browser, support
 
         # the customer writes again: it goes to Dana, and the bot says nothing
         bot_messages = customer.get_by_test_id("message-assistant").count()
-        ask(customer, FOLLOW_UP)
-        expect(customer.get_by_test_id("message-delivered").last).to_have_text("Sent to Dana")
+        customer.get_by_test_id("support-input").fill(FOLLOW_UP)
+        customer.get_by_test_id("support-input").press("Enter")
+        sent = customer.get_by_test_id("message-user").last
+        expect(sent.get_by_test_id("message-text")).to_have_text(FOLLOW_UP)
+        expect(sent.get_by_test_id("message-delivered")).to_have_text("Sent to Dana")
         expect(detail.get_by_test_id("conversation-message").last).to_contain_text(FOLLOW_UP)
         customer.wait_for_timeout(1_000)
         assert customer.get_by_test_id("message-assistant").count() == bot_messages
