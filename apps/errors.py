@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apps.http.middleware import HTTPMiddleware
 from core.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
@@ -203,7 +204,7 @@ def install_error_handlers(app: FastAPI) -> None:
 # ---- middleware --------------------------------------------------------------------------------
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HTTPMiddleware):
     """Reject request bodies above ``max_bytes`` before anything parses them.
 
     A declared ``Content-Length`` above the limit is refused without reading a byte; a body with no
@@ -212,13 +213,10 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send, f"is {int(declared)} bytes")
@@ -253,20 +251,14 @@ class BodySizeLimitMiddleware:
         await response(scope, receive, send)
 
 
-class UnhandledErrorMiddleware:
+class UnhandledErrorMiddleware(HTTPMiddleware):
     """Turn an exception nobody expected into a generic 500 and log its traceback once.
 
     Starlette's ``ServerErrorMiddleware`` would also answer 500, but it re-raises afterwards so the
     server logs the traceback a second time, and its body is not in this API's error shape.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:

@@ -14,10 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from apps.deps import ADAPTER_STATE_KEY, not_ready_reason
 from apps.errors import error_responses
+from apps.http.middleware import HTTPMiddleware
 from core.errors import ModelNotReadyError
 
 UNMATCHED_ROUTE = "unmatched"  # every unknown path shares one label value
@@ -86,20 +87,14 @@ async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-class RequestMetricsMiddleware:
+class RequestMetricsMiddleware(HTTPMiddleware):
     """Time every HTTP request and count it by route template, never by raw path.
 
     Labels by template ("/v1/adapters/{name}") keep the series few whatever paths clients send;
     the adapter label is what the handler put in ``request.state`` (only served model names).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: dict[str, Any] = scope.setdefault("state", {})
         status = 500  # if the app fails before answering, the server answers 500
 

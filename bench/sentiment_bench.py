@@ -42,7 +42,7 @@ from apps.sentiment.settings import DEFAULT_CONFIG, SentimentSettings  # noqa: E
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
 from tests.doubles.redis import RedisProcess  # noqa: E402
-from tests.doubles.sentiment import WebhookReceiver  # noqa: E402
+from tests.doubles.sentiment import BURST, WebhookReceiver  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sentiment_bench.json"
 SECRET = "bench-webhook-secret"
@@ -55,15 +55,6 @@ rules:
      prior_share: 0.25,
      severity: {{warning: 2.0, critical: 3.5}}, cooldown: 1h}}
 """
-BURST = [
-    "Globex shares plunge 18% after regulator opens accounting fraud probe",
-    "Globex posts a record quarterly loss and scraps its dividend",
-    "Investors file class action lawsuit against Globex over misstated revenue",
-    "Moody's downgrades Globex debt to junk, citing weak controls",
-    "Globex shares crash to a record low as the fraud probe widens",
-    "Globex suffers worst trading day in a decade as fraud fears spread",
-    "Globex warns of bankruptcy risk after profits collapse",
-]
 
 
 def headlines(n: int) -> tuple[list[str], str]:

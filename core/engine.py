@@ -44,7 +44,6 @@ from core.scoring import LabelRow, label_first_tokens, mean_hidden_states, score
 log = logging.getLogger(__name__)
 
 
-
 class _AdapterRow(Protocol):
     adapter: str
 
@@ -271,6 +270,17 @@ class LocalEngine:
                 actual=len(text),
             )
 
+    def _check_texts(self, texts: list[str], count: str) -> None:
+        """At most ``max_batch_texts`` texts (``count`` says how many, in the error), each one valid."""
+        if len(texts) > self.settings.max_batch_texts:
+            raise InputTooLargeError(
+                f"{count}; the limit is {self.settings.max_batch_texts}",
+                limit=self.settings.max_batch_texts,
+                actual=len(texts),
+            )
+        for t in texts:
+            self._check_text(t, "each text")
+
     def tokenize(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) > self.settings.max_prompt_tokens:
@@ -373,14 +383,7 @@ class LocalEngine:
             raise InvalidRequestError("texts must not be empty")
         if instruction is not None:
             self._check_text(instruction, "instruction")
-        if len(texts) > self.settings.max_batch_texts:
-            raise InputTooLargeError(
-                f"{len(texts)} texts in one request; the limit is {self.settings.max_batch_texts}",
-                limit=self.settings.max_batch_texts,
-                actual=len(texts),
-            )
-        for t in texts:
-            self._check_text(t, "each text")
+        self._check_texts(texts, f"{len(texts)} texts in one request")
         metrics.ENGINE_REQUESTS.labels("labels", model).inc(len(texts))
         prompts = [classification_prompt(self.tokenizer, t, labels, instruction) for t in texts]
         first_tokens = self._label_tokens(tuple(labels))
@@ -516,14 +519,7 @@ class LocalEngine:
         self._check_model(model)
         if not texts:
             raise InvalidRequestError("texts must not be empty")
-        if len(texts) > self.settings.max_batch_texts:
-            raise InputTooLargeError(
-                f"{len(texts)} texts; the limit is {self.settings.max_batch_texts}",
-                limit=self.settings.max_batch_texts,
-                actual=len(texts),
-            )
-        for t in texts:
-            self._check_text(t, "each text")
+        self._check_texts(texts, f"{len(texts)} texts")
 
         def run() -> np.ndarray:
             return mean_hidden_states(

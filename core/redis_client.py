@@ -40,3 +40,14 @@ def connect(url: str, *, decode: bool = False) -> redis.Redis:
     """One client with the shared timeouts, for a process that needs only one (a CLI, a test)."""
     clients = RedisClients(url, max_connections=8)
     return clients.text if decode else clients.raw
+
+
+class NamespacedStore:
+    """A store whose keys all live under one namespace: ``key("a", "b")`` is ``"<namespace>:a:b"``."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.r = client
+        self.ns = namespace
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))

@@ -65,8 +65,8 @@ def replay(
     """Stream dated headlines in time order through the pipeline (the worker enriches and delivers),
     print the alerts raised and draw the trend chart with them marked."""
     from apps.sentiment.items import parse_time
-    from apps.sentiment.replay import draw, load_items
-    from apps.sentiment.replay import replay as run_replay
+    from domainllm.sentiment_replay import draw, load_items
+    from domainllm.sentiment_replay import replay as run_replay
 
     ns = namespace or f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
     rules = config or (DAILY_CONFIG if file.suffix.lower() == ".tsv" else None)

@@ -30,6 +30,17 @@ def auc(y_true: list[int], scores: list[float]) -> float:
     return float(roc_auc_score(y_true, scores))
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders made as needed) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, path: Path) -> Path:
     import matplotlib
 
@@ -47,11 +58,7 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, pa
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roc(curves: dict[str, tuple[list[int], list[float]]], title: str, path: Path) -> Path:
@@ -71,11 +78,7 @@ def plot_roc(curves: dict[str, tuple[list[int], list[float]]], title: str, path:
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def word_tokens(text: str) -> list[str]:
@@ -127,8 +130,4 @@ def plot_bars(panels: dict[str, dict[str, float]], title: str, path: Path) -> Pa
         ax.set_xlim(0, max([*values.values(), 1e-9]) * 1.25)
         ax.set_title(metric, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

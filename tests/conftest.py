@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from core.config import Settings
 from core.engine import LocalEngine
@@ -30,12 +32,28 @@ def tiny_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    """The tiny model's tokenizer, as training loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the whole run; each test keeps to its own key namespace. Tests that
     stop or kill Redis start their own ``RedisProcess``."""
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "str"])
+def redis_either(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the run's Redis, once answering bytes and once str: the stores must handle both."""
+    r = redis.Redis.from_url(redis_url, decode_responses=request.param)
+    yield r
+    r.close()
 
 
 @pytest.fixture

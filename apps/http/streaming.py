@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from apps.errors import stream_error_json
-from core.interface import Engine, Prompt
 from core.errors import DomainLLMError
+from core.interface import Engine, Prompt
 from core.sampling import Completion, SamplingParams
 
 log = logging.getLogger(__name__)

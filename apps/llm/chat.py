@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from apps.deps import EngineDep, SettingsDep, select_model
+from apps.deps import EngineDep, SettingsDep
 from apps.errors import error_responses
-from apps.http.streaming import DeltaBridge, sse_response, submit_streaming
+from apps.llm.generation import ChunkFormat, generate, sse_doc
 from apps.llm.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -21,20 +17,27 @@ from apps.llm.schemas import (
     ChatCompletionRequest,
     ChatDelta,
     FinishReason,
-    Usage,
-    finish_reason,
-    new_id,
-    now,
 )
-from core.sampling import Completion
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 
-SSE_DOC = {
-    "description": "With `stream: true`: server-sent events, each `data:` a `chat.completion.chunk` "
-    "(first the role, then content deltas, then one with `finish_reason`), then `data: [DONE]`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+SSE_DOC = sse_doc(
+    "With `stream: true`: server-sent events, each `data:` a `chat.completion.chunk` "
+    "(first the role, then content deltas, then one with `finish_reason`), then `data: [DONE]`."
+)
+
+
+def _choice(text: str | None, finish: FinishReason | None) -> ChatChunkChoice:
+    delta = ChatDelta() if text is None else ChatDelta(content=text)
+    return ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
+
+
+CHUNKS = ChunkFormat(
+    chunk=ChatCompletionChunk,
+    id_prefix="chatcmpl",
+    choice=_choice,
+    opening=ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""), finish_reason=None),
+)
 
 
 @router.post(
@@ -48,41 +51,14 @@ SSE_DOC = {
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> ChatCompletion | Response:
-    model = select_model(request, engine, body.model)
-    params = body.sampling_params(settings)
-    messages = body.engine_messages()
-    if body.stream:
-        bridge, future = submit_streaming(engine, messages, model=model, params=params)
-        return sse_response(_chunks(bridge, future, model, body.include_usage))
-    completion = await asyncio.wrap_future(engine.submit_generate(messages, model=model, params=params))
+    done = await generate(body, body.engine_messages, CHUNKS, request, engine, settings)
+    if isinstance(done, Response):
+        return done
+    message = AssistantMessage(content=done.text)
     return ChatCompletion(
-        id=new_id("chatcmpl"),
-        created=now(),
-        model=model,
-        choices=[
-            ChatChoice(
-                index=0,
-                message=AssistantMessage(content=completion.text),
-                finish_reason=finish_reason(completion.finish_reason),
-            )
-        ],
-        usage=Usage.of(completion),
+        id=done.id,
+        created=done.created,
+        model=done.model,
+        choices=[ChatChoice(index=0, message=message, finish_reason=done.finish_reason)],
+        usage=done.usage,
     )
-
-
-async def _chunks(
-    bridge: DeltaBridge, future: Future[Completion], model: str, include_usage: bool
-) -> AsyncIterator[ChatCompletionChunk]:
-    chunk_id, created = new_id("chatcmpl"), now()
-
-    def chunk(delta: ChatDelta, finish: FinishReason | None) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
-        return ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
-
-    yield chunk(ChatDelta(role="assistant", content=""), None)
-    async for text in bridge.deltas(future):
-        yield chunk(ChatDelta(content=text), None)
-    completion = future.result()  # settled: raises the engine's error, if any
-    yield chunk(ChatDelta(), finish_reason(completion.finish_reason))
-    if include_usage:
-        yield ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[], usage=Usage.of(completion))

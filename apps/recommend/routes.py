@@ -59,6 +59,15 @@ def _utf8(body: bytes) -> str:
         raise InvalidRequestError("the file must be UTF-8 text") from None
 
 
+async def _load_file(request: Request, load: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """An uploaded file: its format from the Content-Type, its UTF-8 text handed to ``load(text, format)``
+    on a worker thread (parsing and storing a large file must not hold up the event loop)."""
+    fmt = _file_format(request)
+    text = _utf8(await request.body())
+    result: dict[str, Any] = await _in_thread(load, text, fmt)
+    return result
+
+
 @router.get(
     "/stats",
     response_model=StatsResponse,
@@ -88,9 +97,7 @@ def post_events(body: EventsRequest, service: ServiceDep) -> dict[str, Any]:
     responses=error_responses(400, 413, 503),
 )
 async def post_events_file(request: Request, service: ServiceDep) -> dict[str, Any]:
-    fmt = _file_format(request)
-    text = _utf8(await request.body())
-    return await _in_thread(service.add_events_text, text, fmt)
+    return await _load_file(request, service.add_events_text)
 
 
 @router.post(
@@ -112,9 +119,7 @@ def post_items(body: ItemsRequest, service: ServiceDep, _: AdminDep) -> dict[str
     responses=error_responses(400, 401, 413, 503),
 )
 async def post_items_file(request: Request, service: ServiceDep, _: AdminDep) -> dict[str, Any]:
-    fmt = _file_format(request)
-    text = _utf8(await request.body())
-    return await _in_thread(service.upsert_items_text, text, fmt)
+    return await _load_file(request, service.upsert_items_text)
 
 
 @router.delete(

@@ -44,6 +44,16 @@ log = logging.getLogger(__name__)
 FEEDBACK_TYPES = ("click", "cart", "purchase")
 
 
+def _check_batch(raw: list[Any], what: str, limit: int) -> None:
+    """A request's batch of ``what``s (event, item) holds one to ``limit`` of them."""
+    if not raw:
+        raise InvalidRequestError(f"send at least one {what}")
+    if len(raw) > limit:
+        raise InputTooLargeError(
+            f"{len(raw)} {what}s in one request; the limit is {limit}", limit=limit, actual=len(raw)
+        )
+
+
 class UnknownItemError(NotFoundError):
     error_type = "unknown_item"
 
@@ -196,14 +206,7 @@ class RecommendService:
 
     def add_events(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
         """All or nothing: every event is checked (shape, known item) before any is stored."""
-        if not raw:
-            raise InvalidRequestError("send at least one event")
-        if len(raw) > self.settings.max_events_per_request:
-            raise InputTooLargeError(
-                f"{len(raw)} events in one request; the limit is {self.settings.max_events_per_request}",
-                limit=self.settings.max_events_per_request,
-                actual=len(raw),
-            )
+        _check_batch(raw, "event", self.settings.max_events_per_request)
         now = time.time()
         events, where = [], []
         for n, r in enumerate(raw):
@@ -232,14 +235,7 @@ class RecommendService:
 
     def upsert_items(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
         """All or nothing, like events."""
-        if not raw:
-            raise InvalidRequestError("send at least one item")
-        if len(raw) > self.settings.max_items_per_request:
-            raise InputTooLargeError(
-                f"{len(raw)} items in one request; the limit is {self.settings.max_items_per_request}",
-                limit=self.settings.max_items_per_request,
-                actual=len(raw),
-            )
+        _check_batch(raw, "item", self.settings.max_items_per_request)
         items: dict[str, Item] = {}
         for n, r in enumerate(raw):
             try:

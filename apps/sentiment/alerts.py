@@ -21,6 +21,8 @@ from typing import Any, cast
 
 import redis
 
+from core.redis_client import NamespacedStore
+
 _FIRE = """
 local last = redis.call('HGET', KEYS[1], ARGV[1])
 if last and math.abs(tonumber(ARGV[2]) - tonumber(last)) < tonumber(ARGV[3]) then
@@ -66,15 +68,11 @@ def alert_id(rule: str, scope: str, fired_at: float) -> str:
     return "al_" + hashlib.sha256(f"{rule}|{scope}|{fired_at:.3f}".encode()).hexdigest()[:20]
 
 
-class AlertStore:
+class AlertStore(NamespacedStore):
     def __init__(self, client: redis.Redis, namespace: str = "sentiment") -> None:
-        self.r = client
-        self.ns = namespace
+        super().__init__(client, namespace)
         self._fire = client.register_script(_FIRE)
         self._release = client.register_script(_RELEASE)
-
-    def key(self, *parts: str) -> str:
-        return ":".join((self.ns, *parts))
 
     def fire(self, alert: Alert, cooldown_s: float) -> bool:
         """Store the alert unless its (rule, scope) fired less than ``cooldown_s`` ago."""

@@ -111,6 +111,12 @@ def _check_unicode(text: str, what: str) -> None:
         raise InvalidRequestError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
 
 
+def _too_long(what: str, text: str, limit: int) -> InputTooLargeError:
+    return InputTooLargeError(
+        f"{what} holds {len(text)} characters; the limit is {limit}", limit=limit, actual=len(text)
+    )
+
+
 def normalize_item(
     raw: dict[str, Any],
     *,
@@ -131,29 +137,17 @@ def normalize_item(
         raise InvalidRequestError("the item has no headline: 'title' must be a non-empty string")
     _check_unicode(title_raw, "title")
     if len(title_raw) > max_title_chars * 4:  # checked before cleaning, which is linear but not free
-        raise InputTooLargeError(
-            f"title holds {len(title_raw)} characters; the limit is {max_title_chars}",
-            limit=max_title_chars,
-            actual=len(title_raw),
-        )
+        raise _too_long("title", title_raw, max_title_chars)
     title = clean_text(title_raw)
     if not title:
         raise InvalidRequestError("the item has no headline: 'title' is empty after removing markup")
     if len(title) > max_title_chars:
-        raise InputTooLargeError(
-            f"title holds {len(title)} characters; the limit is {max_title_chars}",
-            limit=max_title_chars,
-            actual=len(title),
-        )
+        raise _too_long("title", title, max_title_chars)
     body_raw = raw.get("body", raw.get("summary")) or ""
     if not isinstance(body_raw, str):
         raise InvalidRequestError("body must be a string")
     if len(body_raw) > max_body_chars:
-        raise InputTooLargeError(
-            f"body holds {len(body_raw)} characters; the limit is {max_body_chars}",
-            limit=max_body_chars,
-            actual=len(body_raw),
-        )
+        raise _too_long("body", body_raw, max_body_chars)
     _check_unicode(body_raw, "body")
     source = raw.get("source") or default_source
     if not isinstance(source, str):

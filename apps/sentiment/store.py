@@ -26,6 +26,7 @@ from typing import Any, cast
 import redis
 
 from apps.sentiment.items import NewsItem
+from core.redis_client import NamespacedStore
 from domains.sentiment import LABELS
 
 _INGEST = """
@@ -80,15 +81,11 @@ def scopes_for(entities: list[str], topics: list[str]) -> list[str]:
     return ["all", *(f"entity:{e}" for e in entities), *(f"topic:{t}" for t in topics)]
 
 
-class NewsStore:
+class NewsStore(NamespacedStore):
     def __init__(self, client: redis.Redis, namespace: str = "sentiment") -> None:
-        self.r = client
-        self.ns = namespace
+        super().__init__(client, namespace)
         self._ingest = client.register_script(_INGEST)
         self._commit = client.register_script(_COMMIT)
-
-    def key(self, *parts: str) -> str:
-        return ":".join((self.ns, *parts))
 
     # ---- items -------------------------------------------------------------------------------
 

@@ -29,27 +29,26 @@ from core.errors import InvalidRequestError
 MAX_DAYS = 90
 DAY_S = 86400
 
-# KEYS: session, day | ARGV: day, answered (0/1), retention
-_TURN = """
+# Both scripts start here: -2 for an expired session; a conversation counts once on each day it is active.
+_CONVERSATION = """\
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 if redis.call('HGET', KEYS[1], 'conv_day') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'conv_day', ARGV[1])
   redis.call('HINCRBY', KEYS[2], 'conversations', 1)
 end
-redis.call('HINCRBY', KEYS[2], 'bot_turns', 1)
+"""
+
+# KEYS: session, day | ARGV: day, answered (0/1), retention
+_TURN = f"""
+{_CONVERSATION}redis.call('HINCRBY', KEYS[2], 'bot_turns', 1)
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[2], 'answered_turns', 1) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
 # KEYS: session, day, day's unanswered | ARGV: day, question ('' = not counted), retention, cap
-_HANDOFF = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-if redis.call('HGET', KEYS[1], 'conv_day') ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'conv_day', ARGV[1])
-  redis.call('HINCRBY', KEYS[2], 'conversations', 1)
-end
-if redis.call('HGET', KEYS[1], 'handoff_day') ~= ARGV[1] then
+_HANDOFF = f"""
+{_CONVERSATION}if redis.call('HGET', KEYS[1], 'handoff_day') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'handoff_day', ARGV[1])
   redis.call('HINCRBY', KEYS[2], 'handed_off', 1)
 end

@@ -1,27 +1,31 @@
 """Extract, then compose: answers built from the knowledge base's own sentences.
 
 A 135M model that writes free text invents facts (issue 14: 52% of unseen in-KB questions answered
-wrong, with the right article cited). Here the model only *chooses*:
+wrong, with the right article cited). Here nothing is generated; the models only *choose*:
 
-    question ─ parts (the caller's part splitter) ─ retrieve passages per part and for the whole
-             ─ split the passages' sections into sentences (list items keep their lead-in, table
-               rows are read with their header), drop instruction-like text
-             ─ score every (part, sentence): MiniLM cosine, the model's log-likelihood of the
-               question after the sentence (and its gain over no sentence), IDF-weighted keyword
-               recall with typo tolerance, the passage's retrieval rank and cosine
-             ─ a small logistic model (``Selector``, fitted on the dev split, stored as JSON)
-               turns the features into P(this sentence answers this part)
-             ─ per part: the top sentence, plus the next one when it is likely enough and sits
-               next to it; confidence = the lowest part's top probability
-             ─ below the selector's threshold: hand off; else the reply is the selected sentences
-               verbatim, each with [n] for its document, and ``fact_check`` must find no number,
-               price, date, URL, e-mail or name that is not in them.
+    question ─ parts (the caller's part splitter) ─ hybrid retrieval per part and for the whole
+             ─ the retrieved chunks' sections split into sentences (a list item keeps its lead-in,
+               a table row is read with its header, an FAQ answer loses its leading "Yes,"),
+               instruction-like text dropped
+             ─ features per (part, sentence), ``FEATURES``: MiniLM cosines (sentence, sentence in
+               context, heading, sentence with its neighbours), IDF-weighted keyword recall with
+               typo tolerance, answer types ("how long" wants a duration), retrieval rank and
+               cosine, and optionally the model's log-likelihood of the question after the
+               sentence (its gain over no sentence) for the few likeliest candidates
+             ─ ``Selector``: a logistic model over a subset of them, fitted on the dev questions and
+               stored as JSON with its thresholds: P(this sentence answers this part)
+             ─ per part: the top sentence, plus up to ``max_sentences - 1`` more whose probability
+               reaches ``second_threshold`` (not one already said, not a paraphrase of the top)
+             ─ confidence: P(some selected sentence answers), the lowest over the parts; below the
+               selector's threshold, hand off
+             ─ the reply: the selected sentences verbatim, [n] per document; ``fact_check`` must
+               find no number, price, date, URL, e-mail or name that is not in them.
 
-Nothing here generates text. ``fact_check`` is also the gate for any later step that smooths the
-joins with generation: such text must pass it against the selected sentences.
+``fact_check`` is also the gate for any later step that smooths the joins with generation: such
+text must pass it against the selected sentences.
 
-Used by ``bench/probes/support_extractive.py`` (dev and report sets, fitting the selector) and,
-once wired, by ``answer.py`` in place of generation (see ``ExtractiveAnswerer.answer``).
+Fitted and measured by ``bench/probes/support_extractive.py``; ``answer.py`` calls
+``ExtractiveAnswerer.answer(question, parts)`` where it used to generate.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import logging
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,9 +44,14 @@ from typing import Any
 
 import numpy as np
 
+from core.config import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
 SELECTOR_VERSION = 1
+# Fitted on the sample help centre's dev questions by bench/probes/support_extractive.py
+# --write-selector; a setting (DOMAINLLM_SUPPORT_SELECTOR_PATH) should point elsewhere for a tenant's own.
+DEFAULT_SELECTOR = PROJECT_ROOT / "data" / "samples" / "support" / "selector.json"
 
 # What the selector may use, in this order. A selector JSON names the subset it was fitted on.
 FEATURES: tuple[str, ...] = (
@@ -95,6 +105,7 @@ class Sentence:
     position: int = 0  # order within its section: adjacent sentences differ by 1
     section_index: int = 0  # which section of the document (sections can share a heading)
     source: str = ""  # the section text it came from (what a fact check may compare against)
+    lead: str = ""  # a list item's lead-in, which ``text`` starts with ("The following cannot be returned:")
     passage_rank: int = 1  # best retrieval rank of a passage holding it (1 = best)
     passage_cosine: float = 0.0
 
@@ -171,16 +182,17 @@ def _table_cells(line: str) -> list[str] | None:
     return [c.strip() for c in s.strip("|").split("|")]
 
 
-def split_section(text: str) -> list[str]:
-    """The quotable sentences of one section's text, in order.
+def split_section_items(text: str) -> list[tuple[str, str]]:
+    """The quotable sentences of one section's text, in order, as (lead-in, sentence) pairs.
 
-    * prose: split into sentences;
-    * a list item: its sentences; the first one carries the lead-in sentence that ends with ":" in
-      the paragraph before the list ("The following cannot be returned: items marked ...");
+    * prose: split into sentences (no lead-in);
+    * a list item: its sentences; the first one has as lead-in the sentence that ends with ":" in
+      the paragraph before the list ("The following cannot be returned:"), which is then not a
+      sentence of its own;
     * a Markdown table row: "<first cell>: <header> <cell>; <header> <cell>." (the header row and
       the separator row are not sentences themselves).
     """
-    sentences: list[str] = []
+    out: list[tuple[str, str]] = []
     header: list[str] | None = None
     lead: str | None = None
     for line in text.split("\n"):
@@ -196,25 +208,30 @@ def split_section(text: str) -> list[str]:
             label, rest = cells[0], cells[1:]
             pairs = [f"{h} {c}".strip() for h, c in zip(header[1:], rest, strict=False) if c]
             if label and pairs:
-                sentences.append(_finish(f"{label}: {'; '.join(pairs)}"))
+                out.append(("", _finish(f"{label}: {'; '.join(pairs)}")))
             continue
         header = None
         item = _LIST_ITEM.match(line)
         if item:
-            parts = split_prose(item.group(1))
-            for i, part in enumerate(parts):
+            for i, part in enumerate(split_prose(item.group(1))):
                 body = _finish(part)
                 if i == 0 and lead:
-                    body = f"{lead} {body[0].lower() + body[1:] if not _keeps_capital(body) else body}"
-                sentences.append(body)
+                    out.append((lead, body if _keeps_capital(body) else body[0].lower() + body[1:]))
+                else:
+                    out.append(("", body))
             continue
         parts = split_prose(line)
         lead = None
-        for part in parts:
-            sentences.append(part)
+        out.extend(("", part) for part in parts)
         if parts and parts[-1].rstrip().endswith(":"):
-            lead = sentences.pop()  # the lead-in is said with each item, not on its own
-    return [s for s in sentences if s and not _INJECTION.search(s)]
+            lead = out.pop()[1]  # the lead-in is said with its items, not on its own
+    return [(lead, body) for lead, body in out if body and not _INJECTION.search(f"{lead} {body}")]
+
+
+def split_section(text: str) -> list[str]:
+    """The quotable sentences of one section's text, each list item with its lead-in
+    (see ``split_section_items``)."""
+    return [f"{lead} {body}" if lead else body for lead, body in split_section_items(text)]
 
 
 def _keeps_capital(text: str) -> bool:
@@ -250,10 +267,12 @@ def sentences_of_document(doc: Any) -> list[Sentence]:
     kind = getattr(doc, "kind", "article") or "article"
     out: list[Sentence] = []
     for si, section in enumerate(sections):
-        for pos, text in enumerate(split_section(section.text)):
+        for pos, (lead, body) in enumerate(split_section_items(section.text)):
+            text = f"{lead} {body}" if lead else body
             out.append(
                 Sentence(
                     text=without_answer_particle(text) if kind == "faq" else text,
+                    lead=lead,
                     doc_id=doc.doc_id,
                     title=doc.title,
                     url=getattr(doc, "url", None),
@@ -407,7 +426,7 @@ def _stemmer() -> Callable[[str], str]:
         import Stemmer  # PyStemmer, as the KB's BM25 uses
 
         s = Stemmer.Stemmer("english")
-        return s.stemWord  # type: ignore[no-any-return]
+        return s.stemWord
     except ImportError:  # pragma: no cover - listed dependency
         return lambda w: w
 
@@ -651,6 +670,10 @@ def compose(selected: Sequence[Sentence]) -> tuple[str, list[Cited]]:
         n = numbers.setdefault(s.doc_id, len(numbers) + 1)
         first.setdefault(s.doc_id, s)
         text = s.text.strip()
+        prev = selected[i - 1] if i > 0 else None
+        if s.lead and prev is not None and prev.lead == s.lead and prev.doc_id == s.doc_id and text.startswith(s.lead):
+            body = text[len(s.lead) :].strip()  # the same list as the sentence before: say its lead-in once
+            text = body[0].upper() + body[1:]
         if text[-1] not in ".!?:":
             text += "."
         nxt = selected[i + 1] if i + 1 < len(selected) else None
@@ -815,6 +838,11 @@ def fact_check(reply: str, sources: Sequence[str] | Sequence[Sentence]) -> list[
 _lower_names_ok = frozenset({"i"})
 
 
+def _near_duplicate(a: set[str], b: set[str]) -> bool:
+    """Two sentences' keyword sets say the same thing: most of the shorter one is in the other."""
+    return bool(a and b) and len(a & b) >= 0.75 * min(len(a), len(b))
+
+
 # ---------------------------------------------------------------------------------------------
 # The answerer
 # ---------------------------------------------------------------------------------------------
@@ -876,6 +904,7 @@ class ExtractiveAnswerer:
         self._lm_cache: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._cache_size = cache_size
         self._doc_cache: dict[str, tuple[Any, list[Sentence]]] = {}
+        self._lock = threading.Lock()  # the caches are shared by the server's request threads
         self._idf: Idf | None = None
         self._idf_key: Any = None
 
@@ -947,27 +976,35 @@ class ExtractiveAnswerer:
     # ---- features ----------------------------------------------------------------------------
 
     def _vectors(self, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vec_cache))
+        """[len(texts), dim] embeddings; KB sentences recur across questions, so they are cached."""
+        with self._lock:
+            known = {t: self._vec_cache[t] for t in dict.fromkeys(texts) if t in self._vec_cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
-            vecs = np.asarray(self.engine.embed(missing), dtype=np.float32)
-            for t, v in zip(missing, vecs, strict=True):
-                self._vec_cache[t] = v
-            while len(self._vec_cache) > self._cache_size:
-                self._vec_cache.popitem(last=False)
-        return np.stack([self._vec_cache[t] for t in texts])
+            vecs = np.asarray(self.engine.embed(missing), dtype=np.float32)  # [len(missing), dim]
+            fresh = dict(zip(missing, vecs, strict=True))
+            known.update(fresh)
+            with self._lock:
+                self._vec_cache.update(fresh)
+                while len(self._vec_cache) > self._cache_size:
+                    self._vec_cache.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def _lm_totals(self, continuations: Sequence[str], *, cache: bool) -> list[tuple[float, int]]:
         """(sum log-prob, tokens) of each continuation after ``LM_PREFIX``."""
-        todo = [c for c in dict.fromkeys(continuations) if not (cache and c in self._lm_cache)]
-        got: dict[str, tuple[float, int]] = {}
+        with self._lock:
+            known = {c: self._lm_cache[c] for c in dict.fromkeys(continuations) if cache and c in self._lm_cache}
+        todo = [c for c in dict.fromkeys(continuations) if c not in known]
         if todo:
-            scores = self.engine.score_continuations(LM_PREFIX, list(todo), model=self.selector.lm_model)
-            got = {c: (float(s.logprob), int(s.n_tokens)) for c, s in zip(todo, scores, strict=True)}
+            scores = self.engine.score_continuations(LM_PREFIX, todo, model=self.selector.lm_model)
+            got = {c: (float(x.logprob), int(x.n_tokens)) for c, x in zip(todo, scores, strict=True)}
+            known.update(got)
             if cache:
-                self._lm_cache.update(got)
-                while len(self._lm_cache) > self._cache_size:
-                    self._lm_cache.popitem(last=False)
-        return [got[c] if c in got else self._lm_cache[c] for c in continuations]
+                with self._lock:
+                    self._lm_cache.update(got)
+                    while len(self._lm_cache) > self._cache_size:
+                        self._lm_cache.popitem(last=False)
+        return [known[c] for c in continuations]
 
     def lm_scores(self, query: str, sentences: Sequence[Sentence]) -> tuple[np.ndarray, float]:
         """Mean log-prob of the query's tokens after each sentence ([n]) and with no sentence:
@@ -1091,13 +1128,12 @@ class ExtractiveAnswerer:
                     order.insert(0, other)
             top = scored.sentences[order[0]]
             picked, p_picked = [top], [float(probs[p, order[0]])]
-            top_words = set(keywords(top.text))
             for j in order[1:]:
                 if len(picked) >= sel.max_sentences or probs[p, j] < sel.second_threshold:
                     break
                 s = scored.sentences[j]
                 words = set(keywords(s.text))
-                if s.key in seen or len(words & top_words) > 0.7 * max(len(words | top_words), 1):
+                if s.key in seen or any(_near_duplicate(words, set(keywords(t.text))) for t in picked):
                     continue  # said already, or the same thing in other words (an FAQ and its article)
                 adjacent = (
                     s.doc_id == top.doc_id

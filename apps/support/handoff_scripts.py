@@ -28,12 +28,19 @@ redis.call('EXPIRE', KEYS[6], ARGV[7])
 return {1, ARGV[1]}
 """
 
-# KEYS: handoff, open index, taken index, messages, inbox, session events
-# ARGV: id, agent, now, system note, inbox event, session event, inbox max, session max, ttl
-TAKE = """
+# The start of TAKE, REPLY and CLOSE (KEYS[1] is the handoff): -1 if it is gone, else its status and
+# the agent holding it ('' when none).
+_HANDOFF_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local status = redis.call('HGET', KEYS[1], 'status')
 local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
+"""
+
+# KEYS: handoff, open index, taken index, messages, inbox, session events
+# ARGV: id, agent, now, system note, inbox event, session event, inbox max, session max, ttl
+TAKE = (
+    _HANDOFF_STATE
+    + """\
 if status == 'closed' then return {-3, by} end
 if status == 'taken' then
   if by == ARGV[2] then return {0, by} end
@@ -48,13 +55,13 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', 'agent_joined',
 redis.call('EXPIRE', KEYS[6], ARGV[9])
 return {1, ARGV[2]}
 """
+)
 
 # KEYS: handoff, messages, inbox, session events
 # ARGV: agent, message, inbox event, session event, inbox max, session max, ttl, messages max
-REPLY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
+REPLY = (
+    _HANDOFF_STATE
+    + """\
 if status == 'closed' then return {-3, by} end
 if status ~= 'taken' then return {-5, ''} end
 if by ~= ARGV[1] then return {-4, by} end
@@ -65,14 +72,14 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'type', 'agent_message'
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 return {1, by}
 """
+)
 
 # KEYS: handoff, open index, taken index, closed index, messages, session, inbox, session events
 # ARGV: id, agent, now, retention, system note, inbox event, session event (rating asked),
 #       session event (not asked), inbox max, session max, ttl
-CLOSE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-local by = redis.call('HGET', KEYS[1], 'taken_by') or ''
+CLOSE = (
+    _HANDOFF_STATE
+    + """\
 if status == 'closed' then return {0, by} end
 if status == 'taken' and by ~= ARGV[2] then return {-4, by} end
 local rated = status == 'taken'
@@ -95,6 +102,7 @@ redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', 'type', 'handoff_close
 redis.call('EXPIRE', KEYS[8], ARGV[11])
 return {1, by}
 """
+)
 
 # KEYS: session, handoff, messages, inbox | ARGV: id, message, inbox event, inbox max, messages max
 CUSTOMER = """

@@ -509,14 +509,19 @@ class HandoffDesk:
 
     def active_id(self, session_id: str) -> str | None:
         """The session's open or taken handoff, if any (404 for an unknown session)."""
+        hid = self._session_field(session_id, "handoff")
+        return _str(hid) if hid else None
+
+    def _session_field(self, session_id: str, name: str) -> Any:
+        """One field of the session's hash (None if unset); UnknownSessionError if the session is gone."""
         key = self.sessions.session_key(session_id)
         pipe = self.r.pipeline(transaction=False)
         pipe.exists(key)
-        pipe.hget(key, "handoff")
-        exists, hid = pipe.execute()
+        pipe.hget(key, name)
+        exists, value = pipe.execute()
         if not exists:
             raise UnknownSessionError(session_id)
-        return _str(hid) if hid else None
+        return value
 
     def customer_message(self, session_id: str, text: str) -> dict[str, Any] | None:
         """While the session's handoff is active, the customer's message goes to the agent (and the
@@ -553,13 +558,7 @@ class HandoffDesk:
         sid = self.sessions.check_session_id(session_id)
         rating = check_rating(rating)
         note = mask_pii(self.check_text(comment, "comment", MAX_COMMENT_CHARS)) if comment and comment.strip() else ""
-        key = self.sessions.session_key(sid)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.exists(key)
-        pipe.hget(key, "csat_pending")
-        exists, pending = pipe.execute()
-        if not exists:
-            raise UnknownSessionError(sid)
+        pending = self._session_field(sid, "csat_pending")
         if not pending:
             raise HandoffConflictError(
                 "there is no conversation to rate: ratings are asked for when an agent closes one, once",
@@ -568,7 +567,7 @@ class HandoffDesk:
         hid, now = _str(pending), self._now()
         code = int(
             self._csat(
-                keys=[key, self._handoff_keys(hid)[0], self.key("inbox")],
+                keys=[self.sessions.session_key(sid), self._handoff_keys(hid)[0], self.key("inbox")],
                 args=[
                     hid,
                     rating,

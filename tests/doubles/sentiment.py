@@ -17,6 +17,17 @@ from typing import Any
 from apps.sentiment.delivery import verify_signature
 from tests.doubles.redis import free_port
 
+# Seven clearly bad headlines about one watched company (Globex, GLBX): enough for an entity alert.
+BURST = [
+    "Globex shares plunge 18% after regulator opens accounting fraud probe",
+    "Globex posts a record quarterly loss and scraps its dividend",
+    "Investors file class action lawsuit against Globex over misstated revenue",
+    "Moody's downgrades Globex debt to junk, citing weak controls",
+    "Globex shares crash to a record low as the fraud probe widens",
+    "Globex suffers worst trading day in a decade as fraud fears spread",
+    "Globex warns of bankruptcy risk after profits collapse",
+]
+
 
 class _Server:
     """A ThreadingHTTPServer on a thread, restartable on the same port (to take a receiver down and back)."""

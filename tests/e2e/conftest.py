@@ -14,7 +14,6 @@ To run the tests against a server you started yourself, set ``SUPPORT_E2E_BASE_U
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import pytest
 from core.config import PROJECT_ROOT
 from core.redis_server import start_background
 from tests.doubles.redis import free_port
+from tests.doubles.servers import start_process, stop_process, wait_until_ready
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -87,20 +87,6 @@ def _seed_knowledge_base(server: SupportServer, deadline: float) -> None:
                 time.sleep(1)
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, deadline: float) -> None:
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-5000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="session")
 def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupportServer]:
     external = os.environ.get("SUPPORT_E2E_BASE_URL")
@@ -127,28 +113,16 @@ def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         "DOMAINLLM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
     }
     log_path = tmp / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "domainllm"), "serve"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_process([str(Path(sys.executable).parent / "domainllm"), "serve"], env, log_path)
     server = SupportServer(f"http://127.0.0.1:{port}", ADMIN_KEY)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        _wait_ready(server.url, proc, log_path, deadline)
+        wait_until_ready(server.url, proc, log_path, STARTUP_TIMEOUT_S, every=0.3)
         _seed_knowledge_base(server, deadline)
         yield server
     finally:
         for child in (proc, redis):
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            stop_process(child, timeout=20)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-5000:]
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.config import PROJECT_ROOT
+from tests.doubles.redis import free_port
+from tests.doubles.servers import start_process, stop_process, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +27,12 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CHAT = {"model": "base", "messages": QUESTION, "max_tokens": 24}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a running server with no adapters; its log is printed if it fails to start."""
     tmp = tmp_path_factory.mktemp("http-server")
     (tmp / "adapters").mkdir()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DOMAINLLM_ENVIRONMENT": "test",
@@ -49,37 +41,14 @@ def server(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "DOMAINLLM_ADAPTERS_DIR": str(tmp / "adapters"),
     }
     log_path = tmp / "server.log"
-    with log_path.open("wb") as log:
-        command = [sys.executable, "-m", "uvicorn", "apps.server:create_app", "--factory"]
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    command = [sys.executable, "-m", "uvicorn", "apps.server:create_app", "--factory"]
+    proc = start_process([*command, "--host", "127.0.0.1", "--port", str(port)], env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.2)
+        wait_until_ready(base, proc, log_path, STARTUP_TIMEOUT_S)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 

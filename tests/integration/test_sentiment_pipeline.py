@@ -32,7 +32,8 @@ from apps.settings import AppSettings
 from core.config import PROJECT_ROOT, Settings
 from core.redis_client import connect
 from tests.doubles.redis import RedisProcess
-from tests.doubles.sentiment import FeedServer, SmtpSink, WebhookReceiver
+from tests.doubles.sentiment import BURST, FeedServer, SmtpSink, WebhookReceiver
+from tests.doubles.servers import start_process, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +47,6 @@ rules:
      min_negative_share: 0.5, prior_share: 0.25, severity: {warning: 2.0, critical: 3.5}, cooldown: 1h}
 """ % (PROJECT_ROOT / "apps" / "sentiment" / "rules" / "watchlist.yaml")
 
-BURST = [
-    "Globex shares plunge 18% after regulator opens accounting fraud probe",
-    "Globex posts a record quarterly loss and scraps its dividend",
-    "Investors file class action lawsuit against Globex over misstated revenue",
-    "Moody's downgrades Globex debt to junk, citing weak controls",
-    "Globex shares crash to a record low as the fraud probe widens",
-    "Globex suffers worst trading day in a decade as fraud fears spread",
-    "Globex warns of bankruptcy risk after profits collapse",
-]
 REPEAT = [
     "Globex shares slump again as losses widen and lenders cut credit lines",
     "Globex faces second lawsuit from pension funds over accounting fraud",
@@ -105,20 +97,6 @@ class Pipeline:
         return AlertStore(connect(self.redis.url, decode=True), self.ns)
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def pipeline(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     tmp = tmp_path_factory.mktemp("sentiment-pipeline")
@@ -151,19 +129,20 @@ def pipeline(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
     worker_log, beat_log = tmp / "worker.log", tmp / "beat.log"
-    worker = start([*celery, "worker", "-Q", "ingest,enrich,alerts", "-c", "4", "-n", f"w-{ns}@%h", "-l", "INFO"],
+    worker = start_process([*celery, "worker", "-Q", "ingest,enrich,alerts", "-c", "4", "-n", f"w-{ns}@%h", "-l", "INFO"],
                    env, worker_log)  # fmt: skip
     # two beats, as after a botched deploy: the monitor's lock and cooldown must keep alerts single
     beats = [
-        start([*celery, "beat", "-s", str(tmp / f"beat-schedule-{i}"), "-l", "INFO"], env, beat_log) for i in range(2)
+        start_process([*celery, "beat", "-s", str(tmp / f"beat-schedule-{i}"), "-l", "INFO"], env, beat_log)
+        for i in range(2)
     ]
     try:
         wait_for("the worker's engine", lambda: "worker engine ready" in worker_log.read_text(), timeout=120)
         yield Pipeline(ns, redis, feeds, webhook, smtp, env, config, tmp)
     finally:
         for beat in beats:
-            stop(beat)
-        stop(worker)
+            stop_process(beat)
+        stop_process(worker)
         feeds.stop()
         webhook.stop()
         smtp.stop()

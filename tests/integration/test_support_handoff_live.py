@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.config import PROJECT_ROOT
 from tests.doubles.redis import RedisProcess, free_port
 from tests.doubles.sentiment import WebhookReceiver
+from tests.doubles.servers import start_process, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +46,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: 
             return value
         time.sleep(every)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -171,9 +157,10 @@ def replicas(
     celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "alerts", "-c", "2"]
     logs = [tmp / "replica-a.log", tmp / "replica-b.log", tmp / "worker.log"]
     procs = [
-        start([*uvicorn, "--port", base.rsplit(":", 1)[1]], env, log) for base, log in zip(bases, logs[:2], strict=True)
+        start_process([*uvicorn, "--port", base.rsplit(":", 1)[1]], env, log)
+        for base, log in zip(bases, logs[:2], strict=True)
     ]
-    procs.append(start([*celery, "-n", f"support-it-{uuid.uuid4().hex[:6]}@%h", "-l", "INFO"], env, logs[2]))
+    procs.append(start_process([*celery, "-n", f"support-it-{uuid.uuid4().hex[:6]}@%h", "-l", "INFO"], env, logs[2]))
 
     def ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
         if proc.poll() is not None:
@@ -190,7 +177,7 @@ def replicas(
         yield Replicas(bases[0], bases[1], webhook)
     finally:
         for proc in procs:
-            stop(proc)
+            stop_process(proc)
         webhook.stop()
         redis.stop()
     for log in logs:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +15,13 @@ import yaml
 from apps.sentiment.config import load_monitor_config
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.settings import DEFAULT_CONFIG
-from core.adapters import CARD_FILE
-from core.config import Settings
-from core.engine import LocalEngine
 from core.tiny import build_random_lora
 from domains import sentiment
 from domains.records import DataFileError
 from domains.sentiment import LabelledText, SentimentServing
 from finetune.config import TrainConfig, config_for
 from finetune.tasks.sentiment import serving_of, to_examples
+from tests.doubles.contract import assert_refused, record_tokenize, served_engine
 
 pytestmark = pytest.mark.unit
 
@@ -39,31 +34,8 @@ def committed_config(**changes: Any) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "weights", rank=4, seed=5)
-
-
-@contextmanager
-def served_engine(tiny_model_dir: Path, lora: Path, root: Path, config: TrainConfig) -> Iterator[LocalEngine]:
-    """An engine serving a ``sentiment`` adapter whose card holds what training writes for ``config``."""
-    adapter = root / "adapters" / "sentiment"
-    adapter.parent.mkdir(parents=True)
-    shutil.copytree(lora, adapter)
-    (adapter / CARD_FILE).write_text(json.dumps({"serving": sentiment.serving_section(serving_of(config))}))
-    engine = LocalEngine(Settings(environment="test", base_model=str(tiny_model_dir), adapters_dir=adapter.parent,
-                                  admin_key="k-test", data_dir=root / "data", batch_wait_ms=5))  # fmt: skip
-    engine.warm_up()
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 @pytest.mark.parametrize(
@@ -85,18 +57,12 @@ def test_the_training_prompt_is_the_served_prompt_token_for_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     trained = to_examples(tokenizer, [LabelledText(HEADLINE, "negative", "fpb")], config)[0]
-    with served_engine(tiny_model_dir, lora, tmp_path, config) as engine:
+    serving = sentiment.serving_section(serving_of(config))
+    with served_engine(tiny_model_dir, lora, tmp_path, "sentiment", serving) as engine:
         enricher = Enricher(engine, load_monitor_config(DEFAULT_CONFIG))
         assert enricher.model == "sentiment"
         assert enricher.serving() == SentimentServing(tuple(config.labels), str(config.instruction))
-        seen: list[list[int]] = []
-        tokenize = engine.tokenize
-
-        def spy(text: str) -> list[int]:
-            seen.append(tokenize(text))
-            return seen[-1]
-
-        monkeypatch.setattr(engine, "tokenize", spy)
+        seen = record_tokenize(engine, monkeypatch)
         scores = enricher.sentiment([HEADLINE])
         assert list(scores[0]) == config.labels
     assert seen == [trained.prompt_ids]
@@ -185,7 +151,4 @@ def test_labelled_headlines_in_csv_and_jsonl(tmp_path: Path) -> None:
 def test_a_bad_labelled_headlines_file_names_the_file_and_line(
     tmp_path: Path, name: str, body: str, message: str
 ) -> None:
-    path = tmp_path / name
-    path.write_text(body)
-    with pytest.raises(DataFileError, match=message):
-        sentiment.read_labelled_headlines(path)
+    assert_refused(sentiment.read_labelled_headlines, tmp_path / name, body, message)

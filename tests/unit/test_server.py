@@ -23,18 +23,12 @@ from core.config import Settings
 from core.engine import LocalEngine
 from core.errors import EngineOverloadedError
 from core.sampling import SamplingParams
+from tests.doubles.servers import wait_ready
 
 pytestmark = pytest.mark.unit
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 CHAT = {"model": "alpha", "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 12}
-
-
-def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -454,7 +448,9 @@ async def _stream_then_disconnect(
     return sent, other
 
 
-def test_client_disconnect_mid_stream_does_not_hurt_the_server(tiny_engine: LocalEngine, tiny_settings: Settings) -> None:
+def test_client_disconnect_mid_stream_does_not_hurt_the_server(
+    tiny_engine: LocalEngine, tiny_settings: Settings
+) -> None:
     app = create_app(settings=tiny_settings, engine=tiny_engine)
     body = {**CHAT, "max_tokens": 200, "stream": True}
     sent, other = asyncio.run(_stream_then_disconnect(app, tiny_engine, body))

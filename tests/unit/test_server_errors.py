@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from core.errors import (
     ModelNotReadyError,
     NotFoundError,
 )
+from tests.doubles.servers import wait_ready
 
 pytestmark = pytest.mark.unit
 
@@ -41,13 +41,6 @@ ADMIN = {"X-Admin-Key": "test-admin-key"}
 MESSAGES = [{"role": "user", "content": "Where is my order?"}]
 CHAT = {"model": "alpha", "messages": MESSAGES, "max_tokens": 4}
 CLASSIFY = {"model": "beta", "texts": ["The market fell."], "labels": ["negative", "positive"]}
-
-
-def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -54,7 +54,6 @@ FAQ_CSV = (
 )
 
 
-
 def make_app(tiny_settings: Any, engine: LocalEngine, redis_url: str, tmp_path: Path, **overrides: Any) -> Any:
     engine.embedder = HashEmbedder()  # type: ignore[assignment]
     settings = SupportSettings(

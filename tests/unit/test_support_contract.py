@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +18,6 @@ from apps.support.intents import IntentClassifier
 from apps.support.kb import Hit
 from apps.support.rules import load_rules
 from apps.support.settings import SupportSettings
-from core.adapters import CARD_FILE
-from core.config import Settings
 from core.engine import LocalEngine
 from core.heads import LinearHead
 from core.tiny import build_random_lora
@@ -31,6 +26,7 @@ from domains.records import DataFileError
 from domains.support import INTENT_HEAD_FILE, FaqPair, SupportRow, SupportServing
 from finetune.config import TrainConfig, config_for
 from finetune.tasks.support import SupportOptions, feature_recipe, serving_of, to_examples
+from tests.doubles.contract import assert_refused, record_tokenize, served_engine
 
 pytestmark = pytest.mark.unit
 
@@ -58,35 +54,8 @@ class OneHitKB:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "weights", rank=4, seed=6)
-
-
-@contextmanager
-def served_engine(
-    tiny_model_dir: Path, lora: Path, root: Path, serving: dict[str, Any], head: LinearHead | None = None
-) -> Iterator[LocalEngine]:
-    """An engine serving a ``support`` adapter with ``serving`` as its card's section (and ``head``)."""
-    adapter = root / "adapters" / "support"
-    adapter.parent.mkdir(parents=True)
-    shutil.copytree(lora, adapter)
-    (adapter / CARD_FILE).write_text(json.dumps({"serving": serving}))
-    if head is not None:
-        head.save(adapter / INTENT_HEAD_FILE)
-    engine = LocalEngine(Settings(environment="test", base_model=str(tiny_model_dir), adapters_dir=adapter.parent,
-                                  admin_key="k-test", data_dir=root / "data", batch_wait_ms=5))  # fmt: skip
-    engine.warm_up()
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 def bot_for(engine: LocalEngine, tmp_path: Path) -> SupportBot:
@@ -111,19 +80,13 @@ def test_the_training_prompt_is_the_served_prompt_token_for_token(
     row, retrieved = SupportRow(QUESTION, "Sure, I can help.", "cancel_order"), SupportRow("x", ANSWER, "cancel_order")
     trained = to_examples(tokenizer, [(row, retrieved)], config, opts)[0]
     # serving: the card training writes; the bot answers the same question, the same passage retrieved
-    with served_engine(tiny_model_dir, lora, tmp_path, support.serving_section(serving_of(config, opts))) as engine:
+    serving = support.serving_section(serving_of(config, opts))
+    with served_engine(tiny_model_dir, lora, tmp_path, "support", serving) as engine:
         bot = bot_for(engine, tmp_path)
         assert bot.model == "support"
         assert bot.serving() == SupportServing(str(config.instruction).strip(), passage_tokens)
         monkeypatch.setattr(engine, "embed", lambda texts, normalize=True: np.ones((len(texts), 4)) / 2.0)
-        seen: list[list[int]] = []
-        tokenize = engine.tokenize
-
-        def spy(text: str) -> list[int]:
-            seen.append(tokenize(text))
-            return seen[-1]
-
-        monkeypatch.setattr(engine, "tokenize", spy)
+        seen = record_tokenize(engine, monkeypatch)
         reply = bot.answer(QUESTION)
     assert reply.source in ("generated", "handoff") and reply.question == QUESTION
     assert seen == [trained.prompt_ids]
@@ -155,7 +118,10 @@ def test_the_intent_head_is_found_in_the_adapter_folder_through_the_engine(
     rng = np.random.default_rng(0)
     head = LinearHead(rng.normal(size=(2, sum(dims))), np.zeros(2), ["cancel_order", "track_order"],
                       np.zeros(sum(dims)), np.ones(sum(dims)), recipe)  # fmt: skip
-    with served_engine(tiny_model_dir, lora, tmp_path, support.serving_section(SupportServing()), head) as engine:
+    serving = support.serving_section(SupportServing())
+    with served_engine(
+        tiny_model_dir, lora, tmp_path, "support", serving, lambda adapter: head.save(adapter / INTENT_HEAD_FILE)
+    ) as engine:
         monkeypatch.setattr(engine, "embed", lambda texts, normalize=True: np.ones((len(texts), 4)) / 2.0)
         classifier = IntentClassifier(engine, "support")
         assert classifier.available
@@ -209,9 +175,6 @@ def test_faq_pairs_and_past_conversations_in_csv_and_jsonl(tmp_path: Path) -> No
     ],
 )
 def test_a_bad_faq_file_names_the_file_and_line(tmp_path: Path, name: str, body: str, message: str) -> None:
-    path = tmp_path / name
-    path.write_text(body)
-    with pytest.raises(DataFileError, match=message):
-        support.read_faq_pairs(path)
+    assert_refused(support.read_faq_pairs, tmp_path / name, body, message)
     with pytest.raises(DataFileError, match="data file not found"):
         support.read_faq_pairs(tmp_path / "absent.csv")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,25 +21,15 @@ from apps.support.conversations import (
     normalise_question,
 )
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
-from tests.doubles.redis import RedisProcess
 
 pytestmark = pytest.mark.unit
 
 EMAIL, PHONE, CARD = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    local = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture(params=[False, True], ids=["bytes", "str"])
-def client(request: pytest.FixtureRequest, server: RedisProcess) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(server.url, decode_responses=request.param)
-    yield r
-    r.close()
+@pytest.fixture
+def client(redis_either: redis.Redis) -> redis.Redis:
+    return redis_either
 
 
 def make_store(client: redis.Redis, **kwargs: Any) -> ConversationStore:

@@ -19,15 +19,18 @@ from apps.support.extractive import (
     Idf,
     Selector,
     Sentence,
+    asked_types,
     claims,
     compose,
     fact_check,
     fit_selector,
+    held_types,
     keyword_recall,
     keywords,
     sentences_of_document,
     split_prose,
     split_section,
+    without_answer_particle,
 )
 from apps.support.kb import KnowledgeBase
 from core.sampling import ContinuationScore
@@ -371,3 +374,50 @@ def test_likelihood_plumbing_on_the_tiny_model(kb: KnowledgeBase, tiny_engine: A
     lm, lm0 = answerer.lm_scores("is delivery free", sentences)
     assert lm.shape == (len(sentences),) and np.isfinite(lm).all() and np.isfinite(lm0)
     assert (lm < 0).all()
+
+
+def test_faq_answers_lose_their_yes_but_keep_their_substance() -> None:
+    assert without_answer_particle("Yes, Click and Collect at our Leeds store is free.") == (
+        "Click and Collect at our Leeds store is free."
+    )
+    assert without_answer_particle("No. We never ask for your password.") == "We never ask for your password."
+    assert without_answer_particle("Not for deliveries to the UK.") == "Not for deliveries to the UK."
+    faq = sentences_of_document(ARTICLES[3])
+    assert [s.text for s in faq] == ["Standard delivery is free on orders over £50 in the UK."]
+    assert faq[0].kind == "faq" and faq[0].heading == "Do you offer free delivery?"
+
+
+def test_answer_types_of_questions_and_sentences() -> None:
+    assert asked_types("how long does a refund take") == ["duration"]
+    assert "money" in asked_types("how much is postage to the US")
+    assert "clock" in asked_types("what time do you open on sunday")
+    assert asked_types("can i return a gift") == []
+    assert "duration" in held_types("Refunds take 3-5 working days.")
+    assert "money" in held_types("It costs £4.95.") and "money" in held_types("Delivery is free.")
+    assert "clock" in held_types("Sunday: 11:00 to 16:00.")
+    assert held_types("Sign in and go to Account.") == set()
+
+
+def test_more_sentences_per_part_and_their_union_confidence(kb: KnowledgeBase) -> None:
+    question = "how many days do i have to return items"
+    one = ExtractiveAnswerer(FakeEngine(), kb, _selector(threshold=0.0, max_sentences=1, confidence="top"))
+    three = ExtractiveAnswerer(FakeEngine(), kb, _selector(threshold=0.0, max_sentences=3, second_threshold=0.0))
+    r1, r3 = one.answer(question), three.answer(question)
+    assert len(r1.selected) == 1 and 2 <= len(r3.selected) <= 3
+    assert r3.selected[0].text in r3.answer and r3.confidence >= r1.confidence
+    texts = [s.text for s in r3.selected]
+    assert len(set(texts)) == len(texts)  # never the same sentence twice
+
+
+def test_window_is_the_sentence_with_its_neighbours(kb: KnowledgeBase) -> None:
+    answerer = ExtractiveAnswerer(FakeEngine(), kb, _selector())
+    first, second = [s for s in sentences_of_document(ARTICLES[1]) if s.section == "Return windows"]
+    assert answerer.window(first) == f"{first.text} {second.text}" == answerer.window(second)
+
+
+def test_items_of_one_list_say_their_lead_in_once() -> None:
+    items = [s for s in sentences_of_document(ARTICLES[1]) if s.lead]
+    assert [s.lead for s in items] == ["The following cannot be returned:"] * 2
+    answer, _ = compose(items)
+    assert answer == "The following cannot be returned: gift cards. Items marked Final sale. [1]"
+    assert fact_check(answer, items) == []

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from apps.support.inbox import Inbox
 from apps.support.live import NoAgentTimer, customer_events, inbox_events
 from apps.support.settings import SupportSettings
 from core.errors import InputTooLargeError, InvalidRequestError
-from tests.doubles.redis import RedisProcess
 
 pytestmark = pytest.mark.unit
 
@@ -52,18 +50,9 @@ class Queue:
         return [e["type"] for e in self.events]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    local = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture(params=[False, True], ids=["bytes", "str"])
-def client(request: pytest.FixtureRequest, server: RedisProcess) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(server.url, decode_responses=request.param)
-    yield r
-    r.close()
+@pytest.fixture
+def client(redis_either: redis.Redis) -> redis.Redis:
+    return redis_either
 
 
 def make_inbox(client: redis.Redis, clock: Clock | None = None, **settings: Any) -> tuple[Inbox, Queue]:

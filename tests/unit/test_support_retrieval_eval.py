@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from domainllm.evals import RRF_BASELINE, kb_systems
 from apps.support.kb import FusionConfig
 from core.errors import InvalidRequestError
+from domainllm.evals import RRF_BASELINE, kb_systems
 from finetune.evals.support_retrieval import (
     EvalSet,
     checks_of,

@@ -39,13 +39,6 @@ BITEXT_COLUMNS = [  # the 4,514-row Bitext file's header
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 class WordHashEmbedder:
     """Bag-of-words vectors: similar requests are near, and nothing is loaded."""
 

@@ -1,0 +1,55 @@
+"""Servers for the tests: start a subprocess with its output in a log, wait until a server in it
+answers ``/readyz``, and stop it (terminate, then kill if it lingers); wait for an in-process app."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from core.config import PROJECT_ROOT
+
+
+def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Run ``cmd`` from the project root, its stdout and stderr appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Terminate ``proc``; kill it if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_until_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, every: float = 0.2) -> None:
+    """Poll ``{base}/readyz`` until it answers 200; fail the test (with the log) if ``proc`` exits
+    or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {timeout_s}s:\n{log.read_text()[-5000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(every)
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    """Wait until the app behind ``client`` answers ``/readyz`` with 200 (its engine has loaded)."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.02)
