@@ -136,10 +136,13 @@ def _range(window: str, end: str | None, step: str | None, bucket_s: int) -> tup
     return window_s, end_t, pick_step(window_s, bucket_s, step_s)
 
 
-TrendQuery = {
-    "topic": Query(None, max_length=64, description="A topic from the config, e.g. earnings."),
-    "entity": Query(None, max_length=64, description="A ticker from the watchlist, e.g. GLBX."),
-}
+TopicQuery = Annotated[str | None, Query(max_length=64, description="A topic from the config, e.g. earnings.")]
+EntityQuery = Annotated[str | None, Query(max_length=64, description="A ticker from the watchlist, e.g. GLBX.")]
+WindowQuery = Annotated[str, Query(max_length=16, description="Duration: 90m, 24h, 7d.")]
+EndQuery = Annotated[str | None, Query(max_length=40, description="End: ISO 8601 or epoch seconds; default now.")]
+StepQuery = Annotated[
+    str | None, Query(max_length=16, description="Point spacing (a multiple of the bucket); default auto.")
+]
 
 
 def _trends(ctx: SentimentContext, topic: str | None, entity: str | None, window: str, end: str | None,
@@ -163,13 +166,11 @@ def _trends(ctx: SentimentContext, topic: str | None, entity: str | None, window
 )
 async def trends(
     ctx: ContextDep,
-    topic: str | None = TrendQuery["topic"],
-    entity: str | None = TrendQuery["entity"],
-    window: str = Query("24h", max_length=16, description="Duration: 90m, 24h, 7d."),
-    end: str | None = Query(None, max_length=40, description="End: ISO 8601 or epoch seconds; default now."),
-    step: str | None = Query(
-        None, max_length=16, description="Point spacing (a multiple of the bucket); default auto."
-    ),
+    topic: TopicQuery = None,
+    entity: EntityQuery = None,
+    window: WindowQuery = "24h",
+    end: EndQuery = None,
+    step: StepQuery = None,
 ) -> TrendsResponse:
     return await asyncio.to_thread(_trends, ctx, topic, entity, window, end, step)
 
@@ -183,11 +184,11 @@ async def trends(
 )
 async def trends_png(
     ctx: ContextDep,
-    topic: str | None = TrendQuery["topic"],
-    entity: str | None = TrendQuery["entity"],
-    window: str = Query("24h", max_length=16),
-    end: str | None = Query(None, max_length=40),
-    step: str | None = Query(None, max_length=16),
+    topic: TopicQuery = None,
+    entity: EntityQuery = None,
+    window: WindowQuery = "24h",
+    end: EndQuery = None,
+    step: StepQuery = None,
 ) -> Response:
     data = await asyncio.to_thread(_trends, ctx, topic, entity, window, end, step)
     from apps.sentiment.alerts import Alert
@@ -207,9 +208,9 @@ async def trends_png(
 )
 async def list_alerts(
     ctx: ContextDep,
-    topic: str | None = TrendQuery["topic"],
-    entity: str | None = TrendQuery["entity"],
-    limit: int = Query(50, ge=1, le=500),
+    topic: TopicQuery = None,
+    entity: EntityQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AlertsResponse:
     def run() -> AlertsResponse:
         scope = scope_of(topic, entity) if topic or entity else None

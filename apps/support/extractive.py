@@ -908,6 +908,19 @@ class ExtractiveAnswerer:
         self._idf: Idf | None = None
         self._idf_key: Any = None
 
+    def warm_up(self) -> int:
+        """Embed every KB sentence (as text, in context, its heading, its window) once, so a question
+        costs the embedding of its parts only; skipped when the KB has more sentences than the
+        cache holds. Safe to call again (cached texts are not embedded twice). The number embedded."""
+        sentences = [t for d in self.kb.documents() for t in self._doc_sentences(d.doc_id) or []]
+        texts = list(dict.fromkeys(x for t in sentences for x in (t.text, t.context, t.heading, self.window(t))))
+        if len(texts) > self._cache_size:
+            return 0
+        for start in range(0, len(texts), 256):
+            self._vectors(texts[start : start + 256])
+        self.idf()
+        return len(texts)
+
     # ---- candidates --------------------------------------------------------------------------
 
     def _doc_sentences(self, doc_id: str) -> list[Sentence] | None:

@@ -269,7 +269,7 @@ class KnowledgeBase:
         root: Path,
         embedder: Embedder,
         *,
-        chunk_tokens: int = 200,
+        chunk_tokens: int = 254,
         overlap_tokens: int = 40,
         token_counter: TokenCounter | None = None,
         ann_threshold: int = 20_000,

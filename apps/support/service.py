@@ -42,7 +42,9 @@ class SupportService:
         self.store = ConversationStore(client, namespace=settings.namespace, session_ttl_s=settings.session_ttl_s)
         # handoffs to a person, their live events, the team's webhook and the daily analytics
         self.inbox = Inbox(self.store, settings, webhooks)
-        self.kb = KnowledgeBase(settings.kb_dir, engine)
+        self.kb = KnowledgeBase(
+            settings.kb_dir, engine, chunk_tokens=settings.chunk_tokens, overlap_tokens=settings.chunk_overlap_tokens
+        )
         self.kb.warm_up()
         self.intents = IntentClassifier(engine, settings.adapter)
         self.bot = SupportBot(engine, self.kb, self.rules, settings, self.intents)

@@ -88,7 +88,10 @@ class SupportSettings(BaseSettings):
     fetch_max_redirects: int = Field(3, ge=0, le=10)
     fetch_max_urls: int = Field(200, ge=1, le=10_000, description="Pages taken from one sitemap, at most.")
     chunk_tokens: int = Field(
-        200, ge=32, le=512, description="Word pieces per chunk, title and heading included (MiniLM reads 256)."
+        254,
+        ge=32,
+        le=512,
+        description="Word pieces per chunk, title and heading included; 254 fills MiniLM's 256 with [CLS] and [SEP].",
     )
     chunk_overlap_tokens: int = Field(40, ge=0, le=255, description="Word pieces a chunk repeats from the last.")
     sync_roots: list[Path] = Field(
@@ -112,4 +115,3 @@ class SupportSettings(BaseSettings):
         if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
             raise ValueError("DOMAINLLM_SUPPORT_CHUNK_OVERLAP_TOKENS must be under half of CHUNK_TOKENS")
         return self
-

@@ -18,6 +18,11 @@ A reply is *right* when it contains every fact of the row (a fact may list alter
 when it answers without them; a handoff is neither. Every reply is also fact-checked against the
 sections its sentences come from (numbers, prices, dates, URLs, e-mails, names).
 
+The likelihood routes (``--lm-model``, without ``--no-lm``) cost a forward pass of the 135M model
+per candidate sentence: about 25 s a question on this 2-core machine under load, so a full run did
+not fit; on the dev in-KB questions and half the dev out-of-KB ones they did not beat the same
+route without them (AUROC 0.71-0.72 vs 0.75, right at wrong <= 0.05: 0.27-0.35 vs 0.33).
+
 Routes (feature subsets and retrieval settings) are fitted and tuned the same way and printed side
 by side; the chosen route (``--route``, default the best on the dev tune half) can be written as
 the selector JSON the service reads. Features are cached under ``--cache`` so refitting is cheap.

@@ -421,3 +421,22 @@ def test_items_of_one_list_say_their_lead_in_once() -> None:
     answer, _ = compose(items)
     assert answer == "The following cannot be returned: gift cards. Items marked Final sale. [1]"
     assert fact_check(answer, items) == []
+
+
+def test_warm_up_embeds_the_kb_once_so_a_question_embeds_only_itself(kb: KnowledgeBase) -> None:
+    class Counting(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedded: list[str] = []
+
+        def embed(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
+            self.embedded.extend(texts)
+            return super().embed(texts, normalize=normalize)
+
+    engine = Counting()
+    answerer = ExtractiveAnswerer(engine, kb, _selector())
+    assert answerer.warm_up() > 0
+    engine.embedded.clear()
+    answerer.answer("how much is express delivery in the european union")
+    assert engine.embedded == ["how much is express delivery in the european union"]
+    assert answerer.warm_up() > 0 and engine.embedded == ["how much is express delivery in the european union"]

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.unit
 ADMIN = {"X-Admin-Key": "test-admin-key"}
 
 
-
 @pytest.fixture(scope="module")
 def web() -> Iterator[Server]:
     srv = Server()
@@ -118,7 +117,7 @@ def test_pages_and_sitemaps_are_ingested(local: TestClient, web: Server) -> None
         ({"urls": []}, 422, "urls", "validation_error"),
         ({"urls": ["http://evil.example.com/x"]}, 400, "not in DOMAINLLM_SUPPORT_FETCH_ALLOW_HOSTS", "url_refused"),
         ({"urls": ["ftp://127.0.0.1/x"]}, 400, "only http and https", "url_refused"),
-        ({"urls": ["x"], "prune": True}, 422, "applies to a \"sitemap\" only", "validation_error"),
+        ({"urls": ["x"], "prune": True}, 422, 'applies to a "sitemap" only', "validation_error"),
         ({"urls": ["http://127.0.0.1/x"], "extra": 1}, 422, "extra", "validation_error"),
     ],
 )
