@@ -16,7 +16,7 @@ Any ``TokenCounter`` can stand in for it. Chunk ids are ``<doc_id>#<n>``: the sa
 settings always give the same ids.
 
 The default, 254 tokens with 40 of overlap, fills MiniLM's window. Against the 200-word windows it
-replaced (``domainllm eval support-retrieval`` and bench/support_help_centre_retrieval.py), hybrid
+replaced (``domainllm eval support-retrieval`` and bench/probes/support_help_centre_retrieval.py), hybrid
 retrieval is level: BankFAQs Recall@5 0.746 vs 0.744, Recall@1 0.483 vs 0.483; Bitext Recall@5
 0.982 vs 0.982, Recall@1 0.783 vs 0.785; the sample help centre unchanged (doc Recall@1 0.90, fact
 Recall@3 0.95). At 200 tokens Bitext's Recall@1 fell to 0.775: four of its 27 answers were split.

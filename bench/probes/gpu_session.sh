@@ -11,7 +11,7 @@
 # first call (carry .gpu/p0 .gpu/w1): mkdir -p /root/stash && cp .gpu/p0 .gpu/w1/*.whl /root/stash/
 # second call, within the machine's warm window (carry .gpu/p1 .gpu/sh): this script.
 set -u
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 STASH=${STASH:-/root/stash}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

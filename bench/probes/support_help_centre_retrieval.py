@@ -1,7 +1,7 @@
 """Retrieval on the sample help centre: does the knowledge base find the right article, and do its
 top passages hold the facts an answer needs? A check on parsing and chunking, not on the model.
 
-    .venv/bin/python bench/support_help_centre_retrieval.py [--out bench/results/support_help_centre_retrieval.json]
+    .venv/bin/python bench/probes/support_help_centre_retrieval.py [--out bench/results/support_help_centre_retrieval.json]
 
 The sample help centre (data/samples/support: articles and faq.csv) in a scratch knowledge base,
 searched with MiniLM (the packaged all-MiniLM-L6-v2) and BM25 fused as served. Questions:
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from apps.support.documents import read_help_centre  # noqa: E402
