@@ -126,8 +126,10 @@ def support_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-5000:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # per module, never per session: Playwright's sync API runs an event loop on this thread until it
+    # stops, and a loop left running breaks every later test that calls asyncio.run()
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium for the e2e tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (`make setup`)")
