@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 BUILDS = {"count": 0}  # services built in this process: a test checks it stays at one per app
 
 
+def _ready(engine: Engine) -> Engine | None:
+    return engine if engine.ready else None
+
+
 @dataclass
 class Services:
     settings: AppSettings
@@ -48,7 +52,7 @@ class Services:
 
     def ready_engine(self) -> Engine | None:
         """The engine once it can serve, else None (the recommender then ranks without the LLM)."""
-        return self.engine if self.engine.ready else None
+        return _ready(self.engine)
 
     def sentiment_context(self, namespace: str | None = None, config: str | None = None) -> SentimentContext:
         """The live monitor's context, or one for another namespace/rules file (a replay, a test):
@@ -101,17 +105,15 @@ def build_services(
     clients = RedisClients(settings.effective_redis_url)
     if dispatcher is None:
         dispatcher = CeleryDispatcher(client_app(settings.effective_redis_url), settings.sentiment.enrich_batch_size)
-    holder: dict[str, Services] = {}
     services = Services(
         settings=settings,
         engine=engine,
         redis=clients,
         support=SupportService(settings.support, clients.raw, engine, webhooks=support_webhooks(settings)),
         sentiment=SentimentContext.build(settings.sentiment, settings, client=clients.text, dispatcher=dispatcher),
-        recommend=RecommendService(settings.recommend, clients.raw, engine.embed, lambda: holder["s"].ready_engine()),
+        recommend=RecommendService(settings.recommend, clients.raw, engine.embed, lambda: _ready(engine)),
         dispatcher=dispatcher,
     )
-    holder["s"] = services
     BUILDS["count"] += 1
     log.info("services built (build %d in this process)", BUILDS["count"])
     return services
