@@ -84,6 +84,7 @@ async def _warm_up(app: FastAPI) -> None:
     for name, reason in engine.adapter_failures.items():
         log.error("adapter %s was not loaded: %s", name, reason)
     log.info("engine ready: %s", ", ".join(m["id"] for m in engine.list_models()))
+    await asyncio.to_thread(app.state.services.support.warm_up)
 
 
 @asynccontextmanager

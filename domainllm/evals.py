@@ -59,30 +59,50 @@ def support_retrieval(out: Path, bitext_queries: int = 1000) -> None:
 
 
 def support_answers(out: Path, limit: int | None = None) -> None:
-    """Answers vs handoffs on the sample help centre, through the served bot's own pipeline."""
+    """True answers and handoffs on the sample help centre, through the served bot's own pipeline;
+    every reply is fact-checked against the documents it cites."""
     from apps.support.answer import SupportBot
     from apps.support.documents import read_help_centre
+    from apps.support.extractive import fact_check
     from apps.support.settings import SAMPLES_DIR
-    from finetune.evals.support_answers import evaluate
+    from finetune.evals.support_answers import Answer, evaluate
 
     built = services()
     settings, engine = built.settings.support, built.engine
     with console.status("loading the engine"):
         engine.warm_up()
-    with (
-        console.status("answering the in-KB, out-of-KB and rule questions"),
-        scratch_kb(read_help_centre(SAMPLES_DIR), engine) as kb,
-    ):
+    with scratch_kb(read_help_centre(SAMPLES_DIR), engine) as kb:
         bot = SupportBot(engine, kb, built.support.rules, settings, built.support.intents)
-        report = evaluate(bot, settings, out_dir=out, limit=limit)
-    table = Table(title="support answers on the sample help centre")
-    for col in ("set", "n", "answered (right)", "wrong", "handoff"):
+        with console.status("embedding the knowledge base's sentences"):
+            bot.warm_up()
+
+        def check(reply: Answer) -> list[str]:
+            cited = [kb.get(c.doc_id) for c in reply.citations]
+            return fact_check(reply.answer, [d.text for d in cited if d is not None])
+
+        setup = {"selector": str(settings.selector_path), "adapter_for_intents": bot.model, "kb": str(SAMPLES_DIR)}
+        report = evaluate(bot, check, out_dir=out, limit=limit, setup=setup)
+    table = Table(title="support answers on the sample help centre (right and wrong: by script, on facts)")
+    for col in ("set", "n", "right", "wrong", "handoff", "AUROC", "violations"):
         table.add_column(col, justify="right" if col != "set" else "left")
-    ik, ok, rk = report["in_kb"], report["out_of_kb"], report["rules"]
-    table.add_row(
-        "in KB", str(ik["n"]), f"{ik['right_rate']:.3f}", f"{ik['wrong_rate']:.3f}", f"{ik['handoff_rate']:.3f}"
-    )
-    table.add_row("out of KB", str(ok["n"]), "", f"{1 - ok['handoff_rate']:.3f}", f"{ok['handoff_rate']:.3f}")
-    table.add_row("rule topics", str(rk["n"]), "", f"{1 - rk['handoff_rate']:.3f}", f"{rk['handoff_rate']:.3f}")
+    for group in ("dev", "report"):
+        g = report[group]
+        ik, ok, rk = g["in_kb"], g["out_of_kb"], g["rules"]
+        auc = ik["auroc_right_vs_wrong"]
+        table.add_row(
+            f"{group} in KB",
+            str(ik["n"]),
+            f"{ik['right']:.3f}",
+            f"{ik['wrong']:.3f}",
+            f"{ik['handoff']:.3f}",
+            "" if auc is None else f"{auc:.3f}",
+            str(len(g["violations"])),
+        )
+        table.add_row(
+            f"{group} out of KB", str(ok["n"]), "", f"{1 - ok['handoff']:.3f}", f"{ok['handoff']:.3f}", "", ""
+        )
+        table.add_row(
+            f"{group} rule topics", str(rk["n"]), "", f"{1 - rk['handoff']:.3f}", f"{rk['handoff']:.3f}", "", ""
+        )
     console.print(table)
     console.print(f"report: {out}/support_answers.json")

@@ -2,35 +2,32 @@
 
     message ─ mask PII ─ canned answer? ─ rule topic or intent that always hands off?
             ─ rewrite a follow-up into a standalone question (with the last question)
-            ─ curated FAQ match above the threshold? → the FAQ answer (a template match)
-            ─ split into parts, retrieve each (hybrid) ─ best passage too weak? → hand off
-            ─ generate with the support adapter over the numbered passages
-            ─ clean, cite each sentence's best document as [n], confidence = retrieval and support, weighted
-            ─ confidence too low or a never-say rule broken? → hand off
+            ─ split into parts ─ the extractive answerer (``extractive.py``): the knowledge base's
+              own sentences that answer each part, chosen by a fitted selector, quoted verbatim
+              with [n] citations (curated FAQ answers are candidates like any other sentence)
+            ─ the selector's confidence below its threshold, a fact check or a never-say rule
+              failed? → hand off
 
-``plan`` does everything before generation, so a route can stream the generation itself;
-``finish`` turns the generated text into the reply. A wrong confident answer costs more than a
-handoff, so every doubt ends in a handoff, with its reason kept for the team's stats.
+Nothing is generated: a 135M model that writes free text states facts its sources do not hold,
+and a citation does not make them true (issue 14). Every doubt ends in a handoff, with its reason
+kept for the team's stats.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from apps.http.pii import mask_pii
+from apps.support.extractive import ExtractiveAnswerer, Selector, Sentence
 from apps.support.intents import Intent, IntentClassifier
 from apps.support.rules import Rules
 from apps.support.settings import SupportSettings
 from core.errors import InputTooLargeError, InvalidRequestError
 from core.interface import Engine
-from core.prompts import Message
-from core.sampling import SamplingParams
-from domains import support
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +38,6 @@ _FOLLOW_UP = re.compile(
     r"|\b(it|that|this|they|them|those|these|there|one)\b[^a-z]*$",
     re.IGNORECASE,
 )
-# Sentences in retrieved text that address the model rather than the reader: dropped before the
-# passages reach the prompt (retrieved text is data; see also the never-say rules on the way out).
-_INJECTION = re.compile(
-    r"(ignore|disregard|forget|override)\b.{0,40}\b(instructions?|rules|prompt|guidelines)"
-    r"|\b(system|admin|developer) (note|prompt|message|instruction)"
-    r"|\byou are now\b|\bnew instructions?\b|\bact as\b|\bpretend to be\b",
-    re.IGNORECASE,
-)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_TEMPLATE_SLOT = re.compile(r"\{\{[^}]*\}\}")
-_MODEL_CITATION = re.compile(r"\s*\[\d+\]")
 
 
 @dataclass(frozen=True)
@@ -68,7 +54,7 @@ class Passage:
     doc_id: str
     title: str
     url: str | None
-    cosine: float  # MiniLM similarity to the (part of the) question it was retrieved for
+    cosine: float  # retrieval cosine of the best passage holding it
     chunk_id: str = ""
 
 
@@ -79,7 +65,7 @@ class Reply:
     confidence: float
     intent: str | None
     handoff: bool
-    source: str  # "faq" | "generated" | "canned" | "handoff"
+    source: str  # "extracted" | "canned" | "handoff"
     reason: str | None = None  # why it handed off: "rule:fraud", "no_match", "low_confidence", ...
     question: str = ""  # the standalone (masked) question that was answered
     details: dict[str, Any] = field(default_factory=dict)
@@ -97,14 +83,12 @@ class Reply:
 
 @dataclass
 class Plan:
-    """A message made ready: either a finished ``reply``, or a ``prompt`` to generate from."""
+    """A message answered: the ``reply`` and the passages behind it (what an agent sees on a handoff)."""
 
     question: str
     intent: Intent | None
-    reply: Reply | None = None
-    prompt: list[Message] | None = None
+    reply: Reply
     passages: list[Passage] = field(default_factory=list)
-    retrieval: float = 0.0
 
 
 _STARTS_QUESTION = re.compile(rf"^\W*(and |also |plus )?{_QUESTION_WORDS}\b", re.IGNORECASE)
@@ -142,51 +126,45 @@ def standalone_question(message: str, earlier_questions: list[str]) -> str:
     return message
 
 
-def neutralise(text: str) -> str:
-    """Retrieved text without the sentences that try to instruct the model."""
-    kept = [s for s in _SENTENCE.split(text) if s.strip() and not _INJECTION.search(s)]
-    if len(kept) != len([s for s in _SENTENCE.split(text) if s.strip()]):
-        log.info("dropped instruction-like text from a retrieved passage")
-    return " ".join(kept)
-
-
-def clean_generation(text: str) -> str:
-    """The model's answer without template slots it learnt from its training data ("{{Order
-    Number}}"), and cut at the last full sentence when generation stopped mid-sentence."""
-    text = _MODEL_CITATION.sub("", text)  # its own [n] follow the prompt's numbering: finish() cites anew
-    sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
-    kept = [s for s in sentences if not _TEMPLATE_SLOT.search(s)]
-    if kept and not re.search(r"[.!?)\]]$", kept[-1]) and len(kept) > 1:
-        kept = kept[:-1]
-    return " ".join(kept).strip()
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.clip(a @ b.T, -1.0, 1.0)  # unit vectors: [len(a), len(b)]
+def _passages(sentences: Sequence[Sentence]) -> list[Passage]:
+    """The sections the chosen sentences come from, each once: what an agent reads when this turn
+    hands off (the bot's best evidence, whether or not it dared to answer)."""
+    out: dict[tuple[str, int], Passage] = {}
+    for s in sentences:
+        key = (s.doc_id, s.section_index)
+        if key not in out:
+            text = s.source or s.text
+            out[key] = Passage(text, s.doc_id, s.title, s.url, float(s.passage_cosine), f"{s.doc_id}#{s.section_index}")
+    return list(out.values())
 
 
 class SupportBot:
     def __init__(
-        self, engine: Engine, kb: Any, rules: Rules, settings: SupportSettings, intents: IntentClassifier
+        self,
+        engine: Engine,
+        kb: Any,
+        rules: Rules,
+        settings: SupportSettings,
+        intents: IntentClassifier,
+        selector: Selector | None = None,
     ) -> None:
         self.engine = engine
         self.kb = kb
         self.rules = rules
         self.settings = settings
         self.intents = intents
+        self.extractive = ExtractiveAnswerer(
+            engine, kb, selector or Selector.load(settings.selector_path), banned=rules.violations
+        )
 
     @property
     def model(self) -> str:
+        """The model whose intent head screens messages: the support adapter, else the base model."""
         return self.settings.adapter if self.engine.has_model(self.settings.adapter) else "base"
 
-    def serving(self) -> support.SupportServing:
-        """How the answering model is prompted: as its adapter card says it was trained, else (the base
-        model) the domain's instruction with the configured passage length."""
-        card = self.engine.serving_config(self.model)
-        return support.read_serving(card, passage_tokens=self.settings.passage_tokens)
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.settings.max_new_tokens, temperature=0.0)
+    def warm_up(self) -> int:
+        """Embed the knowledge base's sentences once, so a question costs the embedding of its parts."""
+        return self.extractive.warm_up()
 
     def check_message(self, message: str) -> str:
         if not isinstance(message, str) or not message.strip():
@@ -201,22 +179,25 @@ class SupportBot:
                 limit=self.settings.max_message_chars,
                 actual=len(message),
             )
+        if not any(ch.isprintable() and not ch.isspace() for ch in message):
+            raise InvalidRequestError("message holds only control characters and spaces")
         return message.strip()
 
-    def _handoff(self, plan_question: str, intent: Intent | None, reason: str, **details: Any) -> Reply:
+    def _handoff(self, question: str, intent: Intent | None, reason: str, **details: Any) -> Reply:
         return Reply(
             answer=self.rules.handoff_message,
             citations=[],
-            confidence=0.0,
+            confidence=float(details.pop("confidence", 0.0)),
             intent=intent.name if intent else None,
             handoff=True,
             source="handoff",
             reason=reason,
-            question=plan_question,
+            question=question,
             details=details,
         )
 
     def plan(self, message: str, earlier_questions: list[str] | None = None) -> Plan:
+        """The reply to ``message`` (masked first), with the passages behind it."""
         masked = mask_pii(self.check_message(message))
         canned = self.rules.canned_answer(masked)
         if canned is not None:
@@ -229,141 +210,26 @@ class SupportBot:
         if topic is not None:
             return Plan(question, intent, reply=self._handoff(question, intent, f"rule:{topic}"))
         parts = split_parts(question, self.settings.max_parts)
-        if len(parts) == 1:
-            faq = self.kb.faq_match(question)
-            if faq is not None and faq.score >= self.settings.faq_threshold:
-                citation = Citation(1, faq.doc_id, faq.title or faq.question, faq.url)
-                score = min(1.0, max(0.0, float(faq.score)))  # float32 cosines can pass 1.0
-                reply = Reply(faq.answer, [citation], score, intent.name if intent else None, False, "faq")
-                reply.question = question
-                return Plan(question, intent, reply=reply)
-        passages, strength = self._retrieve(parts)
-        if not passages or strength < self.settings.min_retrieval:
-            reply = self._handoff(question, intent, "no_match", retrieval=strength)
-            return Plan(question, intent, reply=reply, passages=passages, retrieval=strength)
-        prompt = support.prompt(
-            question,
-            [support.passage_text(p.text, p.title) for p in passages],
-            self.engine.truncate_tokens,
-            self.serving(),
+        found = self.extractive.answer(question, parts)
+        passages = _passages(found.selected)
+        details = {**found.details, "sentences": [s.text for s in found.selected]}
+        if found.handoff:
+            reason = found.reason or "low_confidence"
+            reply = self._handoff(question, intent, reason, confidence=found.confidence, **details)
+            return Plan(question, intent, reply=reply, passages=passages)
+        citations = [Citation(c.n, c.doc_id, c.title, c.url) for c in found.citations]
+        reply = Reply(
+            found.answer,
+            citations,
+            found.confidence,
+            intent.name if intent else None,
+            False,
+            "extracted",
+            question=question,
+            details=details,
         )
-        return Plan(question, intent, prompt=prompt, passages=passages, retrieval=strength)
-
-    def _retrieve(self, parts: list[str]) -> tuple[list[Passage], float]:
-        """The passages for all parts (each part's best first) and the retrieval strength: the mean
-        over parts of each part's best cosine (query to title + section + passage) among the
-        passages kept, so one unanswerable part weakens the whole. Text that tries to instruct the
-        model is dropped first (a passage left empty does not count)."""
-        per_part = max(1, -(-self.settings.top_k // len(parts)))
-        chosen: dict[str, Passage] = {}
-        strengths = []
-        for part in parts:
-            kept = []
-            for hit in self.kb.search(part, k=self.settings.top_k, mode="hybrid"):
-                text = neutralise(hit.text)
-                title = "" if _INJECTION.search(hit.title) else hit.title
-                if text:
-                    kept.append(Passage(text, hit.doc_id, title, hit.url, float(hit.dense_score or 0.0), hit.chunk_id))
-            kept.sort(key=lambda p: p.cosine, reverse=True)
-            strengths.append(kept[0].cosine if kept else 0.0)
-            for passage in kept[:per_part]:
-                chosen.setdefault(passage.chunk_id, passage)
-        passages = sorted(chosen.values(), key=lambda p: p.cosine, reverse=True)[: self.settings.top_k]
-        return passages, float(np.mean(strengths)) if strengths else 0.0
-
-    def finish(self, plan: Plan, generated: str) -> Reply:
-        """The reply for a generated text: cleaned, cited, scored, or handed off."""
-        intent = plan.intent.name if plan.intent else None
-        answer = clean_generation(generated)
-        if not answer:
-            return self._handoff(plan.question, plan.intent, "empty_answer")
-        broken = self.rules.violations(answer)
-        if broken:
-            log.warning("a generated answer broke never-say rules %s; handing off", broken)
-            return self._handoff(plan.question, plan.intent, f"never_say:{broken[0]}")
-        sentences = [s for s in _SENTENCE.split(answer) if s.strip()]
-        vecs = self.engine.embed([*sentences, *[p.text for p in plan.passages]])
-        sims = _cosines(vecs[: len(sentences)], vecs[len(sentences) :])  # [sentences, passages]
-        best = sims.max(axis=1)  # each sentence's best support
-        support = float(best.mean())
-        w = self.settings.retrieval_weight
-        confidence = min(1.0, max(0.0, w * plan.retrieval + (1 - w) * support))
-        cited: dict[str, int] = {}  # doc id -> citation number, in order of first use
-        first_passage: dict[str, Passage] = {}
-        out = []
-        for sentence, row in zip(sentences, sims, strict=True):
-            j = int(row.argmax())
-            if row[j] >= 0.3:
-                doc = plan.passages[j]
-                n = cited.setdefault(doc.doc_id, len(cited) + 1)
-                first_passage.setdefault(doc.doc_id, doc)
-                sentence = f"{sentence.rstrip()} [{n}]"
-            out.append(sentence)
-        if not cited:  # grounded on the passages all the same: name the strongest one
-            cited[plan.passages[0].doc_id] = 1
-            first_passage[plan.passages[0].doc_id] = plan.passages[0]
-        citations = [
-            Citation(n, doc_id, first_passage[doc_id].title, first_passage[doc_id].url)
-            for doc_id, n in sorted(cited.items(), key=lambda dn: dn[1])
-        ]
-        details = {
-            "retrieval": plan.retrieval,
-            "support": support,
-            "support_by_sentence": [round(float(b), 4) for b in best],
-            "would_cite": [c.doc_id for c in citations],
-            "would_answer": " ".join(out),
-        }
-        if confidence < self.settings.min_confidence:
-            return self._handoff(plan.question, plan.intent, "low_confidence", confidence=confidence, **details)
-        return Reply(
-            " ".join(out), citations, confidence, intent, False, "generated", question=plan.question, details=details
-        )
+        return Plan(question, intent, reply=reply, passages=passages)
 
     def answer(self, message: str, earlier_questions: list[str] | None = None) -> Reply:
-        """Plan and, when needed, generate (blocking); the streaming route does the same in steps."""
-        plan = self.plan(message, earlier_questions)
-        if plan.reply is not None:
-            return plan.reply
-        assert plan.prompt is not None
-        completion = self.engine.generate(plan.prompt, model=self.model, params=self.sampling())
-        return self.finish(plan, completion.text)
-
-
-class StreamGuard:
-    """Lets generated text reach the customer a sentence at a time, and only text that passes the
-    checks ``finish`` applies: sentences with template slots are held back, the model's own [n]
-    markers are dropped, and the first never-say phrase stops the stream (the final event then
-    carries the handoff). The final event's answer stays authoritative."""
-
-    _BOUNDARY = re.compile(r"[.!?]\s+|\n+")
-
-    def __init__(self, rules: Rules) -> None:
-        self.rules = rules
-        self.buffer = ""
-        self.stopped = False
-
-    def feed(self, delta: str) -> str:
-        """Text that may be shown now ('' while a sentence is still being written)."""
-        if self.stopped:
-            return ""
-        self.buffer += delta
-        ends = [m.end() for m in self._BOUNDARY.finditer(self.buffer)]
-        if not ends:
-            return ""
-        ready, self.buffer = self.buffer[: ends[-1]], self.buffer[ends[-1] :]
-        return self._approve(ready)
-
-    def flush(self) -> str:
-        """What is left once generation ended."""
-        rest, self.buffer = self.buffer, ""
-        return "" if self.stopped else self._approve(rest)
-
-    def _approve(self, text: str) -> str:
-        text = _MODEL_CITATION.sub("", text)
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
-        kept = [s.strip() for s in sentences if not _TEMPLATE_SLOT.search(s)]
-        approved = " ".join(kept)
-        if approved and self.rules.violations(approved):
-            self.stopped = True
-            return ""
-        return f"{approved} " if approved else ""
+        """The reply alone (the evaluations call this)."""
+        return self.plan(message, earlier_questions).reply

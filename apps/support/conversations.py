@@ -8,7 +8,7 @@
     {ns}:session:{sid}:outcomes   hash  message id -> 1 once its outcome is counted
     {ns}:stats                    hash  sessions, messages, answered, handoffs, feedback_up, feedback_down
     {ns}:intents                  zset  intent -> questions counted
-    {ns}:sources                  hash  answer source (faq, generated, canned, handoff) -> count
+    {ns}:sources                  hash  answer source (extracted, canned, handoff) -> count
     {ns}:unanswered               zset  normalised masked question -> times asked (capped)
 
 Every key of a session expires ``session_ttl_s`` after its last write. Handoffs to a person live in

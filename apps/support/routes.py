@@ -28,8 +28,7 @@ from sse_starlette import EventSourceResponse
 
 from apps.deps import AdminDep, SupportDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
-from apps.http.streaming import submit_streaming
-from apps.support.answer import Plan, Reply, StreamGuard
+from apps.support.answer import Plan
 from apps.support.handoffs import check_cursor
 from apps.support.live import customer_events
 from apps.support.schemas import (
@@ -100,30 +99,16 @@ def create_session(_: PublicKeyDep, service: ServiceDep, body: SessionRequest | 
 
 
 def _events(reply_text: str) -> list[str]:
-    """A finished reply (FAQ, canned, handoff) sent as word-sized token events, like a generation."""
+    """A finished reply sent as word-sized token events (widgets render them as they come)."""
     words = reply_text.split(" ")
     return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
 
 
 async def _stream(service: SupportService, session_id: str, plan: Plan) -> AsyncIterator[dict[str, str]]:
     try:
-        if plan.reply is not None:
-            reply: Reply = plan.reply
-            for piece in _events(reply.answer):
-                yield {"event": "token", "data": json.dumps({"text": piece})}
-        else:
-            assert plan.prompt is not None
-            bridge, future = submit_streaming(
-                service.engine, plan.prompt, model=service.bot.model, params=service.bot.sampling()
-            )
-            guard = StreamGuard(service.rules)
-            async for delta in bridge.deltas(future):
-                if shown := guard.feed(delta):
-                    yield {"event": "token", "data": json.dumps({"text": shown})}
-            if shown := guard.flush():
-                yield {"event": "token", "data": json.dumps({"text": shown})}
-            reply = await asyncio.to_thread(service.bot.finish, plan, future.result().text)
-        final = await asyncio.to_thread(service.complete, session_id, reply)
+        for piece in _events(plan.reply.answer):
+            yield {"event": "token", "data": json.dumps({"text": piece})}
+        final = await asyncio.to_thread(service.complete, session_id, plan.reply)
         yield {"event": "final", "data": json.dumps(final)}
     except DomainLLMError as exc:
         yield {"event": "error", "data": stream_error_json(exc)}
@@ -136,25 +121,13 @@ async def _stream(service: SupportService, session_id: str, plan: Plan) -> Async
         yield {"event": "error", "data": stream_error_json(RuntimeError())}
 
 
-async def _answer(service: SupportService, session_id: str, plan: Plan) -> dict[str, Any]:
-    """The whole answer; the generation waits on the engine without holding a worker thread."""
-    reply = plan.reply
-    if reply is None:
-        assert plan.prompt is not None
-        future = service.engine.submit_generate(plan.prompt, model=service.bot.model, params=service.bot.sampling())
-        completion = await asyncio.wrap_future(future)
-        reply = await asyncio.to_thread(service.bot.finish, plan, completion.text)
-    result: dict[str, Any] = await asyncio.to_thread(service.complete, session_id, reply)
-    return result
-
-
 @router.post(
     "/sessions/{session_id}/messages",
     response_model=MessageReply,
     summary="Send a customer message; get the answer (JSON) or a stream of it (SSE)",
-    description="With `stream: true` the answer comes as server-sent events: `token` events "
-    '(`{"text": ...}`), then one `final` event with the same fields as the JSON answer (its `answer` is '
-    "authoritative: a generation that ends in a handoff is replaced by the handoff message). While a "
+    description="The answer quotes the knowledge base's own sentences with [n] citations, or hands off "
+    "to a person when nothing answers well enough. With `stream: true` it comes as server-sent events: "
+    '`token` events (`{"text": ...}`), then one `final` event with the same fields as the JSON answer. While a '
     "handoff is open or taken the bot does not answer: the message is stored, forwarded to the agent, "
     "and the answer is 202 with `held: true` (the agent's replies come on the session's event stream).",
     responses={
@@ -171,7 +144,7 @@ async def post_message(session_id: str, body: MessageRequest, _: PublicKeyDep, s
         )
     plan = await asyncio.to_thread(service.begin, session_id, body.message)  # 4xx here, before any stream
     if not body.stream:
-        return await _answer(service, session_id, plan)
+        return await asyncio.to_thread(service.complete, session_id, plan.reply)
     return EventSourceResponse(_stream(service, session_id, plan), sep="\n")
 
 

@@ -50,7 +50,7 @@ class MessageReply(BaseModel):
     confidence: float
     intent: str | None
     handoff: bool
-    source: Literal["faq", "generated", "canned", "handoff"]
+    source: Literal["extracted", "canned", "handoff"]
     handoff_id: str | None = None
 
 

@@ -50,6 +50,13 @@ class SupportService:
         self.bot = SupportBot(engine, self.kb, self.rules, settings, self.intents)
         self._checked_at = time.monotonic()
 
+    def warm_up(self) -> None:
+        """Embed the KB's sentences once the engine is up (until then the first questions are slower)."""
+        try:
+            log.info("support: %d knowledge-base texts embedded for answering", self.bot.warm_up())
+        except Exception as exc:  # questions embed what they need themselves
+            log.warning("support: warming up the answerer failed (%s); answering embeds on demand", exc)
+
     def fresh_kb(self) -> KnowledgeBase:
         """The knowledge base, reloaded when another process (``domainllm support ingest``) wrote a
         newer version; checked at most every few seconds."""
@@ -74,7 +81,7 @@ class SupportService:
             for m, reply in itertools.pairwise(history)
             if m.get("role") == "user"
             and reply.get("role") == "assistant"
-            and (reply.get("meta") or {}).get("source") in ("faq", "generated")
+            and (reply.get("meta") or {}).get("source") == "extracted"
         ]
 
     def begin(self, session_id: str, message: str) -> Plan:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from apps.support.extractive import DEFAULT_SELECTOR
 from core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -18,7 +19,7 @@ class SupportSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOMAINLLM_SUPPORT_", extra="ignore", env_file=".env")
 
     namespace: str = Field("support", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix.")
-    adapter: str = Field("support", description="Adapter that writes answers; the base model if absent.")
+    adapter: str = Field("support", description="Adapter whose intent head screens messages; the base model if absent.")
     kb_dir: Path = PROJECT_ROOT / "data" / "runtime" / "support" / "kb"
     rules_path: Path = PACKAGE_DIR / "rules" / "default.yaml"
     public_keys: list[str] = Field(
@@ -28,16 +29,12 @@ class SupportSettings(BaseSettings):
     session_ttl_s: int = Field(24 * 3600, ge=60)
     history_turns: int = Field(6, ge=0, le=50, description="Earlier turns kept for follow-up rewriting.")
 
-    # retrieval and answering
-    top_k: int = Field(4, ge=1, le=10, description="Passages given to the model.")
-    faq_threshold: float = Field(0.80, ge=0, le=1, description="Cosine of question to a curated FAQ question.")
-    min_retrieval: float = Field(0.45, ge=0, le=1, description="Below this best-passage cosine: hand off.")
-    min_confidence: float = Field(0.54, ge=0, le=1, description="Below this answer confidence: hand off.")
-    retrieval_weight: float = Field(
-        0.8, ge=0, le=1, description="confidence = w * retrieval strength + (1 - w) * the answer's support."
+    # answering: the extractive selector (apps/support/extractive.py) holds its own thresholds
+    selector_path: Path = Field(
+        DEFAULT_SELECTOR,
+        description="The fitted sentence selector (JSON): which KB sentences answer a question, and the "
+        "confidence below which the bot hands off. Refit for your own KB with bench/probes/support_extractive.py.",
     )
-    max_new_tokens: int = Field(160, ge=16, le=1024)
-    passage_tokens: int = Field(120, ge=16, le=512)
     intent_rule_confidence: float = Field(
         0.6, ge=0, le=1, description="An intent triggers a handoff rule only at this confidence or above."
     )

@@ -150,7 +150,7 @@ def test_server_text_is_never_rendered_as_html(page: Page, support_server: Suppo
         "confidence": 0.2,
         "intent": "shipping",
         "handoff": False,
-        "source": "generated",
+        "source": "extracted",
     }
     tokens = "".join(f"event: token\r\ndata: {json.dumps({'text': t})}\r\n\r\n" for t in ["Plain ", "text ", evil])
     stream = f": ping\r\n\r\n{tokens}event: final\r\ndata: {json.dumps(final)}\r\n\r\n"

@@ -1,6 +1,6 @@
 """The answers evaluation (finetune/evals/support_answers.py) on a bot that is handed in, as the CLI
-hands in the support app's: right, wrong and handed-off answers counted per set, the gate sweep, the
-report written."""
+hands in the support app's: right (the reply holds the row's facts), wrong and handed-off answers per
+set and group, the confidence's AUROC, the fact check of every reply, the report written."""
 
 from __future__ import annotations
 
@@ -11,75 +11,96 @@ from typing import Any
 import pytest
 
 from apps.support.answer import Citation, Reply
-from apps.support.settings import SupportSettings
-from finetune.evals.support_answers import evaluate, read_set
+from finetune.evals.support_answers import Answer, auroc, evaluate, has_fact, read_set
 
 pytestmark = pytest.mark.unit
 
 
 class ScriptedBot:
-    """Answers each question as scripted: a generated answer citing a document, or a handoff."""
+    """Answers each question as scripted: (text, confidence) quoted from ``doc``, or a handoff with
+    the reply it would have given."""
 
-    def __init__(self, script: dict[str, tuple[str, float, float] | str]) -> None:
+    def __init__(self, script: dict[str, tuple[str, float] | tuple[str, float, str]]) -> None:
         self.script = script
 
     def answer(self, message: str) -> Reply:
         step = self.script[message]
-        if isinstance(step, str):  # a handoff, with its reason
-            return Reply("A person will help.", [], 0.0, None, True, "handoff", reason=step, question=message)
-        doc_id, retrieval, support = step
-        details = {"retrieval": retrieval, "support": support, "would_cite": [doc_id]}
-        confidence = 0.8 * retrieval + 0.2 * support
-        citation = Citation(1, doc_id, doc_id, f"/help/{doc_id}")
-        return Reply("An answer.", [citation], confidence, None, False, "generated", question=message, details=details)
+        if len(step) == 3:  # a handoff: (reason, confidence, would_answer)
+            reason, confidence, would = step  # type: ignore[misc]
+            details = {"would_answer": would}
+            return Reply("A person will help.", [], confidence, None, True, "handoff", reason, message, details)
+        text, confidence = step  # type: ignore[misc]
+        citation = Citation(1, "doc", "Doc", "/help/doc")
+        return Reply(text, [citation], confidence, None, False, "extracted", None, message, {"would_answer": text})
 
 
 def write_sets(root: Path) -> Path:
-    sets: dict[str, list[dict[str, Any]]] = {
-        "in_kb": [
-            {"question": "How do returns work?", "doc_ids": ["returns-policy"]},
-            {"question": "When is my refund paid?", "doc_ids": ["refund-timing"]},
-            {"question": "Can I pick up in Leeds?", "doc_ids": ["leeds-store-pickup"]},
+    rows: dict[str, list[dict[str, Any]]] = {
+        "in_kb_facts.jsonl": [
+            {"question": "How long do returns take?", "facts": ["30 days"]},
+            {"question": "When is my refund paid?", "facts": [["5 working days", "five working days"]]},
+            {"question": "Can I pick up in Leeds?", "facts": ["Leeds"]},
         ],
-        "out_of_kb": [{"question": "Do you sell tyres?"}, {"question": "What is the weather?"}],
-        "rules": [{"question": "Someone used my card"}],
+        "out_of_kb.jsonl": [{"question": "Do you sell tyres?"}, {"question": "What is the weather?"}],
+        "rules.jsonl": [{"question": "Someone used my card"}],
+        "report/in_kb.jsonl": [{"question": "returns how long", "facts": ["30 days"]}],
+        "report/out_of_kb.jsonl": [{"question": "tyres?"}],
+        "report/rules.jsonl": [{"question": "card stolen"}],
     }
-    for name, rows in sets.items():
-        (root / "eval").mkdir(parents=True, exist_ok=True)
-        (root / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, lines in rows.items():
+        path = root / "eval" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return root
 
 
-def test_evaluate_counts_each_set_and_writes_the_report(tmp_path: Path) -> None:
+SCRIPT: dict[str, Any] = {
+    "How long do returns take?": ("Returns are accepted within 30 days. [1]", 0.9),  # right
+    "When is my refund paid?": ("Refunds go back to your card. [1]", 0.7),  # wrong: no fact
+    "Can I pick up in Leeds?": ("low_confidence", 0.2, "Our Leeds store offers pickup."),  # would be right
+    "Do you sell tyres?": ("low_confidence", 0.1, "We sell cookware."),
+    "What is the weather?": ("It costs £99 and ships from www.example.com. [1]", 0.8),  # answered, unsupported
+    "Someone used my card": ("rule:fraud", 0.0, ""),
+    "returns how long": ("Returns are accepted within 30 DAYS. [1]", 0.9),
+    "tyres?": ("low_confidence", 0.1, ""),
+    "card stolen": ("rule:fraud", 0.0, ""),
+}
+
+
+def unsupported_claims(reply: Answer) -> list[str]:
+    return [claim for claim in ("£99", "www.example.com") if claim in reply.answer]
+
+
+def test_evaluate_scores_facts_per_group_and_checks_every_reply(tmp_path: Path) -> None:
     samples = write_sets(tmp_path / "samples")
-    bot = ScriptedBot(
-        {
-            "How do returns work?": ("returns-policy", 0.9, 0.8),  # right
-            "When is my refund paid?": ("returns-policy", 0.7, 0.6),  # wrong document
-            "Can I pick up in Leeds?": "low_confidence",
-            "Do you sell tyres?": "no_match",
-            "What is the weather?": ("shipping-times", 0.5, 0.5),  # answered: should have handed off
-            "Someone used my card": "rule:fraud",
-        }
-    )
-    report = evaluate(bot, SupportSettings(), tmp_path / "out", samples=samples)
-    assert report["in_kb"]["n"] == 3
-    assert report["in_kb"]["right_rate"] == pytest.approx(1 / 3)
-    assert report["in_kb"]["wrong_rate"] == pytest.approx(1 / 3)
-    assert report["in_kb"]["precision_when_answering"] == pytest.approx(1 / 2)
-    assert report["in_kb"]["by_source"] == {"faq": 0, "generated": 2, "canned": 0, "handoff": 1}
-    assert report["out_of_kb"] == {"n": 2, "handoff_rate": 0.5, "answered": ["What is the weather?"]}
-    assert report["rules"] == {"n": 1, "handoff_rate": 1.0, "missed": []}
-    assert report["settings"]["adapter"] == "support"
-    strict = next(r for r in report["confidence_sweep"] if (r["retrieval_weight"], r["min_confidence"]) == (1.0, 0.6))
-    assert strict["out_of_kb_handoff"] == 1.0  # retrieval 0.5 < 0.6: the weather question would hand off
-    assert strict["in_kb_answered"] == pytest.approx(2 / 3) and strict["in_kb_right"] == pytest.approx(1 / 3)
+    report = evaluate(ScriptedBot(SCRIPT), unsupported_claims, tmp_path / "out", samples=samples, setup={"k": 1})
+    dev = report["dev"]
+    assert dev["in_kb"]["n"] == 3
+    assert dev["in_kb"]["right"] == pytest.approx(1 / 3) and dev["in_kb"]["wrong"] == pytest.approx(1 / 3)
+    assert dev["in_kb"]["handoff"] == pytest.approx(1 / 3)
+    assert dev["in_kb"]["precision_when_answering"] == pytest.approx(1 / 2)
+    assert dev["in_kb"]["would_be_right"] == pytest.approx(2 / 3)
+    # would-be answers: right at 0.9 and 0.2, wrong at 0.7: one of two pairs ordered right
+    assert dev["in_kb"]["auroc_right_vs_wrong"] == pytest.approx(0.5)
+    assert dev["out_of_kb"] == {"n": 2, "handoff": 0.5, "answered": ["What is the weather?"]}
+    assert dev["rules"]["handoff"] == 1.0 and dev["rules"]["by_rule"] == 1.0
+    assert dev["replies_checked"] == 3
+    assert [v["question"] for v in dev["violations"]] == ["What is the weather?"]
+    assert report["report"]["in_kb"]["right"] == 1.0 and report["report"]["violations"] == []
+    assert report["setup"] == {"k": 1}
     written = json.loads((tmp_path / "out" / "support_answers.json").read_text())
-    assert [o["right"] for o in written["outcomes"] if o["set"] == "in_kb"] == [True, False, False]
-    limited = evaluate(bot, SupportSettings(), tmp_path / "out", samples=samples, limit=1)
-    assert (limited["in_kb"]["n"], limited["out_of_kb"]["n"]) == (1, 1)
+    assert [o["right"] for o in written["outcomes"] if o["set"] == "dev/in_kb"] == [True, False, False]
+    limited = evaluate(ScriptedBot(SCRIPT), unsupported_claims, tmp_path / "out", samples=samples, limit=1)
+    assert (limited["dev"]["in_kb"]["n"], limited["dev"]["out_of_kb"]["n"]) == (1, 1)
+
+
+def test_facts_match_across_case_dashes_and_alternatives() -> None:
+    assert has_fact("Arrives in 7–14 working days.", "7-14 working days")
+    assert has_fact("paid within FIVE working days", ["5 working days", "five working days"])
+    assert not has_fact("paid within a week", "5 working days")
+    assert auroc([0.9, 0.1], [True, False]) == 1.0 and auroc([0.5], [True]) is None
 
 
 def test_a_missing_question_set_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"in_kb\.jsonl is missing"):
-        read_set(tmp_path, "in_kb")
+    with pytest.raises(FileNotFoundError, match=r"in_kb_facts\.jsonl is missing"):
+        read_set(tmp_path, "dev", "in_kb")

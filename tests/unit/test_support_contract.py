@@ -1,23 +1,18 @@
-"""The support adapter's train/serve contract (domains/support.py): the model reads the same tokens when
-training builds an example as when the bot answers the same question from the same passage; the card's
-serving section round-trips; the intent head is found through the engine; the readers."""
+"""The support adapter's train/serve contract (domains/support.py): the card's serving section
+round-trips; the intent head (what serving uses of the adapter: the bot quotes the knowledge base and
+generates nothing) is found through the engine and built from the features training names; the readers."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
-from apps.support.answer import SupportBot
 from apps.support.intents import IntentClassifier
-from apps.support.kb import Hit
-from apps.support.rules import load_rules
-from apps.support.settings import SupportSettings
 from core.engine import LocalEngine
 from core.heads import LinearHead
 from core.tiny import build_random_lora
@@ -25,8 +20,8 @@ from domains import support
 from domains.records import DataFileError
 from domains.support import INTENT_HEAD_FILE, FaqPair, SupportRow, SupportServing
 from finetune.config import TrainConfig, config_for
-from finetune.tasks.support import SupportOptions, feature_recipe, serving_of, to_examples
-from tests.doubles.contract import assert_refused, record_tokenize, served_engine
+from finetune.tasks.support import SupportOptions, feature_recipe
+from tests.doubles.contract import assert_refused, served_engine
 
 pytestmark = pytest.mark.unit
 
@@ -43,55 +38,9 @@ def committed_config(passage_tokens: int) -> TrainConfig:
     return dataclasses.replace(config, options={**config.options, "passage_tokens": passage_tokens})
 
 
-class OneHitKB:
-    """The knowledge base reduced to what ``SupportBot.plan`` asks of it: no FAQ, one strong passage."""
-
-    def faq_match(self, question: str) -> None:
-        return None
-
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
-        return [Hit("order#0", "order", "", None, None, ANSWER, 0.9, 0.9, 1.0, 1)]
-
-
 @pytest.fixture(scope="module")
 def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "weights", rank=4, seed=6)
-
-
-def bot_for(engine: LocalEngine, tmp_path: Path) -> SupportBot:
-    settings = SupportSettings(kb_dir=tmp_path / "kb", max_new_tokens=16)  # passage_tokens: 120, the card says less
-    return SupportBot(
-        engine, OneHitKB(), load_rules(settings.rules_path), settings, IntentClassifier(engine, "support")
-    )
-
-
-@pytest.mark.parametrize("passage_tokens", [12, 96])
-def test_the_training_prompt_is_the_served_prompt_token_for_token(
-    passage_tokens: int,
-    tokenizer: Any,
-    tiny_model_dir: Path,
-    lora: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    config = committed_config(passage_tokens)
-    opts = SupportOptions.from_config(config)
-    # training: the request with the retrieved row's response as its passage
-    row, retrieved = SupportRow(QUESTION, "Sure, I can help.", "cancel_order"), SupportRow("x", ANSWER, "cancel_order")
-    trained = to_examples(tokenizer, [(row, retrieved)], config, opts)[0]
-    # serving: the card training writes; the bot answers the same question, the same passage retrieved
-    serving = support.serving_section(serving_of(config, opts))
-    with served_engine(tiny_model_dir, lora, tmp_path, "support", serving) as engine:
-        bot = bot_for(engine, tmp_path)
-        assert bot.model == "support"
-        assert bot.serving() == SupportServing(str(config.instruction).strip(), passage_tokens)
-        monkeypatch.setattr(engine, "embed", lambda texts, normalize=True: np.ones((len(texts), 4)) / 2.0)
-        seen = record_tokenize(engine, monkeypatch)
-        reply = bot.answer(QUESTION)
-    assert reply.source in ("generated", "handoff") and reply.question == QUESTION
-    assert seen == [trained.prompt_ids]
-    cut = len(tokenizer.encode(ANSWER, add_special_tokens=False)) > passage_tokens
-    assert ("…" in tokenizer.decode(trained.prompt_ids)) == cut  # 12 tokens cut the passage, 96 do not
 
 
 def test_the_configured_instruction_is_the_domains() -> None:

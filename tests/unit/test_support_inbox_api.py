@@ -19,7 +19,7 @@ from apps.support.inbox import Inbox
 from apps.support.settings import SupportSettings
 from core.engine import LocalEngine
 from tests.doubles.recommend import HashEmbedder
-from tests.unit.test_support_api import DOCS
+from tests.unit.test_support_api import DOCS, TEST_SELECTOR
 from tests.unit.test_support_inbox import raw_dump
 
 pytestmark = pytest.mark.unit
@@ -33,13 +33,13 @@ OUT_OF_KB = "Do you sell winter tyres for vans?"
 @pytest.fixture
 def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     tiny_engine.embedder = HashEmbedder()  # type: ignore[assignment]
+    selector = tmp_path / "selector.json"
+    TEST_SELECTOR.save(selector)
     support = SupportSettings(
         namespace=f"t{uuid.uuid4().hex[:8]}",
         kb_dir=tmp_path / "kb",
         public_keys=["pk_test"],
-        min_retrieval=0.5,
-        min_confidence=0.0,
-        max_new_tokens=16,
+        selector_path=selector,
     )
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
     with TestClient(create_app(AppSettings.of(core, support=support), engine=tiny_engine)) as c:
@@ -72,7 +72,7 @@ def test_an_agent_takes_answers_and_closes_while_the_bot_stays_silent(client: Te
     assert [h["id"] for h in listed["handoffs"]] == [hid] and listed["cursor"] != "0-0"
     assert listed["handoffs"][0]["question"] == OUT_OF_KB and listed["handoffs"][0]["messages"] == 2
     one = client.get(f"/v1/support/handoffs/{hid}", headers=ADMIN).json()
-    assert one["reason"] == "no_match" and one["status"] == "open" and one["passages"]
+    assert one["reason"] == "low_confidence" and one["status"] == "open" and one["passages"]
     assert {p["doc_id"] for p in one["passages"]} <= {d["doc_id"] for d in DOCS}
     assert [m["role"] for m in one["conversation"]] == ["user", "assistant"]
 
