@@ -24,6 +24,7 @@ from apps.sentiment.service import SentimentContext
 from apps.settings import AppSettings
 from apps.support.service import SupportService
 from apps.support.webhook import CeleryWebhookQueue
+from apps.tenants.store import TenantStore
 from core.engine import LocalEngine
 from core.interface import Engine
 from core.redis_client import RedisClients
@@ -46,6 +47,7 @@ class Services:
     sentiment: SentimentContext
     recommend: RecommendService
     dispatcher: Dispatcher | None
+    tenants: TenantStore
     _enrichers: dict[str, Enricher] = field(default_factory=dict, repr=False)
     _contexts: dict[tuple[str | None, str | None], SentimentContext] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -113,6 +115,7 @@ def build_services(
         sentiment=SentimentContext.build(settings.sentiment, settings, client=clients.text, dispatcher=dispatcher),
         recommend=RecommendService(settings.recommend, clients.raw, engine.embed, lambda: _ready(engine)),
         dispatcher=dispatcher,
+        tenants=TenantStore(clients.text, settings.tenancy_namespace),
     )
     BUILDS["count"] += 1
     log.info("services built (build %d in this process)", BUILDS["count"])

@@ -8,35 +8,23 @@ building them, so a test can swap any of them with ``app.dependency_overrides``.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from apps.composition import Services
 from apps.recommend.service import RecommendService
 from apps.sentiment.service import SentimentContext
 from apps.settings import AppSettings
 from apps.support.service import SupportService
-from core.config import PLACEHOLDER_SECRETS
-from core.errors import AdapterNotFoundError, AuthenticationError, ModelNotReadyError
+from apps.tenants.auth import AdminDep as AdminDep  # the key requirements, with the other dependencies
+from apps.tenants.auth import ServerDep as ServerDep
+from apps.tenants.auth import WidgetDep as WidgetDep
+from core.errors import AdapterNotFoundError, ModelNotReadyError
 from core.interface import Engine
 
 # Key in ``request.state`` naming the model a request ran on; the metrics middleware labels with it.
 ADAPTER_STATE_KEY = "adapter"
-
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="AdminBearer",
-    description="The admin key (DOMAINLLM_ADMIN_KEY) as `Authorization: Bearer <key>`.",
-)
-_admin_header = APIKeyHeader(
-    name="X-Admin-Key",
-    auto_error=False,
-    scheme_name="AdminKey",
-    description="The admin key (DOMAINLLM_ADMIN_KEY) in an `X-Admin-Key` header.",
-)
 
 
 async def get_settings(request: Request) -> AppSettings:
@@ -90,25 +78,6 @@ async def get_recommend_service(request: Request) -> RecommendService:
     return services_of(request.app).recommend
 
 
-async def require_admin(
-    settings: Annotated[AppSettings, Depends(get_settings)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    header_key: Annotated[str | None, Depends(_admin_header)],
-) -> None:
-    """Admit the request only with the configured admin key, compared in constant time."""
-    expected = settings.admin_key.get_secret_value()
-    if expected in PLACEHOLDER_SECRETS:
-        # A default key is public knowledge: it must not be what guards loading files onto the server.
-        raise AuthenticationError("admin endpoints are disabled until DOMAINLLM_ADMIN_KEY is set to a real secret")
-    given = bearer.credentials if bearer is not None else header_key
-    if not given:
-        raise AuthenticationError("admin key required: send 'Authorization: Bearer <key>' or 'X-Admin-Key: <key>'")
-    # Compare raw bytes: headers arrive decoded as latin-1 (so .encode("latin-1") gives back what the
-    # client sent, UTF-8 for a non-ASCII key), and compare_digest refuses non-ASCII str anyway.
-    if not secrets.compare_digest(given.encode("latin-1"), expected.encode("utf-8")):
-        raise AuthenticationError("the admin key is not valid")
-
-
 def select_model(request: Request, engine: Engine, name: str) -> str:
     """Check that ``name`` (an adapter or "base") is served, and label this request's metrics with it.
 
@@ -126,4 +95,3 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SupportDep = Annotated[SupportService, Depends(get_support_service)]
 SentimentDep = Annotated[SentimentContext, Depends(get_sentiment_context)]
 RecommendDep = Annotated[RecommendService, Depends(get_recommend_service)]
-AdminDep = Annotated[None, Depends(require_admin)]

@@ -37,6 +37,7 @@ from core.errors import (
     InvalidRequestError,
     ModelNotReadyError,
     NotFoundError,
+    PermissionDeniedError,
     StoreUnavailableError,
     UpstreamError,
 )
@@ -47,6 +48,7 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     InvalidRequestError: 400,
     InputTooLargeError: 413,
     AuthenticationError: 401,
+    PermissionDeniedError: 403,
     NotFoundError: 404,
     AdapterNotFoundError: 404,
     ConflictError: 409,
@@ -86,7 +88,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error codes a route can answer, all with ``ErrorResponse``."""
     descriptions = {
         400: "Invalid request (bad parameter values, malformed JSON).",
-        401: "Missing or wrong admin key.",
+        401: "Missing, wrong or revoked API key.",
+        403: "The key's scope, tenant or origin does not admit this call.",
         404: "Unknown model/adapter.",
         409: "Conflicts with the current state: a name already taken, a handoff another agent holds.",
         413: "Input above a configured limit (characters, tokens, texts, body bytes).",

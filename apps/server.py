@@ -30,6 +30,7 @@ from apps.support.inbox_routes import router as inbox_router
 from apps.support.kb_routes import router as support_kb_router
 from apps.support.routes import pages as support_pages
 from apps.support.routes import router as support_router
+from apps.tenants.routes import router as tenants_router
 from core.config import Settings
 from core.interface import Engine
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS: list[APIRouter] = [
     ops.router,
+    tenants_router,
     *llm.routers,
     support_router,
     support_kb_router,
@@ -70,6 +72,7 @@ TAGS = [
     {"name": "sentiment", "description": "Financial news monitor: news in, trends, alerts (workers enrich and alert)."},
     {"name": "recommend", "description": "Storefront recommendations: items, events, explained lists."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "tenants", "description": "Tenants (operator key) and each tenant's widget, server and admin keys."},
 ]
 
 

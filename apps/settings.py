@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from apps.recommend.settings import RecommendSettings
 from apps.sentiment.settings import SentimentSettings
@@ -27,6 +27,13 @@ class AppSettings(Settings):
         description="Sites whose pages may call the public APIs from a browser (the chat widget on another "
         "origin). Env DOMAINLLM_CORS_ORIGINS (it was DOMAINLLM_SUPPORT_CORS_ORIGINS).",
     )
+    operator_key: SecretStr = Field(
+        SecretStr("change-me"),
+        description="Creates tenants (POST /v1/tenants, `domainllm tenants create`); off until set to a real secret.",
+    )
+    tenancy_namespace: str = Field(
+        "tenancy", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix of tenants and keys."
+    )
     support: SupportSettings = Field(default_factory=lambda: SupportSettings())
     sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
@@ -38,7 +45,10 @@ class AppSettings(Settings):
             return core
         values = {name: getattr(core, name) for name in Settings.model_fields}
         if isinstance(core, AppSettings):
-            values |= {name: getattr(core, name) for name in ("cors_origins", "support", "sentiment", "recommend")}
+            values |= {
+                name: getattr(core, name)
+                for name in ("cors_origins", "operator_key", "tenancy_namespace", "support", "sentiment", "recommend")
+            }
         return cls(**(values | sections))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import secrets
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from apps.deps import get_recommend_service  # noqa: E402
 from apps.recommend import service as service_module  # noqa: E402
@@ -44,7 +46,7 @@ from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
 from domains.recommend.records import format_of, read_text  # noqa: E402
 from domains.recommend.scoring import LLMScorer  # noqa: E402
-from tests.doubles.recommend import RedisProcess  # noqa: E402
+from tests.doubles.redis import RedisProcess  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples" / "recommend"
 OUT = ROOT / "bench" / "results" / "recommend_bench.json"
@@ -68,7 +70,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=50, help="LLM-scored candidates per request")
     args = parser.parse_args()
 
-    core = get_settings()
+    # a one-off admin key: the bench calls the routes as the storefront's backend would, with a key
+    core = get_settings().model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
     engine = LocalEngine(core)
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp) / "redis").start()
@@ -88,7 +91,7 @@ def main() -> None:
             app = create_app(core, engine=engine)
             app.dependency_overrides[get_recommend_service] = lambda: service
             results: dict[str, Any] = {}
-            with TestClient(app) as client:
+            with TestClient(app, headers={"X-Api-Key": core.admin_key.get_secret_value()}) as client:
                 for mode, scorer in [("shared_prefix", LLMScorer), ("separately", SeparateScorer)]:
                     service_module.LLMScorer = scorer  # type: ignore[misc]
                     for u in users[:3]:  # warm-up

@@ -4,7 +4,8 @@
     DomainLLMError
     ├── InvalidRequestError            bad input: empty, malformed, out of range
     │   └── InputTooLargeError         text, batch or body above a configured limit
-    ├── AuthenticationError            missing or wrong admin key
+    ├── AuthenticationError            missing, wrong or revoked key
+    ├── PermissionDeniedError          a valid key whose scope, tenant or origin does not admit the call
     ├── NotFoundError                  a named thing that does not exist
     │   └── AdapterNotFoundError       an adapter name that is not loaded
     ├── ConflictError                  a name that is already taken
@@ -43,6 +44,10 @@ class InputTooLargeError(InvalidRequestError):
 
 class AuthenticationError(DomainLLMError):
     error_type = "authentication_error"
+
+
+class PermissionDeniedError(DomainLLMError):
+    error_type = "permission_denied"
 
 
 class NotFoundError(DomainLLMError):

@@ -12,6 +12,7 @@ import typer
 from core.config import get_settings
 from core.errors import DomainLLMError
 from domainllm import evals
+from domainllm import keys as keys_cli
 from domainllm import recommend as recommend_cli
 from domainllm import sentiment as sentiment_cli
 from domainllm import support as support_cli
@@ -22,6 +23,8 @@ app = typer.Typer(help="domainllm: support, sentiment and recommend apps on one 
 app.add_typer(sentiment_cli.app, name="sentiment")
 app.add_typer(recommend_cli.app, name="recommend")
 app.add_typer(support_cli.app, name="support")
+app.add_typer(keys_cli.tenants_app, name="tenants")
+app.add_typer(keys_cli.keys_app, name="keys")
 
 
 @app.callback()

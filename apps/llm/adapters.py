@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
 from apps.deps import AdminDep, EngineDep, SettingsDep
 from apps.errors import error_responses
 from apps.llm.schemas import AdapterDeleted, AdapterList, AdapterLoadRequest, AdapterOut
+from apps.tenants.auth import requirement
 from core.adapters import AdapterInfo
 from core.config import Settings
 
-router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[Depends(requirement("server"))])
 
 
 def adapter_out(info: AdapterInfo, *, with_path: bool = False) -> AdapterOut:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from apps.deps import EngineDep, SettingsDep
@@ -18,8 +18,9 @@ from apps.llm.schemas import (
     ChatDelta,
     FinishReason,
 )
+from apps.tenants.auth import requirement
 
-router = APIRouter(prefix="/v1", tags=["generation"])
+router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[Depends(requirement("server"))])
 
 SSE_DOC = sse_doc(
     "With `stream: true`: server-sent events, each `data:` a `chat.completion.chunk` "

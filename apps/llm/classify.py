@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from apps.deps import EngineDep, select_model
 from apps.errors import error_responses
 from apps.llm.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult
+from apps.tenants.auth import requirement
 
-router = APIRouter(prefix="/v1", tags=["classification"])
+router = APIRouter(prefix="/v1", tags=["classification"], dependencies=[Depends(requirement("server"))])
 
 
 @router.post(

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from apps.deps import EngineDep, SettingsDep
 from apps.errors import error_responses
 from apps.llm.generation import ChunkFormat, generate, sse_doc
 from apps.llm.schemas import CompletionChoice, CompletionRequest, FinishReason, TextCompletion
+from apps.tenants.auth import requirement
 
-router = APIRouter(prefix="/v1", tags=["generation"])
+router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[Depends(requirement("server"))])
 
 SSE_DOC = sse_doc(
     "With `stream: true`: server-sent events, each `data:` a `text_completion` chunk "

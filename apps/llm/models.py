@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from apps.deps import EngineDep
 from apps.errors import error_responses
 from apps.llm.schemas import ModelCard, ModelList
+from apps.tenants.auth import requirement
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(requirement("server"))])
 
 
 def model_card(entry: dict[str, Any], base_name: str, started: int) -> ModelCard:

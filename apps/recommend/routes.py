@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from apps.deps import AdminDep, RecommendDep
 from apps.errors import error_responses, store_guarded_route
@@ -27,10 +27,14 @@ from apps.recommend.schemas import (
     RecommendResponse,
     StatsResponse,
 )
+from apps.tenants.auth import requirement
 from core.errors import InvalidRequestError
 
 router = APIRouter(
-    prefix="/v1/recommend", tags=["recommend"], route_class=store_guarded_route("recommendation", (redis.RedisError,))
+    prefix="/v1/recommend",
+    tags=["recommend"],
+    route_class=store_guarded_route("recommendation", (redis.RedisError,)),
+    dependencies=[Depends(requirement("server"))],  # the storefront's backend; the catalogue takes admin
 )
 
 

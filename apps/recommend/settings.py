@@ -35,7 +35,12 @@ class RecommendSettings(BaseSettings):
 
     # candidates and ranking
     history_len: int = Field(50, ge=1, le=1000, description="Recent events kept per user in Redis.")
-    prompt_history: int = Field(10, ge=1, le=50, description="Titles in the TALLRec prompt for a model whose card does not say (the base model); an adapter uses its card's history length.")
+    prompt_history: int = Field(
+        10,
+        ge=1,
+        le=50,
+        description="Titles in the TALLRec prompt for a model whose card does not say (the base model); an adapter uses its card's history length.",
+    )
     candidates_per_source: int = Field(100, ge=10, le=5000)
     llm_candidates: int = Field(50, ge=0, le=1024, description="Shortlist size scored by the LLM.")
     covis_window: int = Field(10, ge=1, le=100, description="Earlier items of a user paired with each event.")

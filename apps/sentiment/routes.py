@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 from kombu.exceptions import OperationalError
 
 from apps.deps import AdminDep, EngineDep, SentimentDep, ServicesDep
@@ -31,12 +31,14 @@ from apps.sentiment.schemas import (
 )
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.trends import chart_png, pick_step, scope_of, series
+from apps.tenants.auth import requirement
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
 router = APIRouter(
     prefix="/v1/sentiment",
     tags=["sentiment"],
     route_class=store_guarded_route("sentiment", (redis.RedisError, OperationalError)),
+    dependencies=[Depends(requirement("server"))],  # the tenant's backend and analysts; changes take admin
 )
 
 

@@ -79,4 +79,3 @@ class SentimentSettings(BaseSettings):
         if self.smtp_host:
             names.append("email")
         return names
-

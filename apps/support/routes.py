@@ -16,17 +16,16 @@ import asyncio
 import html
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
-from apps.deps import AdminDep, SupportDep
+from apps.deps import AdminDep, SupportDep, WidgetDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
 from apps.support.answer import Plan
 from apps.support.handoffs import check_cursor
@@ -48,7 +47,6 @@ from apps.support.schemas import (
 from apps.support.service import SupportService
 from apps.support.settings import PACKAGE_DIR, SupportSettings
 from core.errors import (
-    AuthenticationError,
     DomainLLMError,
     NotFoundError,
     StoreUnavailableError,
@@ -71,20 +69,7 @@ def support_settings(request: Request) -> SupportSettings:
 ServiceDep = SupportDep
 
 
-async def require_public_key(
-    request: Request, key: Annotated[str | None, Header(alias="X-Support-Key")] = None
-) -> None:
-    """Admit a widget request by its public key; no keys configured means open."""
-    keys = support_settings(request).public_keys
-    if not keys:
-        return
-    if not key:
-        raise AuthenticationError("send the widget's public key in an X-Support-Key header")
-    if not any(secrets.compare_digest(key.encode("utf-8", "replace"), k.encode("utf-8")) for k in keys):
-        raise AuthenticationError("the X-Support-Key is not a known public key")
-
-
-PublicKeyDep = Annotated[None, Depends(require_public_key)]
+PublicKeyDep = WidgetDep  # a widget key of the tenant (or a server or admin key)
 
 
 @router.post(

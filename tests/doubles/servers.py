@@ -13,6 +13,10 @@ from fastapi.testclient import TestClient
 
 from core.config import PROJECT_ROOT
 
+# Default headers of an in-process client: the tests' admin key (DOMAINLLM_ADMIN_KEY in conftest), which
+# admits every scope of the default tenant. A test of the refusals overrides it ("X-Api-Key": "").
+KEYED = {"X-Api-Key": "test-admin-key"}
+
 
 def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Run ``cmd`` from the project root, its stdout and stderr appended to ``log``."""

@@ -17,6 +17,7 @@ from apps.settings import AppSettings
 from apps.support.service import SupportService
 from apps.support.settings import SupportSettings
 from core.config import Settings
+from tests.doubles.servers import KEYED
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_each_service_is_built_once_and_shared_by_every_route(
         support=SupportSettings(kb_dir=tmp_path / "kb", public_keys=["pk_test"]),
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=KEYED) as client:
         for _ in range(50):  # the engine loads in the background; the support routes wait for it
             if client.get("/readyz").status_code == 200:
                 break

@@ -54,7 +54,7 @@ def server(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def http(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
+    with httpx.Client(base_url=server, timeout=60, headers={"X-Api-Key": ADMIN_KEY}) as client:
         yield client
 
 
@@ -96,7 +96,7 @@ def test_text_completion_continues_the_prompt(http: httpx.Client) -> None:
 def test_a_client_leaving_mid_stream_does_not_hurt_the_server(http: httpx.Client, server: str) -> None:
     story = {"model": "base", "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 48}
     with (
-        httpx.Client(base_url=server, timeout=60) as leaving,
+        httpx.Client(base_url=server, timeout=60, headers={"X-Api-Key": ADMIN_KEY}) as leaving,
         leaving.stream("POST", "/v1/chat/completions", json={**story, "stream": True}) as r,
     ):
         next(r.iter_lines())  # the first event arrived; now hang up

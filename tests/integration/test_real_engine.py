@@ -92,7 +92,9 @@ def test_two_adapters_share_one_base_and_cost_only_their_own_weights(
     assert outs["support"] != outs["base"] and outs["sentiment"] != outs["base"]
 
 
-def test_mixed_adapter_batch_equals_solo_on_the_real_model(real_engine: LocalEngine, real_adapters: dict[str, Path]) -> None:
+def test_mixed_adapter_batch_equals_solo_on_the_real_model(
+    real_engine: LocalEngine, real_adapters: dict[str, Path]
+) -> None:
     for name, path in real_adapters.items():
         if not real_engine.has_model(name):
             real_engine.load_adapter(name, path)

@@ -25,6 +25,7 @@ from apps.server import create_app
 from core.config import PROJECT_ROOT, Settings
 from tests.doubles.redis import RedisProcess, free_port
 from tests.doubles.sentiment import WebhookReceiver
+from tests.doubles.servers import KEYED
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +168,7 @@ def test_webhook_down_retried_dead_lettered_then_resent(world: dict[str, Any]) -
         receiver.start()  # the receiver is back; resend on request
         app = create_app(settings=core)
         app.dependency_overrides[get_sentiment_context] = lambda: ctx
-        with TestClient(app) as client:
+        with TestClient(app, headers=KEYED) as client:
             assert client.post(f"/v1/sentiment/alerts/{alert.id}/resend").status_code == 401
             r = client.post(f"/v1/sentiment/alerts/{alert.id}/resend", headers=ADMIN)
             assert r.status_code == 200 and r.json()["queued"] == [{"alert_id": alert.id, "target": "webhook"}]

@@ -32,7 +32,6 @@ def entry(title: str | None, link: str, body: str = "") -> str:
     return f"<item>{t}<link>{link}</link><description>{body}</description><pubDate>Sat, 21 Nov 2026 10:00:00 GMT</pubDate></item>"
 
 
-
 @pytest.fixture
 def server() -> Iterator[FeedServer]:
     with FeedServer() as s:

@@ -33,7 +33,7 @@ from core.config import PROJECT_ROOT, Settings
 from core.redis_client import connect
 from tests.doubles.redis import RedisProcess
 from tests.doubles.sentiment import BURST, FeedServer, SmtpSink, WebhookReceiver
-from tests.doubles.servers import start_process, stop_process
+from tests.doubles.servers import KEYED, start_process, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def test_same_item_three_ways_twice_is_stored_and_counted_once(pipeline: Pipelin
     app = create_app(
         settings=AppSettings.of(core, sentiment=SentimentSettings(namespace=pipeline.ns, config_path=pipeline.config))
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=KEYED) as client:
         answers = [client.post("/v1/sentiment/news", json=item).json() for _ in range(2)]
     assert [a["accepted"] for a in answers] == [1, 0] and answers[0]["ids"] == answers[1]["ids"]
     item_id = answers[0]["ids"][0]

@@ -65,7 +65,9 @@ def test_quantize_int8_is_in_place_and_silent(tiny_model_dir: Path) -> None:
     assert type(modules["model.layers.0.mlp.down_proj"]) is torch.nn.Linear
 
 
-def test_int8_engine_without_adapters_generates_and_scores(int8_base_engine: LocalEngine, fp32_engine: LocalEngine) -> None:
+def test_int8_engine_without_adapters_generates_and_scores(
+    int8_base_engine: LocalEngine, fp32_engine: LocalEngine
+) -> None:
     modules = _modules(int8_base_engine)
     assert isinstance(modules["lm_head"], QuantizedLinear)
 

@@ -21,10 +21,21 @@ from apps.recommend.settings import RecommendSettings
 from apps.server import create_app
 from core.engine import LocalEngine
 from tests.doubles.recommend import HashEmbedder
+from tests.doubles.servers import KEYED
 
 pytestmark = pytest.mark.unit
 
 ADMIN = {"X-Admin-Key": "test-admin-key"}
+NO_KEY = {"X-Api-Key": ""}
+
+
+def server_key(client: TestClient) -> dict[str, str]:
+    """Headers with a fresh server-scoped key of the default tenant (it may not change the catalogue)."""
+    r = client.post("/v1/keys", json={"scope": "server", "label": "storefront"})
+    assert r.status_code == 201, r.text
+    return {"X-Api-Key": r.json()["key"]}
+
+
 PRODUCTS = {
     "running": ["trail running shoe", "road running shoe", "running socks", "running jacket", "running cap"],
     "coffee": ["espresso beans", "filter coffee beans", "coffee grinder", "french press", "milk frother"],
@@ -58,7 +69,6 @@ def catalogue() -> list[dict[str, Any]]:
     return items
 
 
-
 def make_service(redis_url: str, tmp_path: Path, engine: LocalEngine | None, **overrides: Any) -> RecommendService:
     settings = RecommendSettings(
         namespace=f"t{uuid.uuid4().hex[:8]}",
@@ -71,10 +81,10 @@ def make_service(redis_url: str, tmp_path: Path, engine: LocalEngine | None, **o
 
 @pytest.fixture
 def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(tiny_settings, engine=tiny_engine)
+    app = create_app(tiny_settings.model_copy(update={"redis_url": redis_url}), engine=tiny_engine)
     # shown items are kept off for these tests so each rule is seen on its own (one test turns it on)
     serve(app, make_service(redis_url, tmp_path, tiny_engine, exclude_shown=False))
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         deadline = time.monotonic() + 30
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -182,13 +192,13 @@ def test_the_llm_scores_with_the_adapter_when_present_else_the_base(
     app = create_app(tiny_settings, engine=tiny_engine)
     for adapter, expected in [("alpha", "alpha"), ("recommend", "base")]:
         serve(app, make_service(redis_url, tmp_path, tiny_engine, adapter=adapter))
-        with TestClient(app) as c:
+        with TestClient(app, headers=KEYED) as c:
             c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
             events(c, ("dave", "tea-0", "view"))
             body = recommend(c, "dave", k=3)
         assert body["model"] == expected and body["ranker"] == "fallback"
     serve(app, make_service(redis_url, tmp_path, None))  # the engine still loading
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         events(c, ("dave", "tea-0", "view"))
         body = recommend(c, "dave", k=3)
@@ -200,7 +210,7 @@ def test_items_shown_recently_are_not_shown_again(
 ) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
     serve(app, make_service(redis_url, tmp_path, tiny_engine, exclude_shown=True))
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         first, second = recommend(c, "erin", k=5), recommend(c, "erin", k=5)
     assert len(second["items"]) == 5 and not set(ids(first)) & set(ids(second))
@@ -236,7 +246,9 @@ def test_deleted_items_are_gone_and_unknown_ids_reported(client: TestClient) -> 
     r = client.delete("/v1/recommend/items", params={"ids": ["tea-0", "tea-1", "ghost"]}, headers=ADMIN)
     assert r.json() == {"deleted": ["tea-0", "tea-1"], "unknown": ["ghost"]}
     assert not {"tea-0", "tea-1"} & set(ids(recommend(client, "gina", k=100)))
-    assert client.delete("/v1/recommend/items", params={"ids": ["tea-2"]}).status_code == 401
+    assert (
+        client.delete("/v1/recommend/items", params={"ids": ["tea-2"]}, headers=server_key(client)).status_code == 403
+    )
 
 
 def test_filters_category_price_exclude_and_mmr(client: TestClient) -> None:
@@ -370,14 +382,17 @@ def test_item_batches_via_json_are_all_or_nothing(client: TestClient) -> None:
     assert r.status_code == 400 and "items[1]: id must be" in r.json()["error"]["message"]
     r = client.post("/v1/recommend/items", json={"items": [{"id": "x", "title": "Neg", "price": -1}]}, headers=ADMIN)
     assert r.status_code == 422 and "price" in r.json()["error"]["message"]
-    assert client.post("/v1/recommend/items", json={"items": [{"id": "y", "title": "No key"}]}).status_code == 401
+    assert (
+        client.post("/v1/recommend/items", json={"items": [{"id": "y", "title": "No key"}]}, headers=NO_KEY).status_code
+        == 401
+    )
     assert state(client) == before
 
 
 def test_redis_down_is_a_503_not_a_500(tiny_settings: Any, tiny_engine: LocalEngine, tmp_path: Path) -> None:
     app = create_app(tiny_settings, engine=tiny_engine)
     serve(app, make_service("redis://127.0.0.1:1/0", tmp_path, tiny_engine))
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         r = c.get("/v1/recommend/anyone")
     assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable"
 
@@ -400,7 +415,7 @@ def test_purchases_stay_excluded_after_they_leave_the_recent_history(
             redis_url, tmp_path, tiny_engine, exclude_shown=False, history_len=2, exclude_event_types=exclude_types
         ),
     )
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
         events(c, ("jo", "garden-0", "purchase"), ("jo", "garden-1", "cart"))
         events(c, ("jo", "tea-0", "view"), ("jo", "tea-1", "view"), ("jo", "tea-2", "view"))

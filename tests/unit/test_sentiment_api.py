@@ -17,10 +17,10 @@ from apps.sentiment.settings import SentimentSettings
 from apps.server import create_app
 from core.config import Settings
 from core.redis_client import connect
+from tests.doubles.servers import KEYED
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": "Bearer test-admin-key"}
-
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def api(tiny_settings: Settings, redis_url: str) -> Iterator[tuple[TestClient, S
     )
     app = create_app(settings=core)
     app.dependency_overrides[get_sentiment_context] = lambda: ctx
-    with TestClient(app) as client:
+    with TestClient(app, headers=KEYED) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
@@ -103,7 +103,7 @@ def test_bad_queries_are_4xx(api: tuple[TestClient, SentimentContext], path: str
 
 def test_resend_needs_the_admin_key_and_a_real_alert(api: tuple[TestClient, SentimentContext]) -> None:
     client, ctx = api
-    assert client.post("/v1/sentiment/alerts/al_nope/resend").status_code == 401
+    assert client.post("/v1/sentiment/alerts/al_nope/resend", headers={"X-Api-Key": ""}).status_code == 401
     assert client.post("/v1/sentiment/alerts/al_nope/resend", headers=ADMIN).status_code == 404
     now = time.time()
     burst(ctx, now)

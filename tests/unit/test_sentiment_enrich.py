@@ -34,7 +34,6 @@ def config():  # type: ignore[no-untyped-def]
     return load_monitor_config(DEFAULT_CONFIG)
 
 
-
 @pytest.fixture(scope="module")
 def engine_with_sentiment(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
     adapters = tmp_path_factory.mktemp("sentiment-adapters")

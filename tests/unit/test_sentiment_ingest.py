@@ -22,6 +22,7 @@ from apps.server import create_app
 from core.config import Settings
 from core.errors import InputTooLargeError, InvalidRequestError
 from core.redis_client import connect
+from tests.doubles.servers import KEYED
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +32,6 @@ ITEM = {
     "source": "Wire",
     "published_at": "2026-11-21T10:02:00Z",
 }
-
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def client(tiny_settings: Settings, redis_url: str) -> Iterator[TestClient]:
         SentimentSettings(), core, namespace=f"t{uuid.uuid4().hex[:8]}", client=connect(redis_url, decode=True)
     )
     app.dependency_overrides[get_sentiment_context] = lambda: ctx
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         yield c
 
 
@@ -192,7 +192,7 @@ def test_redis_down_is_a_503_not_a_500(tiny_settings: Settings) -> None:
 
     core = tiny_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     app = create_app(settings=core)
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         r = c.get("/v1/sentiment/stats")
     assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable"
 

@@ -27,7 +27,6 @@ T0 = 1_790_000_000.0  # a fixed "now" (2026-09) so the test does not depend on t
 SECRET = "test-webhook-secret"
 
 
-
 @pytest.fixture
 def stores(redis_url: str) -> tuple[NewsStore, AlertStore]:
     ns, client = f"t{uuid.uuid4().hex[:8]}", connect(redis_url, decode=True)

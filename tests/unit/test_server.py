@@ -23,7 +23,7 @@ from core.config import Settings
 from core.engine import LocalEngine
 from core.errors import EngineOverloadedError
 from core.sampling import SamplingParams
-from tests.doubles.servers import wait_ready
+from tests.doubles.servers import KEYED, wait_ready
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,7 @@ CHAT = {"model": "alpha", "messages": [{"role": "user", "content": "Where is my 
 
 @pytest.fixture
 def client(tiny_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings=tiny_settings)) as c:
+    with TestClient(create_app(settings=tiny_settings), headers=KEYED) as c:
         wait_ready(c)
         yield c
 
@@ -211,7 +211,7 @@ def test_failure_inside_a_started_stream_is_reported_in_band(
 ) -> None:
     app = create_app(settings=tiny_settings)
     app.dependency_overrides[get_engine] = lambda: _FailingStreamEngine(error)
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         r = c.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert r.status_code == 200
     events = sse_events(r.text)
@@ -223,7 +223,7 @@ def test_failure_inside_a_started_stream_is_reported_in_band(
 
 def test_concurrent_requests_share_engine_batches(tiny_settings: Settings) -> None:
     settings = tiny_settings.model_copy(update={"batch_wait_ms": 200.0})  # a wide window: no timing luck needed
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), headers=KEYED) as c:
         wait_ready(c)
         bodies = [{**CHAT, "model": m, "max_tokens": 6} for m in ("base", "alpha", "beta", "alpha")]
         solo = [c.post("/v1/chat/completions", json=b).json()["choices"][0]["message"] for b in bodies]
@@ -319,7 +319,7 @@ class GatedEngine(LocalEngine):
 def test_ready_only_after_the_engine_loaded(tiny_settings: Settings) -> None:
     engine = GatedEngine(tiny_settings)
     try:
-        with TestClient(create_app(settings=tiny_settings, engine=engine)) as c:
+        with TestClient(create_app(settings=tiny_settings, engine=engine), headers=KEYED) as c:
             assert c.get("/healthz").json() == {"status": "ok"}
             r = c.get("/readyz")
             assert r.status_code == 503
@@ -341,7 +341,7 @@ def test_ready_only_after_the_engine_loaded(tiny_settings: Settings) -> None:
 
 def test_failed_warm_up_is_reported_by_readyz(tiny_settings: Settings, tmp_path: Path) -> None:
     settings = tiny_settings.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), headers=KEYED) as c:
         deadline = time.monotonic() + 10
         while "failed" not in (msg := c.get("/readyz").json()["error"]["message"]):
             assert time.monotonic() < deadline
@@ -355,7 +355,7 @@ def test_the_app_can_be_started_again_after_shutdown(tiny_settings: Settings) ->
     app = create_app(settings=tiny_settings)
     answers = []
     for _ in range(2):  # each lifespan builds, loads and closes its own engine
-        with TestClient(app) as c:
+        with TestClient(app, headers=KEYED) as c:
             wait_ready(c)
             answers.append(c.post("/v1/chat/completions", json=CHAT).json()["choices"][0]["message"])
     assert answers[0] == answers[1]
@@ -434,7 +434,7 @@ async def _stream_then_disconnect(
         "raw_path": b"/v1/chat/completions",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test"), (b"x-api-key", b"test-admin-key")],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
@@ -459,7 +459,7 @@ def test_client_disconnect_mid_stream_does_not_hurt_the_server(
     # The engine went on producing deltas for the gone client after its event loop closed; had
     # the callback raised on the engine thread, the whole batch (this other request too) would fail.
     assert other.result(timeout=60).completion_tokens > 0
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "stream": True}).text.rstrip().endswith("[DONE]")
 
 
@@ -483,5 +483,6 @@ def test_openapi_documents_routes_errors_and_admin_security(client: TestClient) 
         "greedy" in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]["temperature"]["description"]
     )
     load = schema["paths"]["/v1/adapters"]["post"]
-    assert {next(iter(s)) for s in load["security"]} == {"AdminBearer", "AdminKey"}
-    assert "security" not in schema["paths"]["/v1/adapters"]["get"]
+    assert {next(iter(s)) for s in load["security"]} == {"Bearer", "ApiKey", "AdminKey"}
+    listing = schema["paths"]["/v1/adapters"]["get"]  # reading takes a server key (any scope of the tenant's backend)
+    assert {next(iter(s)) for s in listing["security"]} == {"Bearer", "ApiKey", "AdminKey"}

@@ -33,7 +33,7 @@ from core.errors import (
     ModelNotReadyError,
     NotFoundError,
 )
-from tests.doubles.servers import wait_ready
+from tests.doubles.servers import KEYED, wait_ready
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +50,7 @@ def app(tiny_settings: Settings) -> FastAPI:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         wait_ready(c)
         yield c
 
@@ -93,7 +93,7 @@ def test_each_core_error_maps_to_its_status(app: FastAPI, exc: DomainLLMError, s
             raise exc
 
     app.dependency_overrides[get_engine] = RaisingEngine
-    with TestClient(app) as c:
+    with TestClient(app, headers=KEYED) as c:
         r = c.post("/v1/chat/completions", json=CHAT)
     err = error_of(r, status)
     assert err == {"type": error_type, "message": exc.message}
@@ -120,7 +120,7 @@ def test_unexpected_exception_is_a_generic_500_with_a_logged_traceback(
             raise RuntimeError("secret internal detail")
 
     app.dependency_overrides[get_engine] = BrokenEngine
-    with TestClient(app) as c, caplog.at_level(logging.ERROR, logger="apps.errors"):
+    with TestClient(app, headers=KEYED) as c, caplog.at_level(logging.ERROR, logger="apps.errors"):
         r = c.post("/v1/chat/completions", json=CHAT)
     err = error_of(r, 500)
     assert err["type"] == "internal_error"
@@ -160,7 +160,7 @@ def test_bodies_that_are_not_a_json_object(
 
 def test_body_above_the_limit_is_413_before_parsing(tiny_settings: Settings) -> None:
     settings = tiny_settings.model_copy(update={"max_body_bytes": 4096})
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), headers=KEYED) as c:
         wait_ready(c)
         big = b'{"model": "alpha", "messages": [' + b" " * 5000 + b"]}"  # valid JSON, too many bytes
         err = error_of(c.post("/v1/chat/completions", content=big, headers=_json()), 413)
@@ -271,15 +271,16 @@ def test_bad_classify_requests_get_a_clear_4xx(
 @pytest.mark.parametrize(
     ("headers", "needle"),
     [
-        ({}, "admin key required"),
+        ({}, "is required"),
         ({"X-Admin-Key": "wrong"}, "not valid"),
         ({"Authorization": "Bearer wrong"}, "not valid"),
-        ({"Authorization": "Basic dGVzdC1hZG1pbi1rZXk="}, "admin key required"),
+        ({"Authorization": "Basic dGVzdC1hZG1pbi1rZXk="}, "is required"),
         ({"X-Admin-Key": "tést-admin-kéy".encode("latin-1")}, "not valid"),  # non-ASCII must not crash the comparison
     ],
     ids=["missing", "wrong-header", "wrong-bearer", "basic-scheme", "non-ascii"],
 )
 def test_admin_routes_need_the_key(client: TestClient, headers: dict[str, Any], needle: str) -> None:
+    headers = {"X-Api-Key": "", **headers}  # without the client's default key
     load = client.post("/v1/adapters", json={"name": "gamma", "path": "alpha"}, headers=headers)
     assert needle in error_of(load, 401)["message"]
     assert load.headers["www-authenticate"] == "Bearer"
@@ -289,21 +290,22 @@ def test_admin_routes_need_the_key(client: TestClient, headers: dict[str, Any], 
 
 def test_a_non_ascii_admin_key_works_when_sent_as_utf8(tiny_settings: Settings) -> None:
     settings = tiny_settings.model_copy(update={"admin_key": SecretStr("clé-secrète-42")})
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), headers=KEYED) as c:
         wait_ready(c)
-        r = c.delete("/v1/adapters/alpha", headers={"X-Admin-Key": "clé-secrète-42".encode()})
+        r = c.delete("/v1/adapters/alpha", headers={"X-Api-Key": "", "X-Admin-Key": "clé-secrète-42".encode()})
         assert r.status_code == 200, r.text
 
 
 def test_auth_is_checked_before_the_body(client: TestClient) -> None:
-    assert error_of(client.post("/v1/adapters", json={"nonsense": 1}), 401)["type"] == "authentication_error"
+    anonymous = client.post("/v1/adapters", json={"nonsense": 1}, headers={"X-Api-Key": ""})
+    assert error_of(anonymous, 401)["type"] == "authentication_error"
 
 
 def test_placeholder_admin_key_disables_admin_routes(tiny_settings: Settings) -> None:
     settings = tiny_settings.model_copy(update={"environment": "dev", "admin_key": SecretStr("change-me")})
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), headers=KEYED) as c:
         wait_ready(c)
-        r = c.post("/v1/adapters", json={"name": "gamma", "path": "alpha"}, headers={"X-Admin-Key": "change-me"})
+        r = c.post("/v1/adapters", json={"name": "gamma", "path": "alpha"}, headers={"X-Api-Key": "change-me"})
         assert "DOMAINLLM_ADMIN_KEY" in error_of(r, 401)["message"]
 
 

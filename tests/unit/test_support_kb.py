@@ -269,7 +269,8 @@ def test_faq_match_without_faqs(tmp_path: Path, embedder: HashEmbedder) -> None:
 
 
 def test_searches_keep_answering_during_a_rebuild(tmp_path: Path) -> None:
-    slow = HashEmbedder(delay_s=0.05)  # each embedding batch takes 50 ms: the rebuild below takes ~0.5 s
+    # each embedding batch takes 50 ms: the rebuild below takes ~0.5 s; wide, so "refund" collides with no bulk word
+    slow = HashEmbedder(dim=4096, delay_s=0.05)
     kb = KnowledgeBase(tmp_path / "kb", slow)
     kb.upsert_many(ARTICLES)
     kb.search("refund")  # the query vector is cached from here on

@@ -1,0 +1,106 @@
+"""/v1/tenants (the operator key) and /v1/keys (a tenant's admin key): create tenants, and create,
+list, rotate and revoke a tenant's keys. A clear key is in the response that creates it, once; the
+store keeps its SHA-256 only. Another tenant's key id answers 404, as an unknown one does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import APIRouter, Depends
+from pydantic import Field
+
+from apps.errors import error_responses, store_guarded_route
+from apps.http.requests import RequestModel
+from apps.tenants.auth import OperatorDep, TenantAdminDep, tenant_store
+from apps.tenants.store import TenantStore
+
+router = APIRouter(prefix="/v1", tags=["tenants"], route_class=store_guarded_route("tenancy", (redis.RedisError,)))
+
+StoreDep = Annotated[TenantStore, Depends(tenant_store)]
+
+
+class TenantRequest(RequestModel):
+    id: str = Field(min_length=1, max_length=40, description="lowercase letters, digits and dashes")
+    name: str | None = Field(None, max_length=200)
+    origins: list[str] = Field(
+        default_factory=list, max_length=50, description="Pages allowed to use the tenant's widget keys."
+    )
+
+
+class OriginsRequest(RequestModel):
+    origins: list[str] = Field(max_length=50)
+
+
+class KeyRequest(RequestModel):
+    scope: Literal["widget", "server", "admin"]
+    label: str = Field("", max_length=100)
+
+
+@router.post(
+    "/tenants",
+    status_code=201,
+    summary="Create a tenant and its first admin key (operator key)",
+    responses=error_responses(400, 401, 403, 409, 503),
+)
+async def create_tenant(body: TenantRequest, _: OperatorDep, store: StoreDep) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        tenant = store.create_tenant(body.id, body.name, body.origins)
+        key = store.create_key(tenant.id, "admin", "first admin key")
+        return {"tenant": tenant.public(), "admin_key": key.public()}
+
+    return await asyncio.to_thread(run)
+
+
+@router.get("/tenants", summary="List tenants (operator key)", responses=error_responses(401, 403, 503))
+async def list_tenants(_: OperatorDep, store: StoreDep) -> dict[str, Any]:
+    return {"tenants": [t.public() for t in await asyncio.to_thread(store.tenants)]}
+
+
+@router.get("/tenant", summary="This key's tenant", responses=error_responses(401, 403, 503))
+async def get_tenant(who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    return (await asyncio.to_thread(store.require_tenant, who.tenant)).public()
+
+
+@router.put(
+    "/tenant/origins",
+    summary="Set the pages allowed to use this tenant's widget keys",
+    responses=error_responses(400, 401, 403, 503),
+)
+async def set_origins(body: OriginsRequest, who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    return (await asyncio.to_thread(store.set_origins, who.tenant, body.origins)).public()
+
+
+@router.get("/keys", summary="List this tenant's keys (never their secrets)", responses=error_responses(401, 403, 503))
+async def list_keys(who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    return {"keys": [k.public() for k in await asyncio.to_thread(store.keys, who.tenant)]}
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Create a key; the response holds it in clear, once",
+    responses=error_responses(400, 401, 403, 503),
+)
+async def create_key(body: KeyRequest, who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    return (await asyncio.to_thread(store.create_key, who.tenant, body.scope, body.label)).public()
+
+
+@router.post(
+    "/keys/{key_id}/rotate",
+    summary="Replace a key by a new one of the same scope; the old stops at once",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def rotate_key(key_id: str, who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    return (await asyncio.to_thread(store.rotate, key_id, who.tenant)).public()
+
+
+@router.delete(
+    "/keys/{key_id}",
+    summary="Revoke a key: it stops working at once, on every replica",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def revoke_key(key_id: str, who: TenantAdminDep, store: StoreDep) -> dict[str, Any]:
+    info = await asyncio.to_thread(store.revoke, key_id, who.tenant)
+    return {"revoked": info.public()}
