@@ -622,24 +622,45 @@ class Selector:
 
 
 def fit_selector(
-    x: np.ndarray, y: np.ndarray, features: Sequence[str], *, c: float = 1.0, balanced: bool = False, **settings: Any
+    x: np.ndarray,
+    y: np.ndarray,
+    features: Sequence[str],
+    *,
+    c: float = 1.0,
+    balanced: bool = False,
+    sample_weight: np.ndarray | None = None,
+    domain: np.ndarray | None = None,
+    **settings: Any,
 ) -> Selector:
     """A logistic selector fitted on candidate rows ``x`` [n, len(FEATURES)] with labels ``y`` [n]
-    (1: the sentence answers its part). Thresholds and retrieval settings go in ``settings``."""
+    (1: the sentence answers its part). Thresholds and retrieval settings go in ``settings``.
+
+    Rows may come from other knowledge bases than the served one (more question → sentence pairs):
+    ``sample_weight`` [n] weighs them, and ``domain`` [n] (0: the served KB, 1: another) gives the
+    other rows an intercept of their own (a column only they have), so their different share of
+    answering sentences moves neither the served intercept nor, through it, the threshold. The
+    features are standardised on the served rows when there are any."""
     from sklearn.linear_model import LogisticRegression
 
     idx = [FEATURES.index(f) for f in features]
     sub = np.asarray(x, dtype=np.float64)[:, idx]
-    mean = sub.mean(axis=0)
-    scale = sub.std(axis=0)
+    home = np.ones(len(sub), dtype=bool) if domain is None else np.asarray(domain) == 0
+    ref = sub[home] if home.any() else sub
+    mean = ref.mean(axis=0)
+    scale = ref.std(axis=0)
     scale[scale < 1e-9] = 1.0
+    z = (sub - mean) / scale
+    other = domain is not None and not home.all()
+    if other:
+        z = np.column_stack([z, (~home).astype(np.float64)])
     model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None)
-    model.fit((sub - mean) / scale, np.asarray(y, dtype=int))
+    model.fit(z, np.asarray(y, dtype=int), sample_weight=sample_weight)
+    coef = model.coef_[0][: len(idx)]  # the other domain's intercept column is not served
     return Selector(
         features=list(features),
         mean=mean.tolist(),
         scale=scale.tolist(),
-        coef=model.coef_[0].tolist(),
+        coef=coef.tolist(),
         intercept=float(model.intercept_[0]),
         **settings,
     )
