@@ -198,8 +198,15 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def recursion_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A body nested deeper than the JSON decoder's recursion limit (``[[[[...]]]]``, 100,000 deep):
+    the decoder raises RecursionError, not a decode error, wherever a route parses JSON."""
+    return error_response(400, "invalid_request", "the body is not usable JSON: it is nested too deeply")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainLLMError, domain_error_handler)
+    app.add_exception_handler(RecursionError, recursion_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
 

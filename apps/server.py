@@ -22,6 +22,7 @@ from apps.composition import Services, build_services
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
 from apps.http.cors import install_cors
 from apps.http.pii import mask_pii_in_logs
+from apps.http.security import SecurityHeadersMiddleware
 from apps.recommend.routes import router as recommend_router
 from apps.sentiment.routes import router as sentiment_router
 from apps.settings import AppSettings, get_settings
@@ -82,7 +83,7 @@ async def _warm_up(app: FastAPI) -> None:
         await asyncio.to_thread(engine.warm_up)
     except Exception as exc:  # keep serving /healthz and say why in /readyz; a restart will not fix a bad path
         log.exception("the engine failed to load")
-        app.state.warmup_error = f"{type(exc).__name__}: {exc}"
+        app.state.warmup_error = f"{type(exc).__name__} (details in the server log)"  # no paths to clients
         return
     for name, reason in engine.adapter_failures.items():
         log.error("adapter %s was not loaded: %s", name, reason)
@@ -134,6 +135,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(ops.RequestMetricsMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_cors(app, settings.cors_origins)
     for router in ROUTERS:
         app.include_router(router)

@@ -15,10 +15,21 @@ micro-batches. The broker is the embedded Redis unless ``DOMAINLLM_REDIS_URL`` n
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from apps.http.pii import mask_pii_in_logs
 from apps.sentiment import dispatch as names
 from apps.settings import get_settings
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_pii(**_: Any) -> None:
+    """Celery sets up its own handlers: mask personal data in the worker's and beat's logs too."""
+    mask_pii_in_logs()
 
 
 def _every(seconds: float, task: str) -> dict[str, object]:

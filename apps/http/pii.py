@@ -3,6 +3,13 @@
 ``mask_pii`` replaces, in this order (an earlier kind wins where two could claim the same digits):
 
     [EMAIL]    addresses like jane.doe+shop@example.co.uk
+    [IP]       IPv4 (each part 0-255) and IPv6 addresses
+    [SSN]      US social security numbers 123-45-6789, or 9 digits after "SSN"/"social security"
+    [NINO]     UK National Insurance numbers (QQ 12 34 56 C)
+    [CVV]      3-4 digits after "CVV", "CVC", "security code"
+    [DOB]      a date after "born", "DOB", "date of birth", "birthday"
+    [CARD]     four groups of four digits split by spaces, dashes, dots, slashes or underscores, even
+               when a typo breaks the Luhn check
     [ACCOUNT]  IBANs that pass the mod-97 check (GB82 WEST 1234 5698 7654 32)
     [CARD]     13-19 digits, optionally grouped by spaces or dashes, that pass the Luhn check
     [ACCOUNT]  8-17 digits after a word such as "account", "acct", "routing"; UK sort codes
@@ -26,6 +33,45 @@ EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
 CARD = "[CARD]"
 ACCOUNT = "[ACCOUNT]"
+IP = "[IP]"
+SSN = "[SSN]"
+NINO = "[NINO]"
+CVV = "[CVV]"
+DOB = "[DOB]"
+
+_IPV4_RE = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]\w)"
+)
+_IPV6_RE = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:?){0,6}[0-9A-Fa-f]{1,4}(?![\w:])"
+)
+_SSN_RE = re.compile(r"(?<![\w\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w\-])")
+_SSN_WORD_RE = re.compile(
+    r"(?P<lead>\b(?:ssn|social security(?: number| no\.?)?)\s*(?:is\s+|:\s*|#\s*)?)(?P<num>\d{3}[ \-]?\d{2}[ \-]?\d{4})\b",
+    re.IGNORECASE,
+)
+_NINO_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+_CVV_RE = re.compile(
+    r"(?P<lead>\b(?:cvv2?|cvc2?|csc|cid|security code|card code)\s*(?:is\s+|:\s*|=\s*|#\s*)?)(?P<num>\d{3,4})\b",
+    re.IGNORECASE,
+)
+_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE = (
+    r"(?:\d{1,2}[./\- ]\d{1,2}[./\- ]\d{2,4}|\d{4}[./\-]\d{1,2}[./\-]\d{1,2}"
+    r"|\d{1,2}(?:st|nd|rd|th)? " + _MONTHS + r",? \d{4}|" + _MONTHS + r" \d{1,2}(?:st|nd|rd|th)?,? \d{4})"
+)
+_DOB_RE = re.compile(
+    r"(?P<lead>\b(?:born(?: on)?|dob|d\.o\.b\.?|date of birth|birth ?date|birthday)\s*(?:is\s+|:\s*|=\s*)?)(?P<num>"
+    + _DATE
+    + r")",
+    re.IGNORECASE,
+)
+_GROUPED_CARD_RE = re.compile(
+    r"(?<![\w.])(?<!\d[ .\-_/])\d{4}(?P<sep>[ .\-_/])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?(?![\w]|[ .\-_/]\d)"
+)
 
 _EMAIL_RE = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 # digits "glued" to these are part of something else: a word, a reference (#), money or a decimal
@@ -145,13 +191,20 @@ def _uk_phone(m: re.Match[str]) -> str:
 
 
 def mask_pii(text: str) -> str:
-    """``text`` with emails, phone numbers, card numbers and bank account numbers replaced by
-    [EMAIL] [PHONE] [CARD] [ACCOUNT]."""
+    """``text`` with the personal data listed in the module docstring replaced by its token."""
     if not text:
         return text
     text = _EMAIL_RE.sub(EMAIL, text)
     if not any(c.isdigit() for c in text):
         return text  # everything below needs digits
+    text = _IPV4_RE.sub(IP, text)
+    text = _IPV6_RE.sub(IP, text)
+    text = _DOB_RE.sub(lambda m: m.group("lead") + DOB, text)
+    text = _CVV_RE.sub(lambda m: m.group("lead") + CVV, text)
+    text = _SSN_WORD_RE.sub(lambda m: m.group("lead") + SSN, text)
+    text = _SSN_RE.sub(SSN, text)
+    text = _NINO_RE.sub(NINO, text)
+    text = _GROUPED_CARD_RE.sub(CARD, text)
     text = _replace_validated(_IBAN_RE, text, ACCOUNT, _iban)
     text = _CARD_RE.sub(_card, text)
     text = _KEYWORD_ACCOUNT_RE.sub(_mask_lead, text)
@@ -181,8 +234,34 @@ class PiiLogFilter(logging.Filter):
         return True
 
 
+_USER_PATH_RE = re.compile(r"^(/v1/recommend/)(?!stats$|events|items|feedback)[^/?]+")
+
+
+class AccessLogFilter(PiiLogFilter):
+    """uvicorn's access log (its own handler, which the root filter never sees): the client's IP,
+    query strings (search terms, user ids) and the user id in a recommendation path are dropped, the
+    rest masked. Its record args are (client, method, path, http version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            _client, method, path, version, status = args
+            path = _USER_PATH_RE.sub(r"\1{user}", str(path).split("?", 1)[0])
+            record.args = ("-", method, path, version, status)
+        return super().filter(record)
+
+
+# loggers that write through their own handlers (propagate off), besides the root's
+OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "celery", "celery.task", "celery.worker", "celery.app.trace")
+
+
 def mask_pii_in_logs() -> None:
-    """Mask emails, phone, card and account numbers in every log line the root handlers write."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
-            handler.addFilter(PiiLogFilter())
+    """Mask personal data in every log line: the root handlers, the loggers with their own handlers
+    (uvicorn, Celery), and uvicorn's access log (with ``AccessLogFilter``)."""
+    for name in ("", *OWN_HANDLER_LOGGERS):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
+                handler.addFilter(PiiLogFilter())
+    for handler in logging.getLogger("uvicorn.access").handlers:
+        if not any(isinstance(f, AccessLogFilter) for f in handler.filters):
+            handler.addFilter(AccessLogFilter())

@@ -13,7 +13,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    field_validator,
+    model_serializer,
+)
 
 from apps.http.requests import RequestModel
 from core.config import Settings
@@ -55,7 +63,7 @@ def now() -> int:
 
 
 class StreamOptions(RequestModel):
-    include_usage: bool = Field(default=False, description="Send one last chunk with `usage` (and no choices).")
+    include_usage: StrictBool = Field(default=False, description="Send one last chunk with `usage` (and no choices).")
 
 
 class SamplingRequest(RequestModel):
@@ -90,7 +98,7 @@ class SamplingRequest(RequestModel):
         le=2**63 - 1,
         description="Seed for sampling (a 64-bit integer); with a seed a sampled answer is reproducible.",
     )
-    stream: bool | None = Field(
+    stream: StrictBool | None = Field(
         default=False, description="Stream the answer as server-sent events, ending with `[DONE]`."
     )
     stream_options: StreamOptions | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 EventKind = Literal["view", "click", "cart", "purchase", "rating"]
 
@@ -48,7 +48,7 @@ class ItemIn(BaseModel):
     category: str = ""
     tags: list[str] = Field(default_factory=list)
     price: float | None = Field(None, ge=0)
-    in_stock: bool = True
+    in_stock: StrictBool = True
 
 
 class ItemsRequest(BaseModel):

@@ -18,6 +18,7 @@ import smtplib
 import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -46,6 +47,13 @@ def alert_text(alert: Alert) -> str:
     return "\n".join(lines)
 
 
+def host_of(url: str) -> str:
+    """Where a webhook points, without its path or query: a Slack-style URL's path is its secret, and
+    delivery errors are stored and shown on GET /v1/sentiment/alerts."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
+
+
 def send_webhook(alert: Alert, settings: SentimentSettings) -> None:
     assert settings.webhook_url
     body = json.dumps({"type": "sentiment.alert", "alert": alert.to_dict()}).encode()
@@ -59,9 +67,12 @@ def send_webhook(alert: Alert, settings: SentimentSettings) -> None:
     try:
         response = httpx.post(settings.webhook_url, content=body, headers=headers, timeout=settings.delivery_timeout_s)
     except httpx.HTTPError as exc:
-        raise DeliveryError(f"webhook {settings.webhook_url} unreachable: {type(exc).__name__}: {exc}") from None
+        reason = str(exc).replace(settings.webhook_url, host_of(settings.webhook_url))
+        raise DeliveryError(
+            f"webhook {host_of(settings.webhook_url)} unreachable: {type(exc).__name__}: {reason}"
+        ) from None
     if response.status_code >= 300:
-        raise DeliveryError(f"webhook {settings.webhook_url} answered HTTP {response.status_code}")
+        raise DeliveryError(f"webhook {host_of(settings.webhook_url)} answered HTTP {response.status_code}")
 
 
 def send_email(alert: Alert, settings: SentimentSettings) -> None:

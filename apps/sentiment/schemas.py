@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from apps.http.requests import RequestModel
 
@@ -21,7 +21,9 @@ class SentimentClassifyRequest(RequestModel):
         json_schema_extra={"examples": [{"texts": ["Globex shares plunge after fraud probe"], "explain": True}]},
     )
     texts: list[str] = Field(min_length=1, max_length=64, description="Headlines to label, 1-64.")
-    explain: bool = Field(default=False, description="Add per-word weights (occlusion): slower, one pass per word.")
+    explain: StrictBool = Field(
+        default=False, description="Add per-word weights (occlusion): slower, one pass per word."
+    )
 
 
 class WordWeight(BaseModel):

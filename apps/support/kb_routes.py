@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from apps.deps import AdminDep, SupportDep
 from apps.errors import error_responses, store_guarded_route
@@ -43,7 +43,9 @@ class UrlsRequest(BaseModel):
     sitemap: str | None = Field(
         None, max_length=2000, description="A sitemap (or sitemap index) URL: its pages that fetch are stored."
     )
-    prune: bool = Field(False, description="sitemap only: delete pages this sitemap gave before and lists no more.")
+    prune: StrictBool = Field(
+        False, description="sitemap only: delete pages this sitemap gave before and lists no more."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> UrlsRequest:
@@ -66,7 +68,7 @@ class UrlsIngested(BaseModel):
 class SyncRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     folder: str = Field(..., min_length=1, max_length=4096, description="A folder under DOMAINLLM_SUPPORT_SYNC_ROOTS.")
-    allow_empty: bool = Field(False, description="Let a folder with no files delete all of its documents.")
+    allow_empty: StrictBool = Field(False, description="Let a folder with no files delete all of its documents.")
 
 
 class SyncDone(BaseModel):

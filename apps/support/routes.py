@@ -231,6 +231,11 @@ def demo_page() -> Response:
     return _static("index.html", "text/html; charset=utf-8")
 
 
+@pages.get("/widget/demo.js")
+def demo_js() -> Response:
+    return _static("demo.js", "application/javascript; charset=utf-8")
+
+
 @pages.get("/widget/widget.js")
 def widget_js() -> Response:
     response = _static("widget.js", "application/javascript; charset=utf-8")

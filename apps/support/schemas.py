@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from apps.http.requests import RequestModel
 from apps.support.handoffs import MAX_AGENT_CHARS, MAX_COMMENT_CHARS, MAX_EMAIL_CHARS, check_email
@@ -33,7 +33,7 @@ class SessionCreated(BaseModel):
 class MessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message: str = Field(..., description="The customer's message (PII is masked before it is stored).")
-    stream: bool = Field(False, description="Answer as server-sent events: `token` events, then one `final`.")
+    stream: StrictBool = Field(False, description="Answer as server-sent events: `token` events, then one `final`.")
 
 
 class CitationOut(BaseModel):

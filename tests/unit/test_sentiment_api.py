@@ -110,3 +110,10 @@ def test_resend_needs_the_admin_key_and_a_real_alert(api: tuple[TestClient, Sent
     (alert,) = ctx.monitor(now)
     r = client.post(f"/v1/sentiment/alerts/{alert.id}/resend", headers=ADMIN)
     assert r.status_code == 200 and r.json()["queued"] == [{"alert_id": alert.id, "target": "log"}]  # never sent yet
+
+
+@pytest.mark.parametrize("explain", [0, 1, "yes", "true"])
+def test_a_boolean_must_be_a_json_boolean(api: tuple[TestClient, SentimentContext], explain: object) -> None:
+    client, _ = api
+    r = client.post("/v1/sentiment/classify", json={"texts": ["Globex shares plunge"], "explain": explain})
+    assert r.status_code == 422 and "explain" in r.json()["error"]["message"], r.text

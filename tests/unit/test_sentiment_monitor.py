@@ -4,6 +4,7 @@ real SMTP server, failures are recorded and dead letters can be taken back. Tren
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 
@@ -173,11 +174,12 @@ def test_unreachable_webhook_fails_then_dead_letter_is_taken_back(stores: tuple[
     store, alerts = stores
     add(store, 8, "negative", T0 - 600)
     (alert,) = run_monitor(store, alerts, config(rule()), now=T0)
-    settings = SentimentSettings(webhook_url=f"http://127.0.0.1:{free_port()}/hook", webhook_secret=SECRET,
-                                 delivery_timeout_s=2)  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}/services/T000/B000/secret-token-in-the-path"  # Slack-style
+    settings = SentimentSettings(webhook_url=url, webhook_secret=SECRET, delivery_timeout_s=2)
     with pytest.raises(DeliveryError, match="unreachable"):
         deliver(alerts, alert.id, "webhook", settings)
     assert alerts.delivery(alert.id)["webhook"]["state"] == "failed"
+    assert "secret-token" not in json.dumps(alerts.delivery(alert.id))  # the stored error names the host only
     alerts.record(alert.id, "webhook", "dead", "gave up")
     assert alerts.dead_letters() == [(alert.id, "webhook")]
     assert alerts.take_dead_letters(alert.id) == [(alert.id, "webhook")] and alerts.dead_letters() == []

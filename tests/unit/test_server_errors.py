@@ -158,6 +158,13 @@ def test_bodies_that_are_not_a_json_object(
     assert err["type"] == "validation_error" and needle in err["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/recommend/events/bulk", "/v1/sentiment/classify"])
+def test_json_nested_too_deeply_is_a_400_not_a_500(client: TestClient, path: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 kB: under the body limit, over the decoder's recursion limit
+    r = client.post(path, content=deep, headers=_json())
+    assert r.status_code in (400, 422) and r.json()["error"]["message"], r.text
+
+
 def test_body_above_the_limit_is_413_before_parsing(tiny_settings: Settings) -> None:
     settings = tiny_settings.model_copy(update={"max_body_bytes": 4096})
     with TestClient(create_app(settings=settings), headers=KEYED) as c:

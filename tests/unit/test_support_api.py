@@ -294,3 +294,26 @@ def test_follow_ups_are_joined_to_the_last_question() -> None:
     assert (
         standalone_question("How do I reset my password?", ["How much is shipping?"]) == "How do I reset my password?"
     )
+
+
+def test_pages_carry_a_csp_and_every_answer_the_security_headers(client: TestClient) -> None:
+    for path in ("/", "/help/returns-policy", "/inbox"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        csp = page.headers["content-security-policy"]
+        assert (
+            "script-src 'self'" in csp
+            and "frame-ancestors 'none'" in csp
+            and "unsafe-inline" not in csp.split("script-src", 1)[1].split(";")[0]
+        )
+        assert "<script>" not in page.text  # no inline script: the CSP would block it
+        assert page.headers["x-frame-options"] == "DENY"
+    api = client.get("/healthz")
+    assert api.headers["x-content-type-options"] == "nosniff" and "content-security-policy" not in api.headers
+
+
+def test_a_message_of_control_characters_only_is_a_400(client: TestClient) -> None:
+    sid = session(client)
+    for message in ("\u0004", "\u0006\u0013", " \u0016 "):
+        r = client.post(f"/v1/support/sessions/{sid}/messages", json={"message": message}, headers=KEY)
+        assert r.status_code == 400 and "control characters" in r.json()["error"]["message"], r.text

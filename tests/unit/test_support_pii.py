@@ -42,6 +42,20 @@ pytestmark = pytest.mark.unit
         ("Account no. 987654321 please", "Account no. [ACCOUNT] please"),
         ("sort code 12-34-56", "sort code [ACCOUNT]"),
         ("the number 123456789012345 on my statement", "the number [ACCOUNT] on my statement"),
+        # issue 15's kinds: SSNs, NI numbers, dotted or mistyped cards, CVVs, dates of birth, IPs
+        ("my ssn is 123-45-6789", "my ssn is [SSN]"),
+        ("SSN: 123456789", "SSN: [SSN]"),
+        ("NI number AB 12 34 56 C thanks", "NI number [NINO] thanks"),
+        ("ni AB123456C", "ni [NINO]"),
+        ("card 4111.1111.1111.1111", "card [CARD]"),
+        ("card 4111 1111 1111 1112 (one digit off)", "card [CARD] (one digit off)"),
+        ("cvv 123", "cvv [CVV]"),
+        ("the security code is 9876", "the security code is [CVV]"),
+        ("born on 12/03/1985", "born on [DOB]"),
+        ("DOB: 1985-03-12", "DOB: [DOB]"),
+        ("date of birth 3rd March 1985", "date of birth [DOB]"),
+        ("from 192.168.1.20 today", "from [IP] today"),
+        ("ip 2001:db8:85a3::8a2e:370:7334", "ip [IP]"),
         # several kinds in one message
         (
             "I'm jo@x.io, card 4111 1111 1111 1111, phone 555-123-4567",
@@ -65,10 +79,10 @@ def test_personal_data_is_masked(text: str, expected: str) -> None:
         "order 123456789012 still not here",
         "invoice no. 0123456789",
         "delivered 2024-05-01 or 2024-06-01, at 10:30",
-        "version 1.2.3 on 192.168.1.10",
+        "version 1.2.3 released",
         "20% off 3 items, model XJ-9000, postcode SW1A 1AA",
         "card ending in 4242",
-        "not a card: 4111 1111 1111 1112",  # fails Luhn
+        "not a card: 4111 1111 1111",  # three groups
         "not an IBAN: GB82 WEST 1234 5698 7654 33",  # fails mod-97
         "C++ 2024 gave +5 points and +12 345",
         "account 1234",  # too short to be an account number
@@ -131,3 +145,20 @@ def test_log_filter_masks_messages_args_and_tracebacks() -> None:
     assert "WARNING card [CARD] seen" in text
     assert "failed for [PHONE]" in text and "ValueError: bad email [EMAIL]" in text
     assert "order #12345 in 2024" in text
+
+
+def test_the_access_log_drops_ips_queries_and_user_ids() -> None:
+    from apps.http.pii import AccessLogFilter
+
+    for path, shown in [
+        ("/v1/recommend/jane.doe@example.com?k=5", "/v1/recommend/{user}"),
+        ("/v1/support/kb/search?q=my+card+4111111111111111", "/v1/support/kb/search"),
+        ("/v1/recommend/stats", "/v1/recommend/stats"),
+    ]:
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+            ("203.0.113.9:5123", "GET", path, "1.1", 200), None,
+        )  # fmt: skip
+        assert AccessLogFilter().filter(record)
+        line = record.getMessage()
+        assert line == f'- - "GET {shown} HTTP/1.1" 200' and "203.0.113.9" not in line
