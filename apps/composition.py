@@ -24,6 +24,7 @@ from apps.sentiment.service import SentimentContext
 from apps.settings import AppSettings
 from apps.support.service import SupportService
 from apps.support.webhook import CeleryWebhookQueue
+from apps.tenants.limits import RateLimits
 from apps.tenants.store import TenantStore
 from core.engine import LocalEngine
 from core.interface import Engine
@@ -48,6 +49,7 @@ class Services:
     recommend: RecommendService
     dispatcher: Dispatcher | None
     tenants: TenantStore
+    limits: RateLimits
     _enrichers: dict[str, Enricher] = field(default_factory=dict, repr=False)
     _contexts: dict[tuple[str | None, str | None], SentimentContext] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -116,6 +118,7 @@ def build_services(
         recommend=RecommendService(settings.recommend, clients.raw, engine.embed, lambda: _ready(engine)),
         dispatcher=dispatcher,
         tenants=TenantStore(clients.text, settings.tenancy_namespace),
+        limits=RateLimits(settings.effective_redis_url, settings.rate_limit_per_key, settings.rate_limit_per_ip),
     )
     BUILDS["count"] += 1
     log.info("services built (build %d in this process)", BUILDS["count"])

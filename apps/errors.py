@@ -38,6 +38,7 @@ from core.errors import (
     ModelNotReadyError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     StoreUnavailableError,
     UpstreamError,
 )
@@ -49,6 +50,7 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     InputTooLargeError: 413,
     AuthenticationError: 401,
     PermissionDeniedError: 403,
+    RateLimitedError: 429,
     NotFoundError: 404,
     AdapterNotFoundError: 404,
     ConflictError: 409,
@@ -90,6 +92,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (bad parameter values, malformed JSON).",
         401: "Missing, wrong or revoked API key.",
         403: "The key's scope, tenant or origin does not admit this call.",
+        429: "Over the key's or the address's request rate: retry after `Retry-After` seconds.",
         404: "Unknown model/adapter.",
         409: "Conflicts with the current state: a name already taken, a handoff another agent holds.",
         413: "Input above a configured limit (characters, tokens, texts, body bytes).",
@@ -123,6 +126,8 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
             headers["Retry-After"] = str(seconds)
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
     return error_response(status, exc.error_type, exc.message, headers or None)
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from apps.recommend.settings import RecommendSettings
 from apps.sentiment.settings import SentimentSettings
 from apps.support.settings import SupportSettings
+from apps.tenants.limits import check_limit
 from core.config import Settings
 
 
@@ -34,9 +35,20 @@ class AppSettings(Settings):
     tenancy_namespace: str = Field(
         "tenancy", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Redis key prefix of tenants and keys."
     )
+    rate_limit_per_key: str = Field(
+        "1200/minute", description='Requests one key may make ("600/minute", "20/second"); empty: no limit.'
+    )
+    rate_limit_per_ip: str = Field(
+        "600/minute", description="Requests one client address may make to keyed routes; empty: no limit."
+    )
     support: SupportSettings = Field(default_factory=lambda: SupportSettings())
     sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
+
+    @field_validator("rate_limit_per_key", "rate_limit_per_ip")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        return check_limit(value)
 
     @classmethod
     def of(cls, core: Settings, **sections: object) -> AppSettings:
@@ -47,7 +59,16 @@ class AppSettings(Settings):
         if isinstance(core, AppSettings):
             values |= {
                 name: getattr(core, name)
-                for name in ("cors_origins", "operator_key", "tenancy_namespace", "support", "sentiment", "recommend")
+                for name in (
+                    "cors_origins",
+                    "operator_key",
+                    "tenancy_namespace",
+                    "rate_limit_per_key",
+                    "rate_limit_per_ip",
+                    "support",
+                    "sentiment",
+                    "recommend",
+                )
             }
         return cls(**(values | sections))
 

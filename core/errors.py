@@ -6,6 +6,7 @@
     │   └── InputTooLargeError         text, batch or body above a configured limit
     ├── AuthenticationError            missing, wrong or revoked key
     ├── PermissionDeniedError          a valid key whose scope, tenant or origin does not admit the call
+    ├── RateLimitedError               a key or an address over its request rate (retry after ``retry_after_s``)
     ├── NotFoundError                  a named thing that does not exist
     │   └── AdapterNotFoundError       an adapter name that is not loaded
     ├── ConflictError                  a name that is already taken
@@ -48,6 +49,14 @@ class AuthenticationError(DomainLLMError):
 
 class PermissionDeniedError(DomainLLMError):
     error_type = "permission_denied"
+
+
+class RateLimitedError(DomainLLMError):
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = max(1, int(retry_after_s))
 
 
 class NotFoundError(DomainLLMError):

@@ -3,6 +3,7 @@ integration tests use the real prepared base model under data/models (``make mod
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from core.config import Settings
 from core.engine import LocalEngine
 from core.tiny import build_random_lora, build_tiny_model
 from tests.doubles.redis import RedisProcess
+
+# Rate limits share one counter per key or address across every test (one Redis, one "testclient"
+# address); the suite's own request bursts would trip them. Off here (the servers the tests start
+# inherit it); tests/unit/test_rate_limits.py turns them on with its own settings.
+os.environ.setdefault("DOMAINLLM_RATE_LIMIT_PER_KEY", "")
+os.environ.setdefault("DOMAINLLM_RATE_LIMIT_PER_IP", "")
 
 
 @pytest.fixture(scope="session")

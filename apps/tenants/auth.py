@@ -28,6 +28,7 @@ import redis
 from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from apps.tenants.limits import RateLimits
 from apps.tenants.store import DEFAULT_TENANT, SCOPES, TenantStore, scope_admits
 from core.config import PLACEHOLDER_SECRETS
 from core.errors import AuthenticationError, ModelNotReadyError, PermissionDeniedError, StoreUnavailableError
@@ -72,6 +73,14 @@ def tenant_store(request: Request) -> TenantStore:
         raise ModelNotReadyError("the server is still starting; retry shortly")
     store: TenantStore = services.tenants
     return store
+
+
+def services_limits(request: Request) -> RateLimits:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        raise ModelNotReadyError("the server is still starting; retry shortly")
+    limits: RateLimits = services.limits
+    return limits
 
 
 def resolve(request: Request, key: str) -> Principal:
@@ -129,12 +138,15 @@ def requirement(needed: str, *, data: bool = True) -> Callable[..., Coroutine[An
         admin_key: Annotated[str | None, Depends(_admin_header)],
         support_key: Annotated[str | None, Header(alias="X-Support-Key", include_in_schema=False)] = None,
     ) -> Principal:
+        limits = services_limits(request)
+        limits.hit_ip(request.client.host if request.client else "")  # refused keys count too: no guessing
         given = (bearer.credentials if bearer is not None else None) or api_key or admin_key or support_key
         if not given:
             raise AuthenticationError(
                 f"an API key with the {needed!r} scope is required: send 'Authorization: Bearer <key>' (or X-Api-Key)"
             )
         principal = resolve(request, given)
+        limits.hit_key(f"{principal.tenant}:{principal.key_id or principal.scope}")
         if not principal.admits(needed):
             raise PermissionDeniedError(f"this key has the {principal.scope!r} scope; this route needs {needed!r}")
         _check_origin(request, principal)
