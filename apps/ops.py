@@ -75,7 +75,10 @@ async def readyz(request: Request) -> Readiness:
     )
 
 
-@router.get(
+metrics_router = APIRouter(tags=["operations"])  # mounted unless DOMAINLLM_EXPOSE_METRICS=false
+
+
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
     description="HTTP latency/requests by route and adapter, and the engine's batch sizes, queue wait, "

@@ -123,6 +123,9 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url="/docs" if settings.expose_docs else None,
+        redoc_url="/redoc" if settings.expose_docs else None,
+        openapi_url="/openapi.json" if settings.expose_docs else None,
     )
     app.state.settings = settings
     app.state.given_engine = engine
@@ -139,4 +142,6 @@ def create_app(
     install_cors(app, settings.cors_origins)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.expose_metrics:
+        app.include_router(ops.metrics_router)
     return app

@@ -41,6 +41,10 @@ class AppSettings(Settings):
     rate_limit_per_ip: str = Field(
         "600/minute", description="Requests one client address may make to keyed routes; empty: no limit."
     )
+    expose_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json; false on a public host.")
+    expose_metrics: bool = Field(
+        True, description="Serve /metrics; false when the internet can reach the port (scrape another way)."
+    )
     support: SupportSettings = Field(default_factory=lambda: SupportSettings())
     sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
@@ -65,6 +69,8 @@ class AppSettings(Settings):
                     "tenancy_namespace",
                     "rate_limit_per_key",
                     "rate_limit_per_ip",
+                    "expose_docs",
+                    "expose_metrics",
                     "support",
                     "sentiment",
                     "recommend",

@@ -181,3 +181,12 @@ def test_every_route_refuses_the_wrong_keys(client: TestClient) -> None:
                 assert call(bearer(other_tenant[needed])) == 403, (method, url, "another tenant's key")
             checked += 1
     assert checked > 40
+
+
+def test_docs_and_metrics_can_be_switched_off(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str) -> None:
+    core = tiny_settings.model_copy(update={"redis_url": redis_url})
+    settings = AppSettings.of(core, expose_docs=False, expose_metrics=False)
+    with TestClient(create_app(settings, engine=tiny_engine)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+            assert c.get(path).status_code == 404, path
+        assert c.get("/healthz").status_code == 200
