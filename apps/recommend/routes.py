@@ -21,6 +21,8 @@ from apps.recommend.schemas import (
     EventsRequest,
     FeedbackRequest,
     FeedbackResponse,
+    ImpressionsRequest,
+    ImpressionsResponse,
     ItemsDeleted,
     ItemsRequest,
     ItemsUpserted,
@@ -148,13 +150,27 @@ def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
     return service.feedback(body.recommendation_id, body.item_id, body.type, body.ts)
 
 
+@router.post(
+    "/impressions",
+    response_model=ImpressionsResponse,
+    summary="Record that the storefront showed a recommendation's items",
+    description="Counts each item's impression once (the CTR's denominator) and keeps the items off the "
+    "user's lists for DOMAINLLM_RECOMMEND_SHOWN_TTL_S. `GET /{user_id}` records nothing of the kind, so "
+    "asking twice gives the same answer.",
+    responses=error_responses(400, 404, 422, 503),
+)
+def impressions(body: ImpressionsRequest, service: ServiceDep) -> dict[str, Any]:
+    return service.impressions(body.recommendation_id, body.item_ids)
+
+
 @router.get(
     "/{user_id}",
     response_model=RecommendResponse,
     summary="Recommendations for a user",
     description="A ranked, filtered, explained list. Unknown users get a cold-start list (popular, "
     "diversified, around `context_item` or `category` when given). Never returns out-of-stock items, "
-    "items the user bought, or items shown to the user in the last half hour.",
+    "items the user bought, or items recorded as shown (`POST /impressions`) in the last half hour. "
+    "Reading changes nothing: the same request gives the same list.",
     responses=error_responses(400, 404, 422, 503),
 )
 def recommend(

@@ -76,6 +76,21 @@ class FeedbackRequest(BaseModel):
     ts: float | str | None = None
 
 
+class ImpressionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recommendation_id: str = Field(min_length=1, max_length=64)
+    item_ids: list[str] | None = Field(
+        None, max_length=200, description="The items the page showed; all of the recommendation's when absent."
+    )
+
+
+class ImpressionsResponse(BaseModel):
+    recorded: int = Field(description="Impressions counted by this call.")
+    already: int = Field(description="Items whose impression was counted before.")
+    user_id: str
+
+
 class FeedbackResponse(BaseModel):
     attributed: bool = Field(description="False when this feedback was already counted.")
     source: str

@@ -185,11 +185,7 @@ class RecommendService:
         pipe.hincrby(self._key("stats"), "requests", 1)
         if cold:
             pipe.hincrby(self._key("stats"), "cold_start_requests", 1)
-        for r in ranked:
-            pipe.hincrby(self._key("stats"), f"impressions:{r.source}", 1)
-        pipe.execute()
-        if self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
-            self.signals.mark_shown(user_id, [r.item_id for r in ranked], now, self.settings.shown_ttl_s)
+        pipe.execute()  # impressions and "shown" come with POST /impressions: a GET changes no later answer
 
     # ---- events --------------------------------------------------------------------------------
 
@@ -287,6 +283,33 @@ class RecommendService:
         if item_id in self.catalogue.sync():
             self._record([event])
         return {"attributed": first, "source": shown[item_id], "user_id": user}
+
+    def impressions(self, recommendation_id: str, item_ids: list[str] | None = None) -> dict[str, Any]:
+        """The storefront showed these items of a recommendation (all of them when ``item_ids`` is
+        None): each counts as one impression of its source, once, and is kept off the user's next
+        lists for ``shown_ttl_s``."""
+        rec = self.client.hgetall(self._key("rec", recommendation_id))
+        if not rec:
+            raise UnknownRecommendationError(f"unknown or expired recommendation_id {recommendation_id!r}")
+        listed: dict[str, str] = json.loads(rec[b"items"])
+        wanted = list(dict.fromkeys(item_ids)) if item_ids is not None else list(listed)
+        strangers = [i for i in wanted if i not in listed]
+        if strangers:
+            raise InvalidRequestError(f"items {strangers[:5]} were not in recommendation {recommendation_id!r}")
+        seen_key = self._key("rec", recommendation_id, "seen")
+        pipe = self.client.pipeline(transaction=False)
+        for item in wanted:
+            pipe.sadd(seen_key, item)
+        fresh = [item for item, added in zip(wanted, pipe.execute(), strict=True) if added]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.expire(seen_key, self.settings.recommendation_ttl_s)
+        for item in fresh:
+            pipe.hincrby(self._key("stats"), f"impressions:{listed[item]}", 1)
+        pipe.execute()
+        user = rec[b"user"].decode()
+        if fresh and self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
+            self.signals.mark_shown(user, fresh, time.time(), self.settings.shown_ttl_s)
+        return {"recorded": len(fresh), "already": len(wanted) - len(fresh), "user_id": user}
 
     def stats(self) -> dict[str, Any]:
         raw = {k.decode(): int(v) for k, v in self.client.hgetall(self._key("stats")).items()}

@@ -208,12 +208,24 @@ def test_the_llm_scores_with_the_adapter_when_present_else_the_base(
 def test_items_shown_recently_are_not_shown_again(
     tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(tiny_settings, engine=tiny_engine)
+    app = create_app(tiny_settings.model_copy(update={"redis_url": redis_url}), engine=tiny_engine)
     serve(app, make_service(redis_url, tmp_path, tiny_engine, exclude_shown=True))
     with TestClient(app, headers=KEYED) as c:
         c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
-        first, second = recommend(c, "erin", k=5), recommend(c, "erin", k=5)
+        first, again = recommend(c, "erin", k=5), recommend(c, "erin", k=5)
+        assert ids(first) == ids(again)  # a GET changes nothing
+        shown = c.post("/v1/recommend/impressions", json={"recommendation_id": first["recommendation_id"]})
+        assert shown.status_code == 200 and shown.json()["recorded"] == 5, shown.text
+        twice = c.post("/v1/recommend/impressions", json={"recommendation_id": first["recommendation_id"]})
+        assert twice.json() == {"recorded": 0, "already": 5, "user_id": "erin"}
+        second = recommend(c, "erin", k=5)
+        bad = c.post("/v1/recommend/impressions", json={"recommendation_id": "nope"})
+        stranger = c.post(
+            "/v1/recommend/impressions",
+            json={"recommendation_id": first["recommendation_id"], "item_ids": ["not-listed"]},
+        )
     assert len(second["items"]) == 5 and not set(ids(first)) & set(ids(second))
+    assert bad.status_code == 404 and stranger.status_code == 400
 
 
 def test_feedback_is_attributed_once_and_stats_give_ctr_by_source(client: TestClient) -> None:
@@ -221,6 +233,7 @@ def test_feedback_is_attributed_once_and_stats_give_ctr_by_source(client: TestCl
     events(client, ("frank", "tea-0", "view"))
     body = recommend(client, "frank", k=4)
     rid, item = body["recommendation_id"], body["items"][0]
+    assert client.post("/v1/recommend/impressions", json={"recommendation_id": rid}).status_code == 200
     fb = {"recommendation_id": rid, "item_id": item["item_id"], "type": "click"}
     assert client.post("/v1/recommend/feedback", json=fb).json() == {
         "attributed": True,
