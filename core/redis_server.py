@@ -22,8 +22,11 @@ def redis_executable() -> str:
     return str(exe)
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
+def redis_command(port: int, data_dir: Path, *, password: str = "", maxmemory: str = "1gb") -> list[str]:
+    """The server's command line: loopback only, AOF on, a memory cap that refuses writes rather than
+    evicting keys (evicting would drop queued work and sessions silently), a password when given."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    auth = ["--requirepass", password] if password else []
     return [
         redis_executable(),
         "--port", str(port),
@@ -32,11 +35,14 @@ def redis_command(port: int, data_dir: Path) -> list[str]:
         "--appendonly", "yes",
         "--save", "60 1",
         "--protected-mode", "yes",
+        "--maxmemory", maxmemory,
+        "--maxmemory-policy", "noeviction",
+        *auth,
     ]  # fmt: skip
 
 
-def run_foreground(port: int, data_dir: Path) -> None:
-    cmd = redis_command(port, data_dir)
+def run_foreground(port: int, data_dir: Path, *, password: str = "", maxmemory: str = "1gb") -> None:
+    cmd = redis_command(port, data_dir, password=password, maxmemory=maxmemory)
     os.execv(cmd[0], cmd)
 
 
@@ -51,7 +57,10 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise DomainLLMError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
-def start_background(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(redis_command(port, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_background(
+    port: int, data_dir: Path, *, password: str = "", maxmemory: str = "1gb"
+) -> subprocess.Popen[bytes]:
+    cmd = redis_command(port, data_dir, password=password, maxmemory=maxmemory)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port)
     return proc

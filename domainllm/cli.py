@@ -75,7 +75,10 @@ def redis(
     from core.redis_server import run_foreground
 
     settings = get_settings()
-    run_foreground(port or settings.redis_port, settings.data_dir / "redis")
+    password = settings.redis_password.get_secret_value() if settings.redis_password else ""
+    run_foreground(
+        port or settings.redis_port, settings.data_dir / "redis", password=password, maxmemory=settings.redis_maxmemory
+    )
 
 
 @app.command()

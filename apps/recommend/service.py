@@ -87,6 +87,7 @@ class RecommendService:
             half_life_s=settings.popularity_half_life_s,
             window=settings.covis_window,
             history_len=settings.history_len,
+            user_ttl_s=settings.user_ttl_s,
         )
         self._engine: Callable[[], Engine | None] = engine or (lambda: None)
         self._rankers: tuple[float, Rankers] | None = None

@@ -51,6 +51,11 @@ class RecommendSettings(BaseSettings):
     max_events_per_request: int = Field(1000, ge=1)
     max_items_per_request: int = Field(1000, ge=1)
     max_text_chars: int = Field(5000, ge=100)
+    user_ttl_s: int = Field(
+        365 * 86400,
+        ge=3600,
+        description="A user's history and exclusions are forgotten this long after their last event.",
+    )
     recommendation_ttl_s: int = Field(7 * 86400, ge=60, description="How long feedback can be attributed.")
 
     @model_validator(mode="after")

@@ -34,8 +34,18 @@ REBASE_AT = 400.0  # 2^400 is far from float overflow (2^1024); move the epoch b
 class RedisSignals:
     """Signals and per-user state in Redis, updated as events arrive."""
 
-    def __init__(self, client: redis.Redis, namespace: str, *, half_life_s: float, window: int, history_len: int):
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        half_life_s: float,
+        window: int,
+        history_len: int,
+        user_ttl_s: int = 365 * 86400,
+    ):
         self.client: Any = client  # redis-py's sync/async union types are noise here
+        self.user_ttl_s = user_ttl_s
         self.ns = namespace
         self.half_life_s = half_life_s
         self.window = window
@@ -108,6 +118,9 @@ class RedisSignals:
             for a, b, pw in covis_pairs(previous[e.user_id], e.item_id, w, self.window):
                 pipe.zincrby(self._key("cv", a), pw, b)
             previous[e.user_id] = [*previous[e.user_id][-self.window :], e.item_id]
+            pipe.expire(hist, self.user_ttl_s)  # a user gone quiet this long is forgotten
+            if e.type in exclude:
+                pipe.expire(self._key("u", e.user_id, "x"), self.user_ttl_s)
             pipe.xadd(self._key("log"), {"e": e.to_json()}, maxlen=1_000_000, approximate=True)
         pipe.execute()
 

@@ -66,7 +66,7 @@ class SentimentContext:
         return cls(
             settings=settings,
             config=monitor_config(path, core.shared_data_dir),
-            store=NewsStore(client, ns),
+            store=NewsStore(client, ns, item_ttl_s=settings.item_ttl_s),
             alerts=AlertStore(client, ns),
             dispatcher=dispatcher,
             config_arg=str(config_path) if config_path else None,

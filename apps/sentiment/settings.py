@@ -34,6 +34,9 @@ class SentimentSettings(BaseSettings):
     max_title_chars: int = Field(1000, ge=10)
     max_item_body_chars: int = Field(50_000, ge=100)
     max_items_per_request: int = Field(1000, ge=1)
+    item_ttl_s: int = Field(
+        90 * 86400, ge=3600, description="A stored news item is dropped this long after it arrived (its counts stay)."
+    )
 
     # enrichment
     enrich_batch_size: int = Field(32, ge=1, le=256)

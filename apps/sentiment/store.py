@@ -82,8 +82,9 @@ def scopes_for(entities: list[str], topics: list[str]) -> list[str]:
 
 
 class NewsStore(NamespacedStore):
-    def __init__(self, client: redis.Redis, namespace: str = "sentiment") -> None:
+    def __init__(self, client: redis.Redis, namespace: str = "sentiment", *, item_ttl_s: int = 90 * 86400) -> None:
         super().__init__(client, namespace)
+        self.item_ttl_s = item_ttl_s
         self._ingest = client.register_script(_INGEST)
         self._commit = client.register_script(_COMMIT)
 
@@ -100,7 +101,8 @@ class NewsStore(NamespacedStore):
                 args=[json.dumps(item.to_dict()), item.id, item.ingested_at],
                 client=pipe,
             )
-        return [bool(x) for x in pipe.execute()]
+            pipe.expire(self.key("item", item.id), self.item_ttl_s)  # from its last sighting; the trend buckets keep the counts
+        return [bool(x) for x in pipe.execute()[0::2]]
 
     def count_rejected(self, n: int) -> None:
         if n:
