@@ -67,19 +67,20 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
-def tenant_store(request: Request) -> TenantStore:
+def _services(request: Request) -> Any:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise ModelNotReadyError("the server is still starting; retry shortly")
-    store: TenantStore = services.tenants
+    return services
+
+
+def tenant_store(request: Request) -> TenantStore:
+    store: TenantStore = _services(request).tenants
     return store
 
 
 def services_limits(request: Request) -> RateLimits:
-    services = getattr(request.app.state, "services", None)
-    if services is None:
-        raise ModelNotReadyError("the server is still starting; retry shortly")
-    limits: RateLimits = services.limits
+    limits: RateLimits = _services(request).limits
     return limits
 
 
