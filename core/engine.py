@@ -205,6 +205,11 @@ class LocalEngine:
     def max_batch_texts(self) -> int:
         return self.settings.max_batch_texts
 
+    @property
+    def embedder_id(self) -> str:
+        """What the embeddings come from (a knowledge base rebuilds its index when this changes)."""
+        return str(getattr(self.embedder, "embedder_id", type(self.embedder).__name__))
+
     def has_model(self, name: str) -> bool:
         return name == BASE or name in self._registry().names()
 

@@ -285,6 +285,7 @@ class KnowledgeBase:
         self.ann_threshold = ann_threshold
         self.fusion = fusion or FusionConfig()
         self._dim: int | None = getattr(embedder, "dim", None)
+        self._embedder_id: str | None = getattr(embedder, "embedder_id", None)
         self._snap: _Snapshot | None = None
         self._swap_lock = threading.Lock()  # guards the snapshot reference
         self._write_lock = threading.RLock()  # one writer at a time
@@ -611,11 +612,14 @@ class KnowledgeBase:
 
     def _chunking_manifest(self) -> dict[str, Any]:
         counter = self._counter or default_counter()
-        return {
+        manifest: dict[str, Any] = {
             "chunk_tokens": self.chunking.chunk_tokens,
             "overlap_tokens": self.chunking.overlap_tokens,
             "tokenizer": counter.name,
         }
+        if self._embedder_id is not None:  # another embedder (DOMAINLLM_EMBEDDER_PATH): re-embed everything
+            manifest["embedder"] = self._embedder_id
+        return manifest
 
     def _gen_dir(self, generation: int) -> Path:
         return self.root / f"gen-{generation:06d}"
@@ -708,7 +712,9 @@ class KnowledgeBase:
         )
         if stale:  # chunking settings or embedder changed: rebuild from the stored documents
             log.info("knowledge base %s: settings changed since it was written, rebuilding", self.root)
-            same_dim = dim is not None and int(dim) == self._dim
+            written_by = (manifest.get("chunking") or {}).get("embedder")
+            same_embedder = written_by is None or self._embedder_id is None or written_by == self._embedder_id
+            same_dim = dim is not None and int(dim) == self._dim and same_embedder
             empty = np.zeros((0, self._dim or 0), dtype=np.float32)
             # same embedder: its vectors of unchanged chunk texts are reused
             base = _Snapshot(

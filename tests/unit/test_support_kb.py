@@ -389,3 +389,21 @@ def test_cli_ingest_folder_reports_and_exits_1_on_a_bad_file(tmp_path: Path, mon
     assert bad_mode.exit_code == 2
     assert runner.invoke(cli.app, ["delete", "returns", "--kb-dir", str(kb_dir)]).exit_code == 0
     assert runner.invoke(cli.app, ["delete", "returns", "--kb-dir", str(kb_dir)]).exit_code == 2
+
+
+def test_another_embedder_rebuilds_the_index(tmp_path: Path) -> None:
+    """The embedder is a setting: a knowledge base written with one is re-embedded with the other,
+    even when both give vectors of the same width."""
+    first = HashEmbedder()
+    first.embedder_id = "hash-a"  # type: ignore[attr-defined]
+    KnowledgeBase(tmp_path / "kb", first).upsert_many(ARTICLES)
+    second = HashEmbedder()
+    second.embedder_id = "hash-b"  # type: ignore[attr-defined]
+    kb = KnowledgeBase(tmp_path / "kb", second)
+    kb.warm_up()
+    assert len(second.embedded) >= len(ARTICLES)  # every chunk embedded again by the new one
+    assert kb.search("refund", k=1)[0].doc_id == "returns"
+    again = HashEmbedder()
+    again.embedder_id = "hash-b"  # type: ignore[attr-defined]
+    KnowledgeBase(tmp_path / "kb", again).warm_up()
+    assert again.embedded == []  # the same embedder: nothing to redo
