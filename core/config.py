@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_labels: int = Field(64, ge=2)
     max_continuations: int = Field(1024, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1024)
+    engine_deadline_s: float = Field(
+        60.0, gt=0, le=3600, description="A caller waits this long for the engine at most; then 503 with Retry-After."
+    )
 
     # service
     host: str = "127.0.0.1"

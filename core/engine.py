@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -32,7 +33,7 @@ from core.batching import Job, MicroBatcher
 from core.config import DEFAULT_BASE_MODEL, Settings
 from core.decoding import DecodeRow, beam_search, decode_batch
 from core.embeddings import MiniLMEmbedder
-from core.errors import InputTooLargeError, InvalidRequestError, ModelNotReadyError
+from core.errors import EngineOverloadedError, InputTooLargeError, InvalidRequestError, ModelNotReadyError
 from core.interface import DeltaCallback, Prompt
 from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
@@ -205,6 +206,17 @@ class LocalEngine:
     def max_batch_texts(self) -> int:
         return self.settings.max_batch_texts
 
+    def _wait(self, future: Future[ResultT]) -> ResultT:
+        """The job's result within the engine deadline (``DOMAINLLM_ENGINE_DEADLINE_S``); past it the
+        job is cancelled (a queued one never runs) and the caller gets a 503 with Retry-After."""
+        try:
+            return future.result(timeout=self.settings.engine_deadline_s)
+        except FutureTimeout:
+            future.cancel()
+            raise EngineOverloadedError(
+                f"the engine did not answer within {self.settings.engine_deadline_s:g} s; retry shortly"
+            ) from None
+
     @property
     def embedder_id(self) -> str:
         """What the embeddings come from (a knowledge base rebuilds its index when this changes)."""
@@ -323,7 +335,7 @@ class LocalEngine:
         return self._batcher.submit("generate", _GenerateRequest(row))
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
-        return self.submit_generate(prompt, **kwargs).result()
+        return self._wait(self.submit_generate(prompt, **kwargs))
 
     def _in_adapter_groups(self, rows: list[RowT], run: Callable[[list[RowT]], list[ResultT]]) -> list[ResultT]:
         """``run`` once for the batch, or once per group where the router cannot mix its adapters
@@ -412,7 +424,7 @@ class LocalEngine:
         return outer
 
     def score_labels(self, texts: list[str], labels: list[str], **kwargs: Any) -> list[dict[str, float]]:
-        return self.submit_score_labels(texts, labels, **kwargs).result()
+        return self._wait(self.submit_score_labels(texts, labels, **kwargs))
 
     def _run_labels(self, jobs: list[Job]) -> list[list[list[float]]]:
         rows = [r for j in jobs for r in j.payload.rows]
@@ -474,7 +486,7 @@ class LocalEngine:
         )
 
     def score_continuations(self, prefix: Prompt, continuations: list[str], **kwargs: Any) -> list[ContinuationScore]:
-        return self.submit_score_continuations(prefix, continuations, **kwargs).result()
+        return self._wait(self.submit_score_continuations(prefix, continuations, **kwargs))
 
     def _continuations_now(
         self,
@@ -515,7 +527,7 @@ class LocalEngine:
         if self._batcher.on_worker():
             return run()
         self._batcher.start()
-        result: np.ndarray = self._batcher.submit_solo(run).result()
+        result: np.ndarray = self._wait(self._batcher.submit_solo(run))
         return result
 
     def hidden_states(self, texts: list[str], *, model: str = BASE) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""A caller never waits on the engine past its deadline: the job is cancelled (a queued one never
+runs) and the caller gets EngineOverloadedError (a 503 with Retry-After over HTTP)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core.config import Settings
+from core.engine import LocalEngine
+from core.errors import EngineOverloadedError
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_wait_past_the_deadline_fails_and_the_queued_job_never_runs(tiny_settings: Settings) -> None:
+    engine = LocalEngine(tiny_settings.model_copy(update={"engine_deadline_s": 0.3}))
+    engine.warm_up()
+    try:
+        release = threading.Event()
+        busy = engine._batcher.submit_solo(lambda: release.wait(5))  # the engine thread is taken
+        ran: list[str] = []
+
+        def embed() -> None:
+            ran.append("embedded")
+
+        started = time.monotonic()
+        with pytest.raises(EngineOverloadedError, match="did not answer within 0.3 s"):
+            engine._wait(engine._batcher.submit_solo(embed))
+        assert time.monotonic() - started < 3
+        release.set()
+        busy.result(timeout=5)
+        assert engine._wait(engine._batcher.submit_solo(lambda: "served")) == "served"  # the next caller is served
+        assert ran == []  # the cancelled job was dropped, not run late
+    finally:
+        engine.close()
