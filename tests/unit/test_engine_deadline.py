@@ -27,7 +27,7 @@ def test_a_wait_past_the_deadline_fails_and_the_queued_job_never_runs(tiny_setti
             ran.append("embedded")
 
         started = time.monotonic()
-        with pytest.raises(EngineOverloadedError, match="did not answer within 0.3 s"):
+        with pytest.raises(EngineOverloadedError, match=r"did not answer within 0\.3 s"):
             engine._wait(engine._batcher.submit_solo(embed))
         assert time.monotonic() - started < 3
         release.set()
