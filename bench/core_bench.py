@@ -874,7 +874,9 @@ def score_one_each(engine: LocalEngine, pairs: list[tuple[str, str]]) -> list[di
     return [r[0] for r in wait_all(futures)]
 
 
-def label_chunks(engine: LocalEngine, texts: list[str], device: str, models: list[str] | None = None) -> tuple[float, Any]:
+def label_chunks(
+    engine: LocalEngine, texts: list[str], device: str, models: list[str] | None = None
+) -> tuple[float, Any]:
     """Label probabilities of ``texts`` in chunks of 32 (one micro-batch each); texts/s from the
     median chunk time, so the chunks double as repeats. ``models``: one per text (one request per
     text, so that they mix), else every text on the base in one request per chunk."""
