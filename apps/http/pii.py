@@ -237,18 +237,19 @@ class PiiLogFilter(logging.Filter):
 _USER_PATH_RE = re.compile(r"^(/v1/recommend/)(?!stats$|events|items|feedback)[^/?]+")
 
 
-class AccessLogFilter(PiiLogFilter):
+class AccessLogFilter(logging.Filter):
     """uvicorn's access log (its own handler, which the root filter never sees): the client's IP,
     query strings (search terms, user ids) and the user id in a recommendation path are dropped, the
-    rest masked. Its record args are (client, method, path, http version, status)."""
+    rest masked. Its record args are (client, method, path, http version, status), and its formatter
+    unpacks them, so they stay a 5-tuple."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5:
             _client, method, path, version, status = args
             path = _USER_PATH_RE.sub(r"\1{user}", str(path).split("?", 1)[0])
-            record.args = ("-", method, path, version, status)
-        return super().filter(record)
+            record.args = ("-", method, mask_pii(path), version, status)
+        return True
 
 
 # loggers that write through their own handlers (propagate off), besides the root's

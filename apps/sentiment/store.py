@@ -101,7 +101,8 @@ class NewsStore(NamespacedStore):
                 args=[json.dumps(item.to_dict()), item.id, item.ingested_at],
                 client=pipe,
             )
-            pipe.expire(self.key("item", item.id), self.item_ttl_s)  # from its last sighting; the trend buckets keep the counts
+            # kept item_ttl_s from its last sighting; the trend buckets keep the counts
+            pipe.expire(self.key("item", item.id), self.item_ttl_s)
         return [bool(x) for x in pipe.execute()[0::2]]
 
     def count_rejected(self, n: int) -> None:

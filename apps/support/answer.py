@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apps.http.pii import mask_pii
-from apps.support.extractive import ExtractiveAnswerer, Selector, Sentence
+from apps.support.extractive import ExtractiveAnswerer, Selector, Sentence, unlisted_contacts
 from apps.support.intents import Intent, IntentClassifier
 from apps.support.rules import Rules
 from apps.support.settings import SupportSettings
@@ -216,6 +216,12 @@ class SupportBot:
         if found.handoff:
             reason = found.reason or "low_confidence"
             reply = self._handoff(question, intent, reason, confidence=found.confidence, **details)
+            return Plan(question, intent, reply=reply, passages=passages)
+        shown = " ".join([found.answer, *(c.title for c in found.citations)])
+        unlisted = unlisted_contacts(shown, self.settings.answer_contacts) if self.settings.answer_contacts else []
+        if unlisted:  # a KB page may be hostile: only the team's own contacts reach a customer
+            log.warning("an answer held contacts outside the allowlist %s; handing off", unlisted)
+            reply = self._handoff(question, intent, "unlisted_contact", confidence=found.confidence, **details)
             return Plan(question, intent, reply=reply, passages=passages)
         citations = [Citation(c.n, c.doc_id, c.title, c.url) for c in found.citations]
         reply = Reply(

@@ -36,6 +36,7 @@ import logging
 import math
 import re
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -78,14 +79,33 @@ FEATURES: tuple[str, ...] = (
 TEXT_FEATURES = ("lex", "lex_ctx", "lex_full", "is_faq", "log_words", "type_match", "type_miss")  # no model needed
 EMBED_FEATURES = ("cos", "cos_ctx", "cos_full", "cos_gap", "cos_head", "cos_win", "passage_cos", "inv_rank")
 
-# Sentences that address the model rather than the reader (the same idea as answer.py's filter):
-# never candidates, so never quoted.
+# Sentences that address the model rather than the reader: never candidates, so never quoted. Checked
+# on ``for_checks(text)`` (NFKC, zero-width characters removed, spacing collapsed), in the languages a
+# hostile KB page is likely to use.
 _INJECTION = re.compile(
-    r"(ignore|disregard|forget|override)\b.{0,40}\b(instructions?|rules|prompt|guidelines)"
-    r"|\b(system|admin|developer) (note|prompt|message|instruction)"
-    r"|\byou are now\b|\bnew instructions?\b|\bact as\b|\bpretend to be\b",
+    r"(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instructions?|rules|prompt|guidelines|above|previous)"
+    r"|\b(system|admin|developer|assistant) ?(note|prompt|message|instruction|override)s?\b"
+    r"|\byou are now\b|\bnew instructions?\b|\bact as\b|\bpretend to be\b|\bfrom now on,? you\b"
+    r"|\b(tell|inform) (the )?(customer|user)s? (that|to)\b|\b(bot|assistant|ai|model)s? (must|should) (say|answer|tell|reply)\b"
+    r"|\bignor(ez|e|er) (toutes |tous )?(les |vos )?(instructions|consignes|règles)\b|\boubliez? (les |vos )?(instructions|consignes)\b"
+    r"|\bignorier(e|en)? (alle )?(vorherigen |bisherigen )?(anweisungen|regeln)\b|\bvergiss (alle )?(anweisungen|regeln)\b"
+    r"|\bignora(r)? (todas )?(las )?(instrucciones|reglas)\b|\bolvida (las )?(instrucciones|reglas)\b"
+    r"|\bignora (tutte )?(le )?(istruzioni|regole)\b",
     re.IGNORECASE,
 )
+_ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
+def for_checks(text: str) -> str:
+    """``text`` as the safety checks read it: NFKC-normalised (fullwidth and styled letters become
+    plain), zero-width and direction characters removed, whitespace collapsed."""
+    return " ".join(_ZERO_WIDTH.sub("", unicodedata.normalize("NFKC", text)).split())
+
+
+def addresses_the_model(text: str) -> bool:
+    """The text tries to instruct a model (in any of the checked languages or Unicode disguises)."""
+    return bool(_INJECTION.search(for_checks(text)))
+
 
 # ---------------------------------------------------------------------------------------------
 # Sentences
@@ -225,7 +245,7 @@ def split_section_items(text: str) -> list[tuple[str, str]]:
         out.extend(("", part) for part in parts)
         if parts and parts[-1].rstrip().endswith(":"):
             lead = out.pop()[1]  # the lead-in is said with its items, not on its own
-    return [(lead, body) for lead, body in out if body and not _INJECTION.search(f"{lead} {body}")]
+    return [(lead, body) for lead, body in out if body and not addresses_the_model(f"{lead} {body}")]
 
 
 def split_section(text: str) -> list[str]:
@@ -264,6 +284,8 @@ def sentences_of_document(doc: Any) -> list[Sentence]:
     sections = list(getattr(doc, "sections", None) or [])
     if not sections:
         sections = [_Section(None, doc.text)]
+    # a title or heading that addresses the model is never shown to a customer (citations show titles)
+    title = doc.doc_id if addresses_the_model(doc.title or "") else doc.title
     kind = getattr(doc, "kind", "article") or "article"
     out: list[Sentence] = []
     for si, section in enumerate(sections):
@@ -274,9 +296,9 @@ def sentences_of_document(doc: Any) -> list[Sentence]:
                     text=without_answer_particle(text) if kind == "faq" else text,
                     lead=lead,
                     doc_id=doc.doc_id,
-                    title=doc.title,
+                    title=title,
                     url=getattr(doc, "url", None),
-                    section=section.heading,
+                    section=None if section.heading and addresses_the_model(section.heading) else section.heading,
                     kind=kind,
                     position=pos,
                     section_index=si,
@@ -822,6 +844,46 @@ def claims(text: str) -> dict[str, set[str]]:
         "name": names,
         "starter": starters,
     }
+
+
+_PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()\-.]{6,}\d(?!\w)(?!\.\d)")
+
+
+def contacts(text: str) -> set[str]:
+    """The URLs, e-mail addresses and phone numbers in ``text`` (``url:``, ``email:``, ``phone:`` + value)."""
+    found = claims(for_checks(text))
+    phones = {re.sub(r"\D", "", m) for m in _PHONE.findall(_EMAIL.sub(" ", for_checks(text)))}
+    return (
+        {f"url:{u.lower()}" for u in found["url"]}
+        | {f"email:{e.lower()}" for e in found["email"]}
+        | {f"phone:{d}" for d in phones if 9 <= len(d) <= 15}
+    )
+
+
+def unlisted_contacts(text: str, allowed: Sequence[str]) -> list[str]:
+    """The contacts in ``text`` that ``allowed`` (hosts such as "example.com", which admit their
+    subdomains, URLs and e-mail addresses on them; e-mail addresses; phone numbers) does not list."""
+    hosts = {a.lower().lstrip(".") for a in allowed if "@" not in a and not re.fullmatch(r"[\d +()\-.]+", a)}
+    emails = {a.lower() for a in allowed if "@" in a}
+    phones = {re.sub(r"\D", "", a) for a in allowed if re.fullmatch(r"[\d +()\-.]+", a)}
+
+    def host_ok(host: str) -> bool:
+        host = host.split(":")[0].rstrip(".")
+        return any(host == h or host.endswith(f".{h}") for h in hosts)
+
+    out = []
+    for item in sorted(contacts(text)):
+        kind, value = item.split(":", 1)
+        if kind == "url":
+            host = re.sub(r"^(?:https?://)?(?:www\.)?", "", value).split("/")[0]
+            ok = host_ok(host) or host_ok(f"www.{host}")
+        elif kind == "email":
+            ok = value in emails or host_ok(value.rsplit("@", 1)[1])
+        else:
+            ok = value in phones
+        if not ok:
+            out.append(item)
+    return out
 
 
 def fact_check(reply: str, sources: Sequence[str] | Sequence[Sentence]) -> list[str]:

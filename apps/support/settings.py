@@ -35,6 +35,11 @@ class SupportSettings(BaseSettings):
         description="The fitted sentence selector (JSON): which KB sentences answer a question, and the "
         "confidence below which the bot hands off. Refit for your own KB with bench/probes/support_extractive.py.",
     )
+    answer_contacts: list[str] = Field(
+        default_factory=list,
+        description="The only hosts (and their subdomains), e-mail addresses and phone numbers an answer may "
+        "contain; a reply with any other hands off. Empty: any the cited KB text holds (the fact check).",
+    )
     intent_rule_confidence: float = Field(
         0.6, ge=0, le=1, description="An intent triggers a handoff rule only at this confidence or above."
     )

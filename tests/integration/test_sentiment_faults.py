@@ -169,7 +169,8 @@ def test_webhook_down_retried_dead_lettered_then_resent(world: dict[str, Any]) -
         app = create_app(settings=core)
         app.dependency_overrides[get_sentiment_context] = lambda: ctx
         with TestClient(app, headers=KEYED) as client:
-            assert client.post(f"/v1/sentiment/alerts/{alert.id}/resend").status_code == 401
+            anonymous = client.post(f"/v1/sentiment/alerts/{alert.id}/resend", headers={"X-Api-Key": ""})
+            assert anonymous.status_code == 401
             r = client.post(f"/v1/sentiment/alerts/{alert.id}/resend", headers=ADMIN)
             assert r.status_code == 200 and r.json()["queued"] == [{"alert_id": alert.id, "target": "webhook"}]
             wait_for("the resent webhook", lambda: receiver.received, timeout=30)
