@@ -407,20 +407,37 @@ class LocalEngine:
         if first_tokens is None:  # labels share first tokens: whole-label likelihood, one job per text
             return self._batcher.submit_solo(lambda: self._score_labels_by_likelihood(prompts, labels, model))
         rows = [LabelRow(self.tokenize(p), model, first_tokens) for p in prompts]
+        # One job per micro-batch of rows: 256 texts never make one forward pass, other requests'
+        # rows interleave with them, and a cancelled request drops its chunks not yet run.
+        step = self.settings.max_batch_size
+        inners = [
+            self._batcher.submit("labels", _LabelRequest(rows[i : i + step]), rows=len(rows[i : i + step]))
+            for i in range(0, len(rows), step)
+        ]
         outer: Future[list[dict[str, float]]] = Future()
-        inner = self._batcher.submit("labels", _LabelRequest(rows), rows=len(rows))
+        lock = threading.Lock()
 
-        def _done(f: Future[list[list[float]]]) -> None:
-            if outer.cancelled() or f.cancelled():
-                return
-            exc = f.exception()
-            if exc is not None:
-                outer.set_exception(exc)
-            else:
-                outer.set_result([dict(zip(labels, p, strict=True)) for p in f.result()])
+        def _done(_: Future[list[list[float]]]) -> None:
+            with lock:
+                if outer.done():
+                    return
+                failed = next((f for f in inners if f.done() and not f.cancelled() and f.exception()), None)
+                if failed is not None:  # one chunk failed: the request fails, its other chunks are dropped
+                    outer.set_exception(failed.exception())
+                    for f in inners:
+                        f.cancel()
+                    return
+                if not all(f.done() for f in inners):
+                    return
+                if any(f.cancelled() for f in inners):
+                    outer.cancel()
+                    return
+                scores = [p for f in inners for p in f.result()]
+                outer.set_result([dict(zip(labels, p, strict=True)) for p in scores])
 
-        inner.add_done_callback(_done)
-        outer.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)
+        for inner in inners:
+            inner.add_done_callback(_done)
+        outer.add_done_callback(lambda o: [f.cancel() for f in inners] if o.cancelled() else None)
         return outer
 
     def score_labels(self, texts: list[str], labels: list[str], **kwargs: Any) -> list[dict[str, float]]:

@@ -36,3 +36,23 @@ def test_a_wait_past_the_deadline_fails_and_the_queued_job_never_runs(tiny_setti
         assert ran == []  # the cancelled job was dropped, not run late
     finally:
         engine.close()
+
+
+def test_many_texts_are_scored_in_micro_batch_chunks_with_the_same_result(tiny_settings: Settings) -> None:
+    texts = [f"Profit {'rose' if i % 2 else 'fell'} {i}% in the quarter." for i in range(70)]
+    labels = ["negative", "neutral", "positive"]
+    whole = LocalEngine(tiny_settings.model_copy(update={"max_batch_size": 512}))
+    chunked = LocalEngine(tiny_settings.model_copy(update={"max_batch_size": 16}))
+    try:
+        whole.warm_up()
+        chunked.warm_up()
+        one, many = whole.score_labels(texts, labels), chunked.score_labels(texts, labels)
+        assert len(many) == 70
+        for a, b in zip(one, many, strict=True):
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in a)
+        future = chunked.submit_score_labels(texts, labels)
+        future.cancel()  # a cancelled request drops its chunks
+        assert future.cancelled()
+    finally:
+        whole.close()
+        chunked.close()
