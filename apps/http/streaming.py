@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from typing import Any
 
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
@@ -64,6 +65,17 @@ class DeltaBridge:
         finally:
             self._closed = True
             future.cancel()
+
+
+def sse_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI entry for a 200 answered as server-sent events (with ``stream: true``)."""
+    # the schema of one event (OpenAPI 3.2's reading of an event stream): `data` holds the JSON chunk or [DONE]
+    event = {
+        "type": "object",
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+        "required": ["data"],
+    }
+    return {"description": description, "content": {"text/event-stream": {"schema": event}}}
 
 
 def submit_streaming(

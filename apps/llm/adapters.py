@@ -18,6 +18,7 @@ from apps.llm.schemas import AdapterDeleted, AdapterList, AdapterLoadRequest, Ad
 from apps.tenants.auth import requirement
 from core.adapters import AdapterInfo
 from core.config import Settings
+from core.errors import AdapterLoadError
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[Depends(requirement("server"))])
 
@@ -65,7 +66,11 @@ async def list_adapters(engine: EngineDep) -> AdapterList:
 async def load_adapter(
     body: AdapterLoadRequest, engine: EngineDep, settings: SettingsDep, _admin: AdminDep
 ) -> AdapterOut:
-    info = await asyncio.to_thread(engine.load_adapter, body.name, adapter_folder(body, settings))
+    folder = adapter_folder(body, settings)
+    try:
+        info = await asyncio.to_thread(engine.load_adapter, body.name, folder)
+    except OSError as exc:  # a path the OS refuses outright (too long, not readable): the folder cannot load
+        raise AdapterLoadError(body.name, str(folder), exc.strerror or type(exc).__name__) from exc
     return adapter_out(info, with_path=True)
 
 

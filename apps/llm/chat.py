@@ -7,7 +7,8 @@ from fastapi.responses import Response
 
 from apps.deps import EngineDep, SettingsDep
 from apps.errors import error_responses
-from apps.llm.generation import ChunkFormat, generate, sse_doc
+from apps.http.streaming import sse_doc
+from apps.llm.generation import ChunkFormat, generate
 from apps.llm.schemas import (
     AssistantMessage,
     ChatChoice,

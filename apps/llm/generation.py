@@ -26,11 +26,6 @@ from core.interface import Engine, Prompt
 from core.sampling import Completion
 
 
-def sse_doc(description: str) -> dict[str, Any]:
-    """The OpenAPI entry for a 200 answered as server-sent events (with ``stream: true``)."""
-    return {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
-
-
 class ChunkModel(Protocol):
     def __call__(self, *, id: str, created: int, model: str, choices: list[Any], usage: Usage | None) -> BaseModel: ...
 

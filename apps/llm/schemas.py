@@ -19,15 +19,19 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     StrictBool,
+    StringConstraints,
     field_validator,
     model_serializer,
 )
 
 from apps.http.requests import RequestModel
+from core.adapters import NAME_RE
 from core.config import Settings
 from core.errors import InvalidRequestError
 from core.prompts import Message
 from core.sampling import Completion, SamplingParams
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]  # core.sampling's MAX_STOP_CHARS
 
 DEFAULT_MAX_TOKENS = 256
 SAMPLING_EPS = 1e-5  # temperature or top_p below this decode greedily (as vLLM does)
@@ -49,6 +53,11 @@ ModelName = Annotated[
         examples=["base"],
     ),
 ]
+
+
+# Text the engine accepts: not empty, not only whitespace. Its own check (a 400 naming the field) stays the
+# one that refuses; the schema states it for clients (a pydantic pattern would pre-empt the Unicode check).
+NonBlankText = Annotated[str, Field(json_schema_extra={"pattern": r"\S"}, description="Not empty or only whitespace.")]
 
 
 def new_id(prefix: str) -> str:
@@ -89,14 +98,15 @@ class SamplingRequest(RequestModel):
         default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only; below 1e-5 is greedy)."
     )
     n: int | None = Field(default=1, description="Number of choices. Only 1 is supported.")
-    stop: str | list[str] | None = Field(
+    stop: StopString | Annotated[list[StopString], Field(max_length=8)] | None = Field(
         default=None, description="Up to 8 strings (1-64 characters each); generation ends before the first one."
     )
     seed: int | None = Field(
         default=None,
-        ge=-(2**63),
-        le=2**63 - 1,
-        description="Seed for sampling (a 64-bit integer); with a seed a sampled answer is reproducible.",
+        ge=-(2**53 - 1),
+        le=2**53 - 1,
+        description="Seed for sampling (an integer JSON numbers carry exactly: |seed| < 2^53); with a seed a "
+        "sampled answer is reproducible.",
     )
     stream: StrictBool | None = Field(
         default=False, description="Stream the answer as server-sent events, ending with `[DONE]`."
@@ -105,6 +115,14 @@ class SamplingRequest(RequestModel):
     num_beams: int | None = Field(
         default=1, ge=1, le=8, description="Extension: beam search with this many beams (needs temperature 0)."
     )
+
+    @field_validator("max_tokens", "temperature", "top_p", "n", "seed", "num_beams", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1 and "5" as 5; JSON Schema (and OpenAI) say a number
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON number")
+        return value
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -165,9 +183,11 @@ class TextPart(RequestModel):
 
 class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart] = Field(
-        description="The text, or a list of `{type: text, text}` parts (joined). Must not be empty."
-    )
+    # _not_empty's rule, stated for clients: some text that is not whitespace, in the string or in a part
+    content: (
+        NonBlankText
+        | Annotated[list[TextPart], Field(json_schema_extra={"contains": {"properties": {"text": {"pattern": r"\S"}}}})]
+    ) = Field(description="The text, or a list of `{type: text, text}` parts (joined). Must not be empty.")
     name: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
 
     @field_validator("content")
@@ -258,8 +278,9 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] = Field(
-        description="The text to continue, as is (no chat template). A list must hold exactly one string."
+    # single_prompt's rule (a 400 naming the length), stated for clients: a list holds exactly one string
+    prompt: NonBlankText | Annotated[list[NonBlankText], Field(json_schema_extra={"minItems": 1, "maxItems": 1})] = (
+        Field(description="The text to continue, as is (no chat template). A list must hold exactly one string.")
     )
 
     model_config = ConfigDict(
@@ -321,7 +342,10 @@ class AdapterLoadRequest(RequestModel):
     )
 
     name: str = Field(
-        min_length=1, max_length=64, description="Name to serve it under: 1-64 of a-z, 0-9, '.', '_', '-'."
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"pattern": NAME_RE.pattern},  # core's validate_name refuses the rest (400)
+        description="Name to serve it under: 1-64 of a-z, 0-9, '.', '_', '-', starting alphanumeric.",
     )
     path: str | None = Field(
         default=None,
@@ -375,9 +399,13 @@ class ClassifyRequest(RequestModel):
     )
 
     model: ModelName
-    texts: list[str] = Field(min_length=1, description="Texts to label, each on its own (batched together).")
-    labels: list[str] = Field(min_length=2, description="The candidate labels, at least 2, distinct.")
-    instruction: str | None = Field(
+    texts: list[NonBlankText] = Field(min_length=1, description="Texts to label, each on its own (batched together).")
+    labels: list[NonBlankText] = Field(
+        min_length=2,
+        description="The candidate labels, at least 2, distinct.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    instruction: NonBlankText | None = Field(
         default=None, description="System instruction for the prompt; default: answer with one of the labels."
     )
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from apps.deps import AdminDep, RecommendDep
 from apps.errors import error_responses, store_guarded_route
 from apps.recommend.schemas import (
+    ID_SCHEMA,
     EventsAccepted,
     EventsRequest,
     FeedbackRequest,
@@ -46,6 +47,16 @@ FILE_TYPES = {
     "application/x-ndjson": "jsonl",
     "application/jsonl": "jsonl",
     "application/json": "json",
+}
+
+# The file as the body. Its rows are checked one by one (bad ones come back in `errors`), so any JSON
+# document is taken: the schema says so rather than promise a shape the route does not enforce.
+FILE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A CSV file with a header line, JSON lines, or a JSON array of rows (an object: one row).",
+        "content": {ct: {"schema": {} if fmt == "json" else {"type": "string"}} for ct, fmt in FILE_TYPES.items()},
+    }
 }
 
 
@@ -99,6 +110,7 @@ def post_events(body: EventsRequest, service: ServiceDep) -> dict[str, Any]:
 @router.post(
     "/events/bulk",
     summary="Record a file of events",
+    openapi_extra=FILE_BODY,
     description="A CSV, JSON lines or JSON file as the body. Good rows are stored; bad rows come back in `errors`.",
     responses=error_responses(400, 413, 503),
 )
@@ -121,6 +133,7 @@ def post_items(body: ItemsRequest, service: ServiceDep, _: AdminDep) -> dict[str
     "/items/bulk",
     response_model=ItemsUpserted,
     summary="Add or update catalogue items from a file",
+    openapi_extra=FILE_BODY,
     description="A CSV, JSON lines or JSON file as the body. Good rows are upserted; bad rows come back in `errors`.",
     responses=error_responses(400, 401, 413, 503),
 )
@@ -135,7 +148,12 @@ async def post_items_file(request: Request, service: ServiceDep, _: AdminDep) ->
     responses=error_responses(400, 401, 422, 503),
 )
 def delete_items(
-    service: ServiceDep, _: AdminDep, ids: Annotated[list[str], Query(min_length=1, description="Item ids.")]
+    service: ServiceDep,
+    _: AdminDep,
+    ids: Annotated[
+        list[str],
+        Query(min_length=1, description="Item ids.", json_schema_extra={"items": {"type": "string", **ID_SCHEMA}}),
+    ],
 ) -> dict[str, Any]:
     return service.delete_items(ids)
 

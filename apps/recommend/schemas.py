@@ -5,19 +5,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+from pydantic.json_schema import JsonDict
+
+from domains.recommend.records import ID_PATTERN
 
 EventKind = Literal["view", "click", "cart", "purchase", "rating"]
+# The records' id rule (domains.recommend.records.parse_id, a 400 naming the field), stated for clients.
+ID_SCHEMA: JsonDict = {"pattern": ID_PATTERN.pattern}
 
 
 class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the service's rule (400 "a rating event needs a value"), stated for clients
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "rating"}}},
+            "then": {"required": ["value"], "properties": {"value": {"type": "number", "minimum": 0, "maximum": 5}}},
+        },
+    )
 
-    user_id: str = Field(min_length=1, max_length=128)
-    item_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA)
+    item_id: str = Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA)
     type: EventKind
-    value: float | None = Field(None, description="The rating (0-5) for a rating event; ignored otherwise.")
-    ts: float | str | None = Field(None, description="Epoch seconds or ISO 8601; default: now.")
+    value: StrictFloat | None = Field(None, description="The rating (0-5) for a rating event; ignored otherwise.")
+    ts: StrictFloat | str | None = Field(None, description="Epoch seconds or ISO 8601; default: now.")
 
 
 class EventsRequest(BaseModel):
@@ -42,12 +54,12 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, max_length=128)
+    id: str = Field(min_length=1, max_length=128, json_schema_extra=ID_SCHEMA)
     title: str = Field(min_length=1, max_length=500)
     description: str = ""
     category: str = ""
     tags: list[str] = Field(default_factory=list)
-    price: float | None = Field(None, ge=0)
+    price: StrictFloat | None = Field(None, ge=0)
     in_stock: StrictBool = True
 
 
@@ -73,7 +85,7 @@ class FeedbackRequest(BaseModel):
     recommendation_id: str = Field(min_length=1, max_length=64)
     item_id: str = Field(min_length=1, max_length=128)
     type: Literal["click", "cart", "purchase"]
-    ts: float | str | None = None
+    ts: StrictFloat | str | None = None
 
 
 class ImpressionsRequest(BaseModel):

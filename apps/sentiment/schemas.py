@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -18,9 +18,16 @@ class NewsAccepted(BaseModel):
 class SentimentClassifyRequest(RequestModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"texts": ["Globex shares plunge after fraud probe"], "explain": True}]},
+        json_schema_extra={
+            "examples": [{"texts": ["Globex shares plunge after fraud probe"], "explain": True}],
+            # the route's rule, stated for clients: explain costs a pass per word, so at most 8 texts with it
+            "if": {"properties": {"explain": {"const": True}}, "required": ["explain"]},
+            "then": {"properties": {"texts": {"maxItems": 8}}},
+        },
     )
-    texts: list[str] = Field(min_length=1, max_length=64, description="Headlines to label, 1-64.")
+    texts: list[Annotated[str, Field(json_schema_extra={"pattern": r"\S"})]] = Field(
+        min_length=1, max_length=64, description="Headlines to label, 1-64, none blank."
+    )
     explain: StrictBool = Field(
         default=False, description="Add per-word weights (occlusion): slower, one pass per word."
     )

@@ -51,7 +51,7 @@ PASSAGE_CHARS = 1500  # of each remembered passage: enough for an agent to read,
 
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_CURSOR_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+_CURSOR_RE = re.compile(r"^\d{1,20}(-\d{1,20})?$")  # "0" or a milliseconds part alone is a stream id too
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # An address a mail server would accept, in practice: dot-atom local part, a dotted host, a letter TLD.
 _EMAIL_RE = re.compile(
@@ -117,7 +117,7 @@ def check_cursor(cursor: Any) -> str:
     """A stream position a client sends back (Last-Event-ID, ``after``): a Redis stream id."""
     if not isinstance(cursor, str) or not _CURSOR_RE.match(cursor):
         raise InvalidRequestError(f"the event id must look like 1712345678901-0, got {cursor!r}")
-    return cursor
+    return cursor if "-" in cursor else f"{cursor}-0"
 
 
 def _str(value: Any) -> str:

@@ -30,6 +30,9 @@ from apps.support.handoffs import check_cursor
 from apps.support.inbox import Inbox
 from apps.support.live import inbox_events
 from apps.support.schemas import (
+    CURSOR_SCHEMA,
+    HEADER_CURSOR_SCHEMA,
+    SSE_RESPONSE,
     AgentMessage,
     AgentReplyRequest,
     AgentRequest,
@@ -126,15 +129,22 @@ def close_handoff(handoff_id: str, body: AgentRequest, _: AgentKeyDep, inbox: In
     "`customer_message`, `agent_message`, `handoff_closed`, `no_agent`, `contact_left`, `csat_recorded`, "
     "each with `handoff_id`. Follow from the `cursor` of GET /handoffs (`?after=`) to miss nothing; the "
     "stream ends with `end` after DOMAINLLM_SUPPORT_EVENTS_MAX_STREAM_S: reconnect from its cursor.",
-    responses=error_responses(400, 401, 503),
+    responses={200: SSE_RESPONSE, **error_responses(400, 401, 503)},
 )
 async def follow_inbox(
     _: AgentKeyDep,
     inbox: InboxDep,
-    after: Annotated[str | None, Query(max_length=41, description="The last event id seen.")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
+    after: Annotated[
+        str | None, Query(max_length=41, description="The last event id seen.", json_schema_extra=CURSOR_SCHEMA)
+    ] = None,
+    # "" for absent, not None: a header cannot be null, and a nullable schema would say it could
+    last_event_id: Annotated[
+        str, Header(alias="Last-Event-ID", max_length=41, json_schema_extra=HEADER_CURSOR_SCHEMA)
+    ] = "",
 ) -> EventSourceResponse:
-    cursor = after or last_event_id
+    if last_event_id:
+        check_cursor(last_event_id)  # sent, so checked, even when ?after= wins
+    cursor = after if after is not None else (last_event_id or None)  # ?after= (empty) is a bad cursor, not none
     cursor = check_cursor(cursor) if cursor is not None else await asyncio.to_thread(inbox.desk.inbox_cursor)
     return EventSourceResponse(inbox_events(inbox, cursor), sep="\n")
 

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -222,13 +223,22 @@ def bm25_tokens(texts: list[str]) -> list[list[str]]:
 
 
 def _build_bm25(chunks: list[Chunk]) -> Any:
+    """The BM25 index of ``chunks``; None when not one of them holds a word (only digits or symbols:
+    bm25s cannot index an empty vocabulary, and a BM25 with no terms scores every query 0 anyway)."""
+    tokens = bm25_tokens([c.index_text for c in chunks])
+    if not any(tokens):
+        return None
     index = _bm25s().BM25()
-    index.index(bm25_tokens([c.index_text for c in chunks]), show_progress=False)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a chunk of no words has length 0
+        index.index(tokens, show_progress=False)
     return index
 
 
-def bm25_scores(index: Any, query: str) -> np.ndarray:
-    """[n_chunks] BM25 score of every chunk (0 where no query term occurs)."""
+def bm25_scores(index: Any, query: str, n_chunks: int) -> np.ndarray:
+    """[n_chunks] BM25 score of every chunk (0 where no query term occurs, or with no index)."""
+    if index is None:
+        return np.zeros(n_chunks, dtype=np.float32)
     tokens = [t for t in bm25_tokens([query])[0] if t in index.vocab_dict]
     if not tokens:
         return np.zeros(int(index.scores["num_docs"]), dtype=np.float32)
@@ -400,7 +410,7 @@ class KnowledgeBase:
         bm25_ids: list[int] = []
         lexical = None
         if mode in ("bm25", "hybrid"):
-            lexical = bm25_scores(snap.bm25, query)  # [n_chunks]
+            lexical = bm25_scores(snap.bm25, query, n)  # [n_chunks]
             top = np.argsort(-lexical, kind="stable")[:pool]
             bm25_ids = [int(i) for i in top if lexical[i] > 0]
         if mode == "dense":
@@ -650,7 +660,8 @@ class KnowledgeBase:
         np.save(tmp / "faq_vectors.npy", snap.faq_vectors)
         if snap.dense is not None:
             faiss.write_index(snap.dense, str(tmp / "dense.faiss"))
-            snap.bm25.save(str(tmp / "bm25"), show_progress=False)
+            if snap.bm25 is not None:
+                snap.bm25.save(str(tmp / "bm25"), show_progress=False)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         manifest = {
@@ -726,7 +737,7 @@ class KnowledgeBase:
             dense.hnsw.efSearch = 128
         bm25 = None
         if chunks:
-            if manifest.get("bm25_stemmer") == STEMMER_NAME:
+            if manifest.get("bm25_stemmer") == STEMMER_NAME and (gen / "bm25").exists():
                 bm25 = _bm25s().BM25.load(str(gen / "bm25"), show_progress=False)
             else:
                 bm25 = _build_bm25(chunks)

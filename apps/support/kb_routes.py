@@ -36,8 +36,17 @@ from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 
 
 class UrlsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    urls: list[str] | None = Field(
+    # _one's rule, stated for clients: "urls" (no "prune") or "sitemap", exactly one of them
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["urls"], "properties": {"urls": {"type": "array"}, "prune": {"const": False}}},
+                {"required": ["sitemap"], "properties": {"sitemap": {"type": "string"}}},
+            ]
+        },
+    )
+    urls: list[Annotated[str, Field(max_length=2000)]] | None = Field(
         None, min_length=1, max_length=50, description="Pages to ingest; all or nothing: one failure stores none."
     )
     sitemap: str | None = Field(

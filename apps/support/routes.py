@@ -31,6 +31,9 @@ from apps.support.answer import Plan
 from apps.support.handoffs import check_cursor
 from apps.support.live import customer_events
 from apps.support.schemas import (
+    CURSOR_SCHEMA,
+    HEADER_CURSOR_SCHEMA,
+    SSE_RESPONSE,
     ContactRequest,
     ContactSaved,
     CsatRecorded,
@@ -77,7 +80,7 @@ PublicKeyDep = WidgetDep  # a widget key of the tenant (or a server or admin key
     status_code=201,
     response_model=SessionCreated,
     summary="Start a chat session",
-    responses=error_responses(401, 503),
+    responses=error_responses(400, 401, 503),
 )
 def create_session(_: PublicKeyDep, service: ServiceDep, body: SessionRequest | None = None) -> dict[str, str]:
     return {"session_id": service.create_session(body.metadata if body else None)}
@@ -137,7 +140,7 @@ async def post_message(session_id: str, body: MessageRequest, _: PublicKeyDep, s
     "/sessions/{session_id}/handoff",
     response_model=HandoffOpened,
     summary="Hand the conversation to a person (the widget's 'Talk to a person')",
-    responses=error_responses(401, 404, 503),
+    responses=error_responses(400, 401, 404, 503),
 )
 def request_handoff(
     session_id: str, _: PublicKeyDep, service: ServiceDep, body: HandoffRequest | None = None
@@ -174,16 +177,23 @@ def stats(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     "true when a rating is asked for) and `no_agent` (`message`, `ask_email`: nobody took the handoff in "
     "time). Each event's `id` is its position: reconnect with `?after=<id>` to miss nothing. The stream "
     "ends with `end` after DOMAINLLM_SUPPORT_EVENTS_MAX_STREAM_S.",
-    responses=error_responses(400, 401, 404, 503),
+    responses={200: SSE_RESPONSE, **error_responses(400, 401, 404, 503)},
 )
 async def session_events(
     session_id: str,
     _: PublicKeyDep,
     service: ServiceDep,
-    after: Annotated[str | None, Query(max_length=41, description="The last event id seen.")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
+    after: Annotated[
+        str | None, Query(max_length=41, description="The last event id seen.", json_schema_extra=CURSOR_SCHEMA)
+    ] = None,
+    # "" for absent, not None: a header cannot be null, and a nullable schema would say it could
+    last_event_id: Annotated[
+        str, Header(alias="Last-Event-ID", max_length=41, json_schema_extra=HEADER_CURSOR_SCHEMA)
+    ] = "",
 ) -> EventSourceResponse:
-    cursor = after or last_event_id
+    if last_event_id:
+        check_cursor(last_event_id)  # sent, so checked, even when ?after= wins
+    cursor = after if after is not None else (last_event_id or None)  # ?after= (empty) is a bad cursor
     if cursor is not None:
         check_cursor(cursor)
     state = await asyncio.to_thread(service.inbox.session_state, session_id)  # 404 before the stream
@@ -196,7 +206,7 @@ async def session_events(
     summary="The customer's rating (1-5) of the conversation an agent closed",
     description="Asked for by the `handoff_closed` event (`csat: true`); one rating per closed handoff. "
     "409 when there is nothing to rate (not closed by an agent yet, or rated already).",
-    responses=error_responses(401, 404, 409, 422, 503),
+    responses=error_responses(400, 401, 404, 409, 422, 503),
 )
 def post_csat(session_id: str, body: CsatRequest, _: PublicKeyDep, service: ServiceDep) -> dict[str, Any]:
     record = service.inbox.csat(session_id, body.rating, body.comment)
@@ -209,7 +219,7 @@ def post_csat(session_id: str, body: CsatRequest, _: PublicKeyDep, service: Serv
     summary="The e-mail address where the team should answer, when no agent is free",
     description="Asked for by the `no_agent` event; attached to the session's open handoff (409 without "
     "one). The address is kept for the agents and the team's webhook, and masked in logs.",
-    responses=error_responses(401, 404, 409, 422, 503),
+    responses=error_responses(400, 401, 404, 409, 422, 503),
 )
 def post_contact(session_id: str, body: ContactRequest, _: PublicKeyDep, service: ServiceDep) -> dict[str, Any]:
     record = service.inbox.contact(session_id, body.email)

@@ -4,17 +4,34 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic.json_schema import JsonDict
 
 from apps.http.requests import RequestModel
-from apps.support.handoffs import MAX_AGENT_CHARS, MAX_COMMENT_CHARS, MAX_EMAIL_CHARS, check_email
+from apps.http.streaming import sse_doc
+from apps.support.handoffs import _EMAIL_RE, MAX_AGENT_CHARS, MAX_COMMENT_CHARS, MAX_EMAIL_CHARS, check_email
 from core.errors import InvalidRequestError
+
+EMAIL_PATTERN = _EMAIL_RE.pattern  # what check_email accepts (after trimming spaces)
+# A stream position (Last-Event-ID, ``after``) as check_cursor accepts it: a Redis stream id.
+CURSOR_SCHEMA: JsonDict = {"pattern": r"^[0-9]{1,20}(-[0-9]{1,20})?$", "examples": ["1712345678901-0"]}
+# what an event-stream route answers (documented next to FastAPI's default JSON)
+SSE_RESPONSE: dict[str, Any] = sse_doc("Server-sent events, as the description lists.")
+# the Last-Event-ID header may be sent empty (no event seen yet): the same id, or nothing
+HEADER_CURSOR_SCHEMA: JsonDict = {"pattern": r"^([0-9]{1,20}(-[0-9]{1,20})?)?$", "examples": ["1712345678901-0"]}
 
 
 class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metadata: dict[str, str] | None = Field(
-        None, max_length=20, description="Free-form context: page URL, locale, … (at most 20 keys)."
+        None,
+        max_length=20,
+        description="Free-form context: page URL, locale, … (at most 20 keys).",
+        # what _short_values checks, stated for clients
+        json_schema_extra={
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 500},
+        },
     )
 
     @field_validator("metadata")
@@ -75,9 +92,10 @@ class FeedbackRequest(BaseModel):
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    doc_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    doc_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
     title: str = Field(..., min_length=1, max_length=300)
-    text: str = Field(..., description="Markdown or plain text.")
+    # Blank text is refused by the document itself (400, "has no text"); the schema states it.
+    text: str = Field(..., description="Markdown or plain text, not blank.", json_schema_extra={"pattern": r"\S"})
     url: str | None = Field(None, max_length=2000)
 
 
@@ -172,8 +190,16 @@ class HandoffRecord(HandoffSummary):
 
 class CsatRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    rating: StrictInt = Field(..., ge=1, le=5, description="1 (very unhappy) to 5 (very happy).")
+    rating: int = Field(..., ge=1, le=5, description="1 (very unhappy) to 5 (very happy).")
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # a whole number, 5.0 included (JSON Schema's integer), but not true or "5" (pydantic's lax 1 and 5)
+        if isinstance(value, bool | str):
+            raise ValueError("rating must be a whole number from 1 to 5")
+        return value
 
 
 class CsatRecorded(BaseModel):
@@ -183,7 +209,13 @@ class CsatRecorded(BaseModel):
 
 class ContactRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(..., min_length=3, max_length=MAX_EMAIL_CHARS, description="Where the team will answer.")
+    email: str = Field(
+        ...,
+        min_length=3,
+        max_length=MAX_EMAIL_CHARS,
+        description="Where the team will answer.",
+        json_schema_extra={"pattern": EMAIL_PATTERN},
+    )
 
     @field_validator("email")
     @classmethod

@@ -14,23 +14,30 @@ from pydantic import Field
 from apps.errors import error_responses, store_guarded_route
 from apps.http.requests import RequestModel
 from apps.tenants.auth import OperatorDep, TenantAdminDep, tenant_store
-from apps.tenants.store import TenantStore
+from apps.tenants.store import TENANT_ID, TenantStore
 
 router = APIRouter(prefix="/v1", tags=["tenants"], route_class=store_guarded_route("tenancy", (redis.RedisError,)))
 
 StoreDep = Annotated[TenantStore, Depends(tenant_store)]
+# The store's own check (check_origins), stated in the schema: scheme://host[:port], or "*" for any page.
+Origin = Annotated[
+    str, Field(pattern=r"^(\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)$", examples=["https://shop.example"])
+]
 
 
 class TenantRequest(RequestModel):
-    id: str = Field(min_length=1, max_length=40, description="lowercase letters, digits and dashes")
+    id: str = Field(
+        pattern=TENANT_ID.pattern,
+        description="1-40 lowercase letters, digits and dashes, starting with a letter or digit",
+    )
     name: str | None = Field(None, max_length=200)
-    origins: list[str] = Field(
+    origins: list[Origin] = Field(
         default_factory=list, max_length=50, description="Pages allowed to use the tenant's widget keys."
     )
 
 
 class OriginsRequest(RequestModel):
-    origins: list[str] = Field(max_length=50)
+    origins: list[Origin] = Field(max_length=50)
 
 
 class KeyRequest(RequestModel):

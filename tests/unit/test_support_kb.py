@@ -407,3 +407,15 @@ def test_another_embedder_rebuilds_the_index(tmp_path: Path) -> None:
     again.embedder_id = "hash-b"  # type: ignore[attr-defined]
     KnowledgeBase(tmp_path / "kb", again).warm_up()
     assert again.embedded == []  # the same embedder: nothing to redo
+
+
+def test_documents_without_a_word_are_stored_and_searchable(tmp_path: Path) -> None:
+    """A title "0" and text "0" (nothing BM25 can index) must not fail the upload (schemathesis found a 500)."""
+    kb = KnowledgeBase(tmp_path / "kb", HashEmbedder())
+    kb.upsert_many([Document(doc_id="zero", title="0", text="0 !")])
+    assert [h.doc_id for h in kb.search("0", k=1)] == ["zero"]
+    reopened = KnowledgeBase(tmp_path / "kb", HashEmbedder())
+    reopened.warm_up()
+    assert len(reopened) == 1
+    reopened.upsert_many(ARTICLES)
+    assert reopened.search("refund", k=1)[0].doc_id == "returns"
