@@ -20,18 +20,15 @@ import asyncio
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, Response
 from sse_starlette import EventSourceResponse
 
 from apps.deps import AdminDep, SupportDep
 from apps.errors import error_responses, store_guarded_route
-from apps.support.handoffs import check_cursor
 from apps.support.inbox import Inbox
-from apps.support.live import inbox_events
+from apps.support.live import AfterQuery, LastEventIdHeader, inbox_events, resume_cursor
 from apps.support.schemas import (
-    CURSOR_SCHEMA,
-    HEADER_CURSOR_SCHEMA,
     SSE_RESPONSE,
     AgentMessage,
     AgentReplyRequest,
@@ -134,18 +131,12 @@ def close_handoff(handoff_id: str, body: AgentRequest, _: AgentKeyDep, inbox: In
 async def follow_inbox(
     _: AgentKeyDep,
     inbox: InboxDep,
-    after: Annotated[
-        str | None, Query(max_length=41, description="The last event id seen.", json_schema_extra=CURSOR_SCHEMA)
-    ] = None,
-    # "" for absent, not None: a header cannot be null, and a nullable schema would say it could
-    last_event_id: Annotated[
-        str, Header(alias="Last-Event-ID", max_length=41, json_schema_extra=HEADER_CURSOR_SCHEMA)
-    ] = "",
+    after: AfterQuery = None,
+    last_event_id: LastEventIdHeader = "",
 ) -> EventSourceResponse:
-    if last_event_id:
-        check_cursor(last_event_id)  # sent, so checked, even when ?after= wins
-    cursor = after if after is not None else (last_event_id or None)  # ?after= (empty) is a bad cursor, not none
-    cursor = check_cursor(cursor) if cursor is not None else await asyncio.to_thread(inbox.desk.inbox_cursor)
+    cursor = resume_cursor(after, last_event_id)
+    if cursor is None:
+        cursor = await asyncio.to_thread(inbox.desk.inbox_cursor)
     return EventSourceResponse(inbox_events(inbox, cursor), sep="\n")
 
 

@@ -19,14 +19,33 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import redis
+from fastapi import Header, Query
 
 from apps.errors import stream_error_json
-from apps.support.handoffs import StreamEvent
+from apps.support.handoffs import StreamEvent, check_cursor
 from apps.support.inbox import Inbox
+from apps.support.schemas import CURSOR_SCHEMA, HEADER_CURSOR_SCHEMA
 from core.errors import DomainLLMError, StoreUnavailableError
+
+# The two ways a client says where to resume: ``?after=`` and the browser's ``Last-Event-ID``.
+# "" for an absent header, not None: a header cannot be null, and a nullable schema would say it could.
+AfterQuery = Annotated[
+    str | None, Query(max_length=41, description="The last event id seen.", json_schema_extra=CURSOR_SCHEMA)
+]
+LastEventIdHeader = Annotated[str, Header(alias="Last-Event-ID", max_length=41, json_schema_extra=HEADER_CURSOR_SCHEMA)]
+
+
+def resume_cursor(after: str | None, last_event_id: str) -> str | None:
+    """Where a stream resumes: ``after`` when given (an empty one is a bad cursor, not none), else the
+    header; both are checked when sent. None: from now."""
+    if last_event_id:
+        check_cursor(last_event_id)
+    cursor = after if after is not None else (last_event_id or None)
+    return check_cursor(cursor) if cursor is not None else None
+
 
 log = logging.getLogger(__name__)
 

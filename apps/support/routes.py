@@ -18,21 +18,18 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from apps.deps import AdminDep, SupportDep, WidgetDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
 from apps.support.answer import Plan
-from apps.support.handoffs import check_cursor
-from apps.support.live import customer_events
+from apps.support.live import AfterQuery, LastEventIdHeader, customer_events, resume_cursor
 from apps.support.schemas import (
-    CURSOR_SCHEMA,
-    HEADER_CURSOR_SCHEMA,
     SSE_RESPONSE,
     ContactRequest,
     ContactSaved,
@@ -183,19 +180,10 @@ async def session_events(
     session_id: str,
     _: PublicKeyDep,
     service: ServiceDep,
-    after: Annotated[
-        str | None, Query(max_length=41, description="The last event id seen.", json_schema_extra=CURSOR_SCHEMA)
-    ] = None,
-    # "" for absent, not None: a header cannot be null, and a nullable schema would say it could
-    last_event_id: Annotated[
-        str, Header(alias="Last-Event-ID", max_length=41, json_schema_extra=HEADER_CURSOR_SCHEMA)
-    ] = "",
+    after: AfterQuery = None,
+    last_event_id: LastEventIdHeader = "",
 ) -> EventSourceResponse:
-    if last_event_id:
-        check_cursor(last_event_id)  # sent, so checked, even when ?after= wins
-    cursor = after if after is not None else (last_event_id or None)  # ?after= (empty) is a bad cursor
-    if cursor is not None:
-        check_cursor(cursor)
+    cursor = resume_cursor(after, last_event_id)
     state = await asyncio.to_thread(service.inbox.session_state, session_id)  # 404 before the stream
     return EventSourceResponse(customer_events(service.inbox, session_id, state, cursor), sep="\n")
 

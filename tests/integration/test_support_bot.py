@@ -12,34 +12,16 @@ from pathlib import Path
 import pytest
 
 from apps.support.answer import SupportBot
-from apps.support.documents import read_help_centre
 from apps.support.extractive import fact_check
-from apps.support.intents import IntentClassifier
-from apps.support.kb import KnowledgeBase
-from apps.support.rules import load_rules
-from apps.support.settings import SAMPLES_DIR, SupportSettings
-from core.config import PROJECT_ROOT, Settings
-from core.engine import LocalEngine
+from tests.doubles.support import sample_help_centre_bot
 
 pytestmark = pytest.mark.integration
-
-ADAPTERS = PROJECT_ROOT / "data" / "adapters"
 
 
 @pytest.fixture(scope="module")
 def bot(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupportBot]:
-    if not (ADAPTERS / "support" / "adapter_config.json").is_file():
-        pytest.skip("the committed support adapter is missing")
-    engine = LocalEngine(
-        Settings(environment="test", admin_key="test-admin-key", base_model=str(real_model_dir), adapters_dir=ADAPTERS)
-    )
-    engine.warm_up()
-    settings = SupportSettings(kb_dir=tmp_path_factory.mktemp("kb"))
-    kb = KnowledgeBase(settings.kb_dir, engine)
-    kb.warm_up()
-    kb.upsert_many(read_help_centre(SAMPLES_DIR))
-    yield SupportBot(engine, kb, load_rules(settings.rules_path), settings, IntentClassifier(engine, "support"))
-    engine.close()
+    with sample_help_centre_bot(real_model_dir, tmp_path_factory.mktemp("kb")) as bot:
+        yield bot
 
 
 def quoted(bot: SupportBot, sentence_of: str, answer: str) -> bool:
