@@ -183,11 +183,13 @@ class SupportBot:
             raise InvalidRequestError("message holds only control characters and spaces")
         return message.strip()
 
-    def _handoff(self, question: str, intent: Intent | None, reason: str, **details: Any) -> Reply:
+    def _handoff(
+        self, question: str, intent: Intent | None, reason: str, *, confidence: float = 0.0, **details: Any
+    ) -> Reply:
         return Reply(
             answer=self.rules.handoff_message,
             citations=[],
-            confidence=float(details.pop("confidence", 0.0)),
+            confidence=float(confidence),
             intent=intent.name if intent else None,
             handoff=True,
             source="handoff",

@@ -851,8 +851,9 @@ _PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()\-.]{6,}\d(?!\w)(?!\.\d)")
 
 def contacts(text: str) -> set[str]:
     """The URLs, e-mail addresses and phone numbers in ``text`` (``url:``, ``email:``, ``phone:`` + value)."""
-    found = claims(for_checks(text))
-    phones = {re.sub(r"\D", "", m) for m in _PHONE.findall(_EMAIL.sub(" ", for_checks(text)))}
+    plain = for_checks(text)
+    found = claims(plain)
+    phones = {re.sub(r"\D", "", m) for m in _PHONE.findall(_EMAIL.sub(" ", plain))}
     return (
         {f"url:{u.lower()}" for u in found["url"]}
         | {f"email:{e.lower()}" for e in found["email"]}
@@ -863,9 +864,10 @@ def contacts(text: str) -> set[str]:
 def unlisted_contacts(text: str, allowed: Sequence[str]) -> list[str]:
     """The contacts in ``text`` that ``allowed`` (hosts such as "example.com", which admit their
     subdomains, URLs and e-mail addresses on them; e-mail addresses; phone numbers) does not list."""
-    hosts = {a.lower().lstrip(".") for a in allowed if "@" not in a and not re.fullmatch(r"[\d +()\-.]+", a)}
+    is_phone = {a: bool(re.fullmatch(r"[\d +()\-.]+", a)) for a in allowed}
+    hosts = {a.lower().lstrip(".") for a in allowed if "@" not in a and not is_phone[a]}
     emails = {a.lower() for a in allowed if "@" in a}
-    phones = {re.sub(r"\D", "", a) for a in allowed if re.fullmatch(r"[\d +()\-.]+", a)}
+    phones = {re.sub(r"\D", "", a) for a in allowed if is_phone[a]}
 
     def host_ok(host: str) -> bool:
         host = host.split(":")[0].rstrip(".")

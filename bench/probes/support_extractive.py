@@ -72,6 +72,7 @@ from apps.support.extractive import (  # noqa: E402
     sentences_of_document,
     text_features,
 )
+from finetune.evals.support_answers import has_fact, holds_facts  # noqa: E402
 
 log = logging.getLogger("support_extractive")
 
@@ -164,18 +165,8 @@ def load_sets() -> dict[str, list[dict[str, Any]]]:
     return sets
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.replace("–", "-").replace("—", "-").replace("’", "'").lower().split())
-
-
-def has_fact(text: str, fact: str | list[str]) -> bool:
-    alts = fact if isinstance(fact, list) else [fact]
-    t = _norm(text)
-    return any(_norm(a) in t for a in alts)
-
-
 def is_right(answer: str, facts: list[Any]) -> bool:
-    return bool(facts) and all(has_fact(answer, f) for f in facts)
+    return holds_facts(answer, facts)
 
 
 def sentence_label(sentence: Sentence, facts: list[Any]) -> int:
