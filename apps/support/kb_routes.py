@@ -177,11 +177,19 @@ def delete_document(doc_id: str, service: ServiceDep, _: AdminDep) -> dict[str, 
     return {"deleted": doc_id}
 
 
-@router.get("/search", response_model=list[SearchHit], summary="Search the knowledge base")
+@router.get(
+    "/search",
+    response_model=list[SearchHit],
+    summary="Search the knowledge base",
+    responses=error_responses(400, 401, 403, 429),
+)
 def search(
     _: PublicKeyDep,
     service: ServiceDep,
-    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    q: Annotated[
+        str,
+        Query(min_length=1, max_length=1000, json_schema_extra={"pattern": r"\S"}, description="Not only whitespace."),
+    ],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
     mode: Annotated[str, Query(pattern="^(hybrid|dense|bm25)$")] = "hybrid",
 ) -> list[dict[str, Any]]:
