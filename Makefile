@@ -3,22 +3,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+TORCH  := 2.13.0
 MODEL  := data/models/smollm2-135m-instruct/config.json
 PORT   ?= 8000
 ADMIN_KEY_FILE := data/runtime/admin-key
 export DOMAINLLM_PORT ?= $(PORT)
 
-.PHONY: setup model browser run test test-unit test-integration lint format bench gpu-check clean
+.PHONY: setup lock model browser run test test-unit test-integration lint format bench gpu-check clean
 
 setup: $(STAMP)
 
-# torch first, pinned: it takes the CPU wheel on this disk; a bare requirement would pull CUDA.
-$(STAMP): pyproject.toml
+# Exactly the versions and files of the lock, each checked against its SHA-256 (pip and setuptools
+# too), then the project itself with nothing more. torch is the CPU wheel on this disk
+# (torch==$(TORCH)+cpu, pinned by that file's hash): a bare requirement would pull a CUDA build.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# After a change to the dependencies in pyproject.toml: resolve them again (torch held at the disk's
+# CPU wheel) and hash every file of every pin, the base of the next `make setup` (a few minutes).
+# The base-model wheel is pinned apart, in core/model_store.py (it is data, not a package we import).
+lock: | $(STAMP)
+	printf 'torch==$(TORCH)\n' > $(VENV)/lock-constraints.txt
+	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --extra dev --strip-extras --no-emit-index-url \
+		--constraint $(VENV)/lock-constraints.txt --output-file $(LOCK) pyproject.toml
 
 model: $(MODEL)
 

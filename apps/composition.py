@@ -17,15 +17,19 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from apps.recommend.service import RecommendService
 from apps.sentiment.dispatch import CeleryDispatcher, Dispatcher, client_app
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
+from apps.sentiment.settings import SentimentSettings
 from apps.settings import AppSettings
 from apps.support.service import SupportService
-from apps.support.webhook import CeleryWebhookQueue
+from apps.support.webhook import CeleryWebhookQueue, WebhookRejectedError, WebhookTarget, target_for
+from apps.tenants.delivery import DeliveryTargets
 from apps.tenants.limits import RateLimits
-from apps.tenants.store import TenantStore
+from apps.tenants.store import DEFAULT_TENANT, TenantStore, tenant_of_namespace
 from core.engine import LocalEngine
 from core.interface import Engine
 from core.redis_client import RedisClients
@@ -39,6 +43,16 @@ def _ready(engine: Engine) -> Engine | None:
     return engine if engine.ready else None
 
 
+@dataclass(frozen=True)
+class TenantApps:
+    """One tenant's apps: each on its own Redis prefix (and KB folder), the engine shared."""
+
+    tenant: str
+    support: SupportService
+    sentiment: SentimentContext
+    recommend: RecommendService
+
+
 @dataclass
 class Services:
     settings: AppSettings
@@ -50,19 +64,88 @@ class Services:
     dispatcher: Dispatcher | None
     tenants: TenantStore
     limits: RateLimits
+    delivery: DeliveryTargets
     _enrichers: dict[str, Enricher] = field(default_factory=dict, repr=False)
     _contexts: dict[tuple[str | None, str | None], SentimentContext] = field(default_factory=dict, repr=False)
+    _tenants: dict[str, TenantApps] = field(default_factory=dict, repr=False)
+    _webhook_queue: CeleryWebhookQueue | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def ready_engine(self) -> Engine | None:
         """The engine once it can serve, else None (the recommender then ranks without the LLM)."""
         return _ready(self.engine)
 
+    def apps_of(self, tenant: str) -> TenantApps:
+        """``tenant``'s apps, built on first use and kept (the default tenant's are the ones above).
+        Nothing one tenant's apps store is under another's prefix or folder."""
+        if tenant == DEFAULT_TENANT:
+            return TenantApps(tenant, self.support, self.sentiment, self.recommend)
+        with self._lock:
+            if tenant not in self._tenants:
+                settings = self.settings
+                support = settings.support.for_tenant(tenant)
+                sentiment = SentimentContext.build(
+                    settings.sentiment.for_tenant(tenant), settings, client=self.redis.text, dispatcher=self.dispatcher
+                )
+                sentiment.delivery_source = lambda: self._alert_settings(tenant, sentiment.settings)
+                self._tenants[tenant] = TenantApps(
+                    tenant,
+                    SupportService(
+                        support,
+                        self.redis.raw,
+                        self.engine,
+                        webhooks=self._support_queue(),
+                        tenant=tenant,
+                        has_webhook=lambda: self.delivery.get(tenant, "handoffs") is not None,
+                    ),
+                    sentiment,
+                    RecommendService(
+                        settings.recommend.for_tenant(tenant), self.redis.raw, self.engine.embed, self.ready_engine
+                    ),
+                )
+                log.info("services built for tenant %s", tenant)
+            return self._tenants[tenant]
+
+    def _alert_settings(self, tenant: str, base: SentimentSettings) -> SentimentSettings:
+        """A tenant's monitor settings with the alert webhook its admin set (read at each use)."""
+        hook = self.delivery.get(tenant, "alerts")
+        if hook is None:
+            return base
+        return base.model_copy(
+            update={
+                "webhook_url": hook.url,
+                "webhook_secret": SecretStr(hook.secret),
+                "webhook_public_only": not self.settings.tenant_webhooks_allow_private,
+            }
+        )
+
+    def _support_queue(self) -> CeleryWebhookQueue:
+        """One queue for every tenant's helpdesk events (the worker looks up each tenant's webhook)."""
+        if self._webhook_queue is None:
+            self._webhook_queue = CeleryWebhookQueue(self.settings.effective_redis_url)
+        return self._webhook_queue
+
+    def support_webhook_target(self, tenant: str) -> WebhookTarget | None:
+        """Where ``tenant``'s handoff events go now: the settings' webhook for the default tenant, the
+        one its admin set for another (public addresses only, checked again here), or None."""
+        if tenant == DEFAULT_TENANT:
+            return target_for(self.settings.support, tenant)
+        hook = self.delivery.get(tenant, "handoffs")
+        if hook is None:
+            return None
+        problem = self.delivery.send_problem(hook.url)
+        if problem:
+            raise WebhookRejectedError(f"the handoff webhook of tenant {tenant} is refused: {problem}")
+        return WebhookTarget(hook.url, hook.secret, self.settings.support.webhook_timeout_s)
+
     def sentiment_context(self, namespace: str | None = None, config: str | None = None) -> SentimentContext:
-        """The live monitor's context, or one for another namespace/rules file (a replay, a test):
-        built once each, on the same Redis pool and dispatcher."""
+        """The live monitor's context (a tenant's, by its namespace), or one for another namespace or
+        rules file (a replay, a test): built once each, on the same Redis pool and dispatcher."""
         if namespace in (None, self.sentiment.namespace) and config is None:
             return self.sentiment
+        tenant = tenant_of_namespace(self.sentiment.namespace, namespace) if namespace else None
+        if tenant is not None and config is None:
+            return self.apps_of(tenant).sentiment
         key = (namespace, config)
         with self._lock:
             if key not in self._contexts:
@@ -119,6 +202,9 @@ def build_services(
         dispatcher=dispatcher,
         tenants=TenantStore(clients.text, settings.tenancy_namespace),
         limits=RateLimits(settings.effective_redis_url, settings.rate_limit_per_key, settings.rate_limit_per_ip),
+        delivery=DeliveryTargets(
+            clients.text, settings.tenancy_namespace, allow_private=settings.tenant_webhooks_allow_private
+        ),
     )
     BUILDS["count"] += 1
     log.info("services built (build %d in this process)", BUILDS["count"])

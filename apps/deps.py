@@ -18,6 +18,7 @@ from apps.sentiment.service import SentimentContext
 from apps.settings import AppSettings
 from apps.support.service import SupportService
 from apps.tenants.auth import AdminDep as AdminDep  # the key requirements, with the other dependencies
+from apps.tenants.auth import PrincipalDep as PrincipalDep
 from apps.tenants.auth import ServerDep as ServerDep
 from apps.tenants.auth import WidgetDep as WidgetDep
 from core.errors import AdapterNotFoundError, ModelNotReadyError
@@ -63,19 +64,30 @@ async def get_engine(request: Request) -> Engine:
     return services_of(request.app).engine
 
 
-async def get_support_service(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> SupportService:
-    """The support bot: it answers with the engine, so it waits for it (503 until ready)."""
+async def get_support_service(
+    request: Request, engine: Annotated[Engine, Depends(get_engine)], principal: PrincipalDep
+) -> SupportService:
+    """The support bot of the key's tenant: it answers with the engine, so it waits for it (503 until
+    ready)."""
+    return services_of(request.app).apps_of(principal.tenant).support
+
+
+async def get_public_support_service(
+    request: Request, engine: Annotated[Engine, Depends(get_engine)]
+) -> SupportService:
+    """The default tenant's bot, for the pages that need no key (the demo help centre)."""
     return services_of(request.app).support
 
 
-async def get_sentiment_context(request: Request) -> SentimentContext:
-    """The live monitor (Redis and the queues only: news is stored and queued while the model loads)."""
-    return services_of(request.app).sentiment
+async def get_sentiment_context(request: Request, principal: PrincipalDep) -> SentimentContext:
+    """The key's tenant's monitor (Redis and the queues only: news is stored and queued while the
+    model loads)."""
+    return services_of(request.app).apps_of(principal.tenant).sentiment
 
 
-async def get_recommend_service(request: Request) -> RecommendService:
-    """The recommender: it serves without the LLM until the engine is ready, and says so."""
-    return services_of(request.app).recommend
+async def get_recommend_service(request: Request, principal: PrincipalDep) -> RecommendService:
+    """The key's tenant's recommender: it serves without the LLM until the engine is ready, and says so."""
+    return services_of(request.app).apps_of(principal.tenant).recommend
 
 
 def select_model(request: Request, engine: Engine, name: str) -> str:
@@ -93,5 +105,6 @@ SettingsDep = Annotated[AppSettings, Depends(get_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SupportDep = Annotated[SupportService, Depends(get_support_service)]
+PublicSupportDep = Annotated[SupportService, Depends(get_public_support_service)]
 SentimentDep = Annotated[SentimentContext, Depends(get_sentiment_context)]
 RecommendDep = Annotated[RecommendService, Depends(get_recommend_service)]

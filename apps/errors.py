@@ -30,6 +30,7 @@ from core.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
     AuthenticationError,
+    ClientGoneError,
     ConflictError,
     DomainLLMError,
     EngineOverloadedError,
@@ -38,6 +39,7 @@ from core.errors import (
     ModelNotReadyError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitedError,
     StoreUnavailableError,
     UpstreamError,
@@ -51,6 +53,7 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     AuthenticationError: 401,
     PermissionDeniedError: 403,
     RateLimitedError: 429,
+    QuotaExceededError: 429,
     NotFoundError: 404,
     AdapterNotFoundError: 404,
     ConflictError: 409,
@@ -59,14 +62,15 @@ STATUS_BY_ERROR: dict[type[DomainLLMError], int] = {
     ModelNotReadyError: 503,
     StoreUnavailableError: 503,
     EngineOverloadedError: 503,
+    ClientGoneError: 499,  # nobody reads it: nginx's "client closed request", so the metrics count them
 }
 FALLBACK_STATUS = 400  # a DomainLLMError is raised on purpose: the caller can act on its message
 
-# Seconds a client should wait before retrying; a model still loading takes longer than a full queue.
+# Seconds a client should wait before retrying, for errors that do not carry their own
+# ``retry_after_s`` (a rate limit, a spent budget and a full engine queue each know theirs).
 RETRY_AFTER_S: dict[type[DomainLLMError], int] = {
     ModelNotReadyError: 5,
     StoreUnavailableError: 5,
-    EngineOverloadedError: 1,
 }
 
 MAX_REPORTED_VALIDATION_ERRORS = 5
@@ -92,12 +96,15 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (bad parameter values, malformed JSON).",
         401: "Missing, wrong or revoked API key.",
         403: "The key's scope, tenant or origin does not admit this call.",
-        429: "Over the key's or the address's request rate: retry after `Retry-After` seconds.",
+        408: "The request body was not fully received within DOMAINLLM_BODY_READ_TIMEOUT_S.",
+        429: "Over the key's or the address's request rate, or the tenant's daily token budget: retry after "
+        "`Retry-After` seconds.",
         404: "Unknown model/adapter.",
         409: "Conflicts with the current state: a name already taken, a handoff another agent holds.",
         413: "Input above a configured limit (characters, tokens, texts, body bytes).",
         422: "The body does not match the schema, or the adapter folder cannot be loaded.",
-        503: "The engine is still loading or its queue is full; retry after `Retry-After` seconds.",
+        503: "The engine is still loading, its queue is full, or it did not answer within its deadline; retry "
+        "after `Retry-After` seconds.",
     }
     return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error.")} for code in codes}
 
@@ -126,7 +133,7 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
             headers["Retry-After"] = str(seconds)
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, RateLimitedError | EngineOverloadedError):
         headers["Retry-After"] = str(exc.retry_after_s)
     return error_response(status, exc.error_type, exc.message, headers or None)
 
@@ -222,10 +229,14 @@ def install_error_handlers(app: FastAPI) -> None:
 class BodySizeLimitMiddleware(HTTPMiddleware):
     """Reject request bodies above ``max_bytes`` before anything parses them.
 
-    A declared ``Content-Length`` above the limit is refused without reading a byte; a body with no
+    A declared ``Content-Length`` above the limit is refused without parsing a byte; a body with no
     (or a lying) length is read up to the limit and refused as soon as it passes it. The accepted
     body is buffered and replayed to the app, so nothing downstream ever holds more than the limit.
+    The rest of a refused body, up to ``DRAIN_FACTOR`` times the limit, is read and dropped before
+    the 413 goes out: a client still sending would otherwise meet a reset connection, not the answer.
     """
+
+    DRAIN_FACTOR = 4
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         super().__init__(app)
@@ -234,6 +245,8 @@ class BodySizeLimitMiddleware(HTTPMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= self.DRAIN_FACTOR * self.max_bytes:
+                await self._drain(receive, more=True)
             await self._reject(scope, receive, send, f"is {int(declared)} bytes")
             return
         body = bytearray()
@@ -243,6 +256,7 @@ class BodySizeLimitMiddleware(HTTPMiddleware):
                 return
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
+                await self._drain(receive, more=message.get("more_body", False))
                 await self._reject(scope, receive, send, f"exceeds {self.max_bytes} bytes")
                 return
             if not message.get("more_body", False):
@@ -258,6 +272,16 @@ class BodySizeLimitMiddleware(HTTPMiddleware):
             return await receive()  # after the body: wait for the disconnect, as the server would
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, *, more: bool) -> None:
+        """Read and drop the rest of a refused body, up to ``DRAIN_FACTOR`` times the limit."""
+        left = self.DRAIN_FACTOR * self.max_bytes
+        while more and left > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            left -= len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
         message = f"the request body {size}; the limit is {self.max_bytes} bytes (DOMAINLLM_MAX_BODY_BYTES)"

@@ -21,6 +21,7 @@ from apps import llm, ops
 from apps.composition import Services, build_services
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
 from apps.http.cors import install_cors
+from apps.http.deadline import BodyReadTimeoutMiddleware
 from apps.http.pii import mask_pii_in_logs
 from apps.http.security import SecurityHeadersMiddleware
 from apps.recommend.routes import router as recommend_router
@@ -136,10 +137,11 @@ def create_app(
     mask_pii_in_logs()
     # Added innermost first: metrics see every answer, including the 413s and 500s made below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyReadTimeoutMiddleware, timeout_s=settings.body_read_timeout_s)  # around the body reader
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(ops.RequestMetricsMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
-    install_cors(app, settings.cors_origins)
+    install_cors(app, settings.cors_origins, cache_s=settings.cors_cache_s)
     for router in ROUTERS:
         app.include_router(router)
     if settings.expose_metrics:

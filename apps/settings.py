@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from apps.recommend.settings import RecommendSettings
 from apps.sentiment.settings import SentimentSettings
@@ -27,6 +27,19 @@ class AppSettings(Settings):
         default_factory=lambda: ["*"],
         description="Sites whose pages may call the public APIs from a browser (the chat widget on another "
         "origin). Env DOMAINLLM_CORS_ORIGINS (it was DOMAINLLM_SUPPORT_CORS_ORIGINS).",
+    )
+    cors_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a replica trusts its copy of the origins that tenants allow (a CORS preflight "
+        "carries no key, so any tenant's origin passes it); 0: ask Redis on every cross-origin request.",
+    )
+    user_token_ttl_s: int = Field(
+        900, ge=1, description="Lifetime of a user token (POST /v1/recommend/user-tokens) when the request names none."
+    )
+    user_token_max_ttl_s: int = Field(
+        3600, ge=1, le=86400, description="The longest lifetime a user token may be minted with."
     )
     operator_key: SecretStr = Field(
         SecretStr("change-me"),
@@ -45,6 +58,16 @@ class AppSettings(Settings):
     expose_metrics: bool = Field(
         True, description="Serve /metrics; false when the internet can reach the port (scrape another way)."
     )
+    expose_admin: bool = Field(
+        True,
+        description="Serve the admin and operator routes (KB, catalogue, keys, tenants, the agent inbox, adapters); "
+        "false on the replicas the internet reaches, with an internal instance (its own port) that serves them.",
+    )
+    tenant_webhooks_allow_private: bool = Field(
+        False,
+        description="Let tenants point their webhooks at private or loopback addresses (tests, closed networks). "
+        "Off: a tenant's webhook must resolve to public addresses only, checked when set and before each send.",
+    )
     support: SupportSettings = Field(default_factory=lambda: SupportSettings())
     sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
@@ -53,6 +76,15 @@ class AppSettings(Settings):
     @classmethod
     def _rate(cls, value: str) -> str:
         return check_limit(value)
+
+    @model_validator(mode="after")
+    def _token_ttls(self) -> AppSettings:
+        if self.user_token_ttl_s > self.user_token_max_ttl_s:
+            raise ValueError(
+                f"DOMAINLLM_USER_TOKEN_TTL_S ({self.user_token_ttl_s}) is above "
+                f"DOMAINLLM_USER_TOKEN_MAX_TTL_S ({self.user_token_max_ttl_s})"
+            )
+        return self
 
     @classmethod
     def of(cls, core: Settings, **sections: object) -> AppSettings:
@@ -65,12 +97,17 @@ class AppSettings(Settings):
                 name: getattr(core, name)
                 for name in (
                     "cors_origins",
+                    "cors_cache_s",
+                    "user_token_ttl_s",
+                    "user_token_max_ttl_s",
                     "operator_key",
                     "tenancy_namespace",
                     "rate_limit_per_key",
                     "rate_limit_per_ip",
                     "expose_docs",
                     "expose_metrics",
+                    "expose_admin",
+                    "tenant_webhooks_allow_private",
                     "support",
                     "sentiment",
                     "recommend",

@@ -50,6 +50,22 @@ class Settings(BaseSettings):
     engine_deadline_s: float = Field(
         60.0, gt=0, le=3600, description="A caller waits this long for the engine at most; then 503 with Retry-After."
     )
+    engine_max_queue_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="The engine queue's bound, in estimated seconds of work queued ahead of a new request "
+        "(from each job kind's measured seconds per row); past it, 503 with Retry-After.",
+    )
+    body_read_timeout_s: float = Field(
+        15.0, gt=0, le=3600, description="A request body not fully received within this many seconds gets a 408."
+    )
+    tenant_daily_tokens: int = Field(
+        0,
+        ge=0,
+        description="Prompt plus completion tokens each tenant may generate per UTC day (chat and text "
+        "completions); past it, 429 with Retry-After until midnight UTC. 0: no budget.",
+    )
 
     # service
     host: str = "127.0.0.1"

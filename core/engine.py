@@ -9,7 +9,11 @@
 Every call is thread-safe: model work runs on the micro-batcher's one thread, where concurrent
 ``generate`` and ``score_labels`` calls are merged into mixed-adapter batches (the adapters applied
 per row by ``core.lora_stack``). ``submit_*`` return futures for async callers (the server awaits
-them with ``asyncio.wrap_future``).
+them through ``apps.http.deadline.await_engine``, with the deadline and a watch on the client);
+they validate and tokenise on the caller's thread, so an async caller runs them off its event loop.
+The queue is bounded by its estimated time (``DOMAINLLM_ENGINE_MAX_QUEUE_S``, see
+``core.batching``): past it ``submit_*`` raise ``EngineOverloadedError`` at once. Cancelling a
+returned future drops its queued work; a running generation stops at its next decode step.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -63,6 +67,14 @@ class _LabelRequest:
     rows: list[LabelRow]
 
 
+def _stoppable(job: Job) -> DecodeRow:
+    """A generation job's row, stopped at the next decode step once its caller gave up (the
+    future cancelled: the client left, or its deadline passed) or its own ``should_stop`` says so."""
+    row: DecodeRow = job.payload.row
+    own = row.should_stop
+    return replace(row, should_stop=lambda: job.abandoned or (own is not None and own()))
+
+
 def _check_unicode(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
@@ -89,6 +101,7 @@ class LocalEngine:
             {"generate": self._run_generate, "labels": self._run_labels},
             max_batch=settings.max_batch_size,
             wait_s=settings.batch_wait_ms / 1000,
+            max_queue_s=settings.engine_max_queue_s,
         )
         self._lock = threading.Lock()
         self._ready = False
@@ -112,7 +125,8 @@ class LocalEngine:
             # and once the teams outnumber the cores every op pays a futex wake-up (bench/README.md,
             # "Core findings": an int8 engine warmed on the caller's thread decoded at half speed).
             self._batcher.start()
-            self._batcher.submit_solo(self._load_all).result()
+            self._batcher.submit_solo(self._load_all, kind="load", bounded=False).result()
+            self._calibrate()
             self._ready = True
             self.load_seconds = time.perf_counter() - started
             log.info(
@@ -131,6 +145,23 @@ class LocalEngine:
         if self.settings.quantization == "int8":
             self._apply_int8()
         metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
+
+    def _calibrate(self) -> None:
+        """One small batch of each batchable kind, twice (the first pays one-off allocations), so the
+        queue bound has an estimate for each before the first request (their work would otherwise
+        count as free until a first batch of the kind had run). One row decodes several times
+        slower per token than a full batch: the bound starts cautious and learns from real batches."""
+        chat = self.tokenize(self.render([{"role": "user", "content": "Hello"}]))
+        labels = ["yes", "no"]
+        first_tokens = self._label_tokens(tuple(labels))
+        prompt = self.tokenize(classification_prompt(self.tokenizer, "Hello", labels, None))
+        params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+        for _ in range(2):
+            row = DecodeRow(chat, BASE, params)
+            self._batcher.submit("generate", _GenerateRequest(row), cost=params.max_new_tokens).result()
+            if first_tokens is not None:
+                rows = [LabelRow(prompt, BASE, first_tokens)]
+                self._batcher.submit("labels", _LabelRequest(rows)).result()
 
     def _load_base(self, path: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -208,14 +239,25 @@ class LocalEngine:
 
     def _wait(self, future: Future[ResultT]) -> ResultT:
         """The job's result within the engine deadline (``DOMAINLLM_ENGINE_DEADLINE_S``); past it the
-        job is cancelled (a queued one never runs) and the caller gets a 503 with Retry-After."""
+        job is cancelled (a queued one never runs, a running generation stops) and the caller gets a
+        503 with Retry-After."""
         try:
             return future.result(timeout=self.settings.engine_deadline_s)
         except FutureTimeout:
             future.cancel()
-            raise EngineOverloadedError(
-                f"the engine did not answer within {self.settings.engine_deadline_s:g} s; retry shortly"
-            ) from None
+            raise self.deadline_error() from None
+
+    def deadline_error(self) -> EngineOverloadedError:
+        """What a caller gets when its wait passes the engine deadline: retry once the queue, bounded
+        at ``engine_max_queue_s`` of work, has had time to drain."""
+        return EngineOverloadedError(
+            f"the engine did not answer within {self.settings.engine_deadline_s:g} s; retry shortly",
+            retry_after_s=self.settings.engine_max_queue_s,
+        )
+
+    def backlog_s(self) -> float:
+        """Estimated seconds of work queued ahead of a new request (what the queue bound measures)."""
+        return self._batcher.backlog_s()
 
     @property
     def embedder_id(self) -> str:
@@ -233,13 +275,15 @@ class LocalEngine:
                 "put the adapter in the adapters folder and restart",
                 name=name,
             )
-        info: AdapterInfo = self._batcher.submit_solo(lambda: registry.load(name, path)).result()
+        info: AdapterInfo = self._batcher.submit_solo(
+            lambda: registry.load(name, path), kind="adapter", bounded=False
+        ).result()
         metrics.ADAPTERS_LOADED.set(len(registry.names()))
         return info
 
     def unload_adapter(self, name: str) -> None:
         registry = self._registry()
-        self._batcher.submit_solo(lambda: registry.unload(name)).result()
+        self._batcher.submit_solo(lambda: registry.unload(name), kind="adapter", bounded=False).result()
         metrics.ADAPTERS_LOADED.set(len(registry.names()))
 
     # ---- tokenising and validation ---------------------------------------------------------------
@@ -330,9 +374,12 @@ class LocalEngine:
             raise InvalidRequestError(f"max_tokens may be at most {self.settings.max_new_tokens}")
         row = DecodeRow(self.tokenize(self.render(prompt)), model, params, on_delta, should_stop)
         metrics.ENGINE_REQUESTS.labels("generate", model).inc()
-        if params.num_beams > 1:
-            return self._batcher.submit_solo(lambda: self._run_beam(row))
-        return self._batcher.submit("generate", _GenerateRequest(row))
+        if params.num_beams > 1:  # runs whole once started (transformers' generate); dropped while queued
+            return self._batcher.submit_solo(
+                lambda: self._run_beam(row), kind="beam", cost=params.max_new_tokens * params.num_beams
+            )
+        # its cost for the queue bound: its token budget (a batch decodes for as long as its longest row)
+        return self._batcher.submit("generate", _GenerateRequest(row), cost=params.max_new_tokens)
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
         return self._wait(self.submit_generate(prompt, **kwargs))
@@ -354,7 +401,7 @@ class LocalEngine:
             metrics.PROMPT_TOKENS.labels(r.adapter).inc(c.prompt_tokens)
 
     def _run_generate(self, jobs: list[Job]) -> list[Completion]:
-        rows = [j.payload.row for j in jobs]
+        rows = [_stoppable(j) for j in jobs]
         model, adapter_rows = self._registry().model, self._router().rows
 
         def run(part: list[DecodeRow]) -> list[Completion]:
@@ -405,15 +452,20 @@ class LocalEngine:
         prompts = [classification_prompt(self.tokenizer, t, labels, instruction) for t in texts]
         first_tokens = self._label_tokens(tuple(labels))
         if first_tokens is None:  # labels share first tokens: whole-label likelihood, one job per text
-            return self._batcher.submit_solo(lambda: self._score_labels_by_likelihood(prompts, labels, model))
+            return self._batcher.submit_solo(
+                lambda: self._score_labels_by_likelihood(prompts, labels, model),
+                kind="likelihood",
+                cost=len(prompts) * len(labels),
+            )
         rows = [LabelRow(self.tokenize(p), model, first_tokens) for p in prompts]
         # One job per micro-batch of rows: 256 texts never make one forward pass, other requests'
-        # rows interleave with them, and a cancelled request drops its chunks not yet run.
+        # rows interleave with them, and a cancelled request drops its chunks not yet run. The
+        # chunks are admitted together: the queue bound looks at the work ahead of the first.
         step = self.settings.max_batch_size
-        inners = [
-            self._batcher.submit("labels", _LabelRequest(rows[i : i + step]), rows=len(rows[i : i + step]))
-            for i in range(0, len(rows), step)
-        ]
+        chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
+        inners: list[Future[Any]] = list(
+            self._batcher.submit_all("labels", [(_LabelRequest(c), len(c), len(c)) for c in chunks])
+        )
         outer: Future[list[dict[str, float]]] = Future()
         lock = threading.Lock()
 
@@ -499,7 +551,9 @@ class LocalEngine:
                 raise InvalidRequestError("answer labels must start with different tokens")
         metrics.ENGINE_REQUESTS.labels("continuations", model).inc(len(conts))
         return self._batcher.submit_solo(
-            lambda: self._continuations_now(prefix_ids, conts, model, answer_tokens, answer_labels)
+            lambda: self._continuations_now(prefix_ids, conts, model, answer_tokens, answer_labels),
+            kind="continuations",
+            cost=len(conts),
         )
 
     def score_continuations(self, prefix: Prompt, continuations: list[str], **kwargs: Any) -> list[ContinuationScore]:
@@ -535,16 +589,16 @@ class LocalEngine:
                 limit=self.settings.max_batch_texts * 16,
                 actual=len(texts),
             )
-        return self._on_engine_thread(lambda: self.embedder.embed(texts, normalize=normalize))
+        return self._on_engine_thread(lambda: self.embedder.embed(texts, normalize=normalize), "embed", len(texts))
 
-    def _on_engine_thread(self, run: Callable[[], np.ndarray]) -> np.ndarray:
+    def _on_engine_thread(self, run: Callable[[], np.ndarray], kind: str, cost: int) -> np.ndarray:
         """``run()`` on the engine thread, between batches (inline when already there), for the
         OpenMP reason given in warm_up: one MiniLM call from another thread made every later
         mixed-adapter batch 1.7x slower."""
         if self._batcher.on_worker():
             return run()
         self._batcher.start()
-        result: np.ndarray = self._wait(self._batcher.submit_solo(run))
+        result: np.ndarray = self._wait(self._batcher.submit_solo(run, kind=kind, cost=max(1, cost)))
         return result
 
     def hidden_states(self, texts: list[str], *, model: str = BASE) -> np.ndarray:
@@ -566,4 +620,4 @@ class LocalEngine:
                 model,
             )
 
-        return self._on_engine_thread(run)
+        return self._on_engine_thread(run, "hidden", len(texts))

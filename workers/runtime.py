@@ -12,6 +12,7 @@ from apps.sentiment.dispatch import CeleryDispatcher
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
 from apps.settings import get_settings
+from apps.support.webhook import WebhookTarget
 from core.interface import Engine
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ def engine() -> Engine:
         eng.warm_up()
         log.info("worker engine ready: %s", ", ".join(m["id"] for m in eng.list_models()))
     return eng
+
+
+def support_webhook_target(tenant: str) -> WebhookTarget | None:
+    return services().support_webhook_target(tenant)
 
 
 def context(namespace: str | None = None, config: str | None = None) -> SentimentContext:

@@ -22,6 +22,7 @@ from apps.sentiment.delivery import TARGETS, DeliveryError, deliver
 from apps.sentiment.enrich import enrich_ids
 from apps.settings import get_settings
 from apps.support import webhook as support_webhook
+from apps.tenants.store import DEFAULT_TENANT
 from core.errors import EngineOverloadedError, ModelNotReadyError
 from workers import runtime
 from workers.celery_app import app
@@ -54,6 +55,22 @@ class DeliverArgs(BaseModel):
     namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def _fan_out(task: Any, args: Scoped) -> None:
+    """Beat schedules the default tenant's run (no namespace): it queues the same run for every other
+    tenant, each on its own namespace, so their items are swept and their alerts raised too."""
+    if args.namespace is not None or args.config is not None:
+        return
+    services = runtime.services()
+    for tenant in services.tenants.tenants():
+        if tenant.id != DEFAULT_TENANT:
+            task.apply_async(
+                kwargs={
+                    **args.model_dump(exclude_none=True),
+                    "namespace": services.apps_of(tenant.id).sentiment.namespace,
+                }
+            )
+
+
 @app.task(name=names.ENRICH, **RETRY)
 def enrich(**kwargs: Any) -> dict[str, Any]:
     args = EnrichArgs(**kwargs)
@@ -82,12 +99,14 @@ def scan_inbox(**kwargs: Any) -> int:
 @app.task(name=names.SWEEP, **RETRY)
 def sweep(**kwargs: Any) -> int:
     args = Scoped(**kwargs)
+    _fan_out(sweep, args)
     return runtime.context(args.namespace, args.config).sweep()
 
 
 @app.task(name=names.MONITOR, **RETRY)
 def monitor(**kwargs: Any) -> list[str]:
     args = MonitorArgs(**kwargs)
+    _fan_out(monitor, args)
     return [a.id for a in runtime.context(args.namespace, args.config).monitor(args.now)]
 
 
@@ -115,7 +134,8 @@ class DeliverTask(Task):
 )
 def deliver_alert(**kwargs: Any) -> str:
     args = DeliverArgs(**kwargs)
-    return deliver(runtime.context(args.namespace).alerts, args.alert_id, args.target, _settings)
+    ctx = runtime.context(args.namespace)  # a tenant's targets are its own (none of the operator's)
+    return deliver(ctx.alerts, args.alert_id, args.target, ctx.delivery_settings())
 
 
 class SupportWebhookArgs(BaseModel):
@@ -133,11 +153,11 @@ class SupportWebhookArgs(BaseModel):
 def deliver_support_webhook(**kwargs: Any) -> str:
     """One handoff event to the support team's own helpdesk (queue ``alerts``, sent by the API)."""
     args = SupportWebhookArgs(**kwargs)
-    target = support_webhook.target_for(_support, str(args.event.get("tenant", "")))
-    if target is None:
-        log.warning("support webhook %s dropped: no webhook configured", args.event.get("type"))
-        return "no target"
     try:
+        target = runtime.support_webhook_target(str(args.event.get("tenant", "")))
+        if target is None:
+            log.warning("support webhook %s dropped: no webhook configured", args.event.get("type"))
+            return "no target"
         support_webhook.deliver(args.event, target)
     except support_webhook.WebhookRejectedError as exc:
         log.error("%s; not retried", exc.message)
@@ -148,6 +168,7 @@ def deliver_support_webhook(**kwargs: Any) -> str:
 @app.task(name=names.RETRY_DEAD, **RETRY)
 def retry_dead_letters(**kwargs: Any) -> int:
     args = Scoped(**kwargs)
+    _fan_out(retry_dead_letters, args)
     return len(runtime.context(args.namespace, args.config).resend())
 
 

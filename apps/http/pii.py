@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from urllib.parse import quote, unquote
 
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
@@ -237,18 +238,28 @@ class PiiLogFilter(logging.Filter):
 _USER_PATH_RE = re.compile(r"^(/v1/recommend/)(?!stats$|events|items|feedback)[^/?]+")
 
 
+def _mask_segment(segment: str) -> str:
+    """One path segment as the client sent it (percent-encoded: ``jane%40example.com``), masked in its
+    decoded form. The masker leaves a number glued to a ``/`` alone (a date, a fraction); in a path the
+    slash only separates, so each segment is masked on its own. A masked segment is encoded again:
+    a client cannot write a line break into the log."""
+    decoded = unquote(segment)
+    masked = mask_pii(decoded)
+    return segment if masked == decoded else quote(masked, safe="[]")
+
+
 class AccessLogFilter(logging.Filter):
     """uvicorn's access log (its own handler, which the root filter never sees): the client's IP,
     query strings (search terms, user ids) and the user id in a recommendation path are dropped, the
-    rest masked. Its record args are (client, method, path, http version, status), and its formatter
-    unpacks them, so they stay a 5-tuple."""
+    rest masked segment by segment. Its record args are (client, method, path, http version, status),
+    and its formatter unpacks them, so they stay a 5-tuple."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5:
             _client, method, path, version, status = args
             path = _USER_PATH_RE.sub(r"\1{user}", str(path).split("?", 1)[0])
-            record.args = ("-", method, mask_pii(path), version, status)
+            record.args = ("-", method, "/".join(_mask_segment(part) for part in path.split("/")), version, status)
         return True
 
 
@@ -258,11 +269,12 @@ OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "celery", "celery.task", "cel
 
 def mask_pii_in_logs() -> None:
     """Mask personal data in every log line: the root handlers, the loggers with their own handlers
-    (uvicorn, Celery), and uvicorn's access log (with ``AccessLogFilter``)."""
-    for name in ("", *OWN_HANDLER_LOGGERS):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, PiiLogFilter) for f in handler.filters):
-                handler.addFilter(PiiLogFilter())
+    (uvicorn, Celery), logging's last resort (a warning with no handler to go to, as under uvicorn's
+    default config, which gives the root none) and uvicorn's access log (with ``AccessLogFilter``)."""
+    handlers = [h for name in ("", *OWN_HANDLER_LOGGERS) for h in logging.getLogger(name).handlers]
+    for handler in [*handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, PiiLogFilter) for f in handler.filters):
+            handler.addFilter(PiiLogFilter())
     for handler in logging.getLogger("uvicorn.access").handlers:
         if not any(isinstance(f, AccessLogFilter) for f in handler.filters):
             handler.addFilter(AccessLogFilter())

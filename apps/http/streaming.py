@@ -3,21 +3,29 @@
 The engine calls ``on_delta`` from its one worker thread, in the middle of a batch that may hold
 other clients' rows, so the callback must be quick and must never raise: it only hands the text
 to this request's event loop (``call_soon_threadsafe``) and is a no-op once the client has gone.
+
+A stream's 200 goes out only once the engine has started on it (its first delta, or its end):
+until then the request waits like any other (``apps.http.deadline.await_engine``), so a full
+queue or a passed deadline is a 503 with Retry-After, not an error inside a 200 stream. After that,
+a gap of more than the engine deadline between two deltas ends the stream with an in-band error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from apps.errors import stream_error_json
-from core.errors import DomainLLMError
+from apps.http.deadline import await_engine, off_loop
+from core.errors import DomainLLMError, EngineOverloadedError
 from core.interface import Engine, Prompt
 from core.sampling import Completion, SamplingParams
 
@@ -33,6 +41,18 @@ class DeltaBridge:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._closed = False
+        self.started: Future[None] = Future()  # settles at the first delta, or when the job ends without one
+        self.pushed = False  # a delta came
+
+    def follow(self, future: Future[Completion]) -> None:
+        """Tie the bridge to the engine's job: ``started`` settles when it ends, and cancelling
+        ``started`` (a client that gave up waiting for the first token) cancels the job."""
+        future.add_done_callback(lambda _: self._start())
+        self.started.add_done_callback(lambda s: future.cancel() if s.cancelled() else None)
+
+    def _start(self) -> None:
+        with contextlib.suppress(InvalidStateError):  # already started, or cancelled by a client that gave up
+            self.started.set_result(None)
 
     def is_closed(self) -> bool:
         """Polled by the engine each decode step: a closed stream stops generating."""
@@ -41,6 +61,9 @@ class DeltaBridge:
     def push(self, text: str) -> None:
         """The engine's ``on_delta``; runs on the engine thread."""
         self._put(text)
+        self.pushed = True
+        if not self.started.done():
+            self._start()
 
     def _put(self, item: object) -> None:
         if self._closed:
@@ -50,16 +73,23 @@ class DeltaBridge:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self._closed = True
 
-    async def deltas(self, future: Future[Completion]) -> AsyncIterator[str]:
+    async def deltas(self, future: Future[Completion], idle_s: float) -> AsyncIterator[str]:
         """Yield the text pieces as they come; return once ``future`` settled (read its result then).
 
         If the consumer stops early (the client disconnected), a job still waiting in the engine's
-        queue is cancelled; one already running stops at its next decode step (``is_closed``).
+        queue is cancelled; one already running stops at its next decode step (``is_closed``). No
+        piece for ``idle_s`` seconds: ``EngineOverloadedError``, and the job is cancelled.
         """
         # Done-callbacks run on the engine thread right after the last on_delta, so _END comes last.
         future.add_done_callback(lambda _: self._put(_END))
         try:
-            while (item := await self._queue.get()) is not _END:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout=idle_s)
+                except TimeoutError:
+                    raise EngineOverloadedError(f"the engine sent nothing for {idle_s:g} s; retry shortly") from None
+                if item is _END:
+                    return
                 assert isinstance(item, str)
                 yield item
         finally:
@@ -78,14 +108,21 @@ def sse_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/event-stream": {"schema": event}}}
 
 
-def submit_streaming(
-    engine: Engine, prompt: Prompt, *, model: str, params: SamplingParams
+async def submit_streaming(
+    request: Request, engine: Engine, prompt: Prompt, *, model: str, params: SamplingParams
 ) -> tuple[DeltaBridge, Future[Completion]]:
-    """Queue a generation whose deltas flow through a new bridge; it stops if the reader goes away."""
+    """Queue a generation whose deltas flow through a new bridge (it stops if the reader goes away)
+    and wait, within the engine deadline, until it has started. A job that failed before its first
+    delta raises here, so the caller answers with the error's own status."""
     bridge = DeltaBridge()
-    future = engine.submit_generate(
-        prompt, model=model, params=params, on_delta=bridge.push, should_stop=bridge.is_closed
+    future = await off_loop(
+        engine.submit_generate, prompt, model=model, params=params, on_delta=bridge.push, should_stop=bridge.is_closed
     )
+    bridge.follow(future)
+    await await_engine(request, bridge.started)
+    error = future.exception() if future.done() and not future.cancelled() and not bridge.pushed else None
+    if error is not None:
+        raise error
     return bridge, future
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, status
 
-from apps.deps import AdminDep, EngineDep, SettingsDep
+from apps.deps import EngineDep, SettingsDep
 from apps.errors import error_responses
 from apps.llm.schemas import AdapterDeleted, AdapterList, AdapterLoadRequest, AdapterOut
-from apps.tenants.auth import requirement
+from apps.tenants.auth import SharedAdminDep, requirement
 from core.adapters import AdapterInfo
 from core.config import Settings
 from core.errors import AdapterLoadError
@@ -64,7 +64,7 @@ async def list_adapters(engine: EngineDep) -> AdapterList:
     responses=error_responses(400, 401, 409, 422, 503),
 )
 async def load_adapter(
-    body: AdapterLoadRequest, engine: EngineDep, settings: SettingsDep, _admin: AdminDep
+    body: AdapterLoadRequest, engine: EngineDep, settings: SettingsDep, _admin: SharedAdminDep
 ) -> AdapterOut:
     folder = adapter_folder(body, settings)
     try:
@@ -82,6 +82,6 @@ async def load_adapter(
     "finish on it; later ones get 404.",
     responses=error_responses(400, 401, 404, 422, 503),
 )
-async def unload_adapter(name: str, engine: EngineDep, _admin: AdminDep) -> AdapterDeleted:
+async def unload_adapter(name: str, engine: EngineDep, _admin: SharedAdminDep) -> AdapterDeleted:
     await asyncio.to_thread(engine.unload_adapter, name)
     return AdapterDeleted(id=name)

@@ -48,7 +48,7 @@ CHUNKS = ChunkFormat(
     summary="Chat completion",
     description="Answer a conversation with the base model or an adapter (`model`). Greedy by default "
     "(temperature 0); `stream: true` streams the answer as it is generated.",
-    responses={200: SSE_DOC, **error_responses(400, 404, 413, 422, 503)},
+    responses={200: SSE_DOC, **error_responses(400, 404, 413, 422, 429, 503)},
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep, settings: SettingsDep

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request
 
 from apps.deps import EngineDep, select_model
 from apps.errors import error_responses
+from apps.http.deadline import await_engine, off_loop
 from apps.llm.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult
 from apps.tenants.auth import requirement
 
@@ -25,8 +24,10 @@ router = APIRouter(prefix="/v1", tags=["classification"], dependencies=[Depends(
 )
 async def classify(body: ClassifyRequest, request: Request, engine: EngineDep) -> ClassifyResponse:
     model = select_model(request, engine, body.model)
-    future = engine.submit_score_labels(body.texts, body.labels, model=model, instruction=body.instruction)
-    scores = await asyncio.wrap_future(future)
+    future = await off_loop(
+        engine.submit_score_labels, body.texts, body.labels, model=model, instruction=body.instruction
+    )
+    scores = await await_engine(request, future)
     return ClassifyResponse(
         model=model,
         results=[ClassifyResult(label=max(s, key=s.__getitem__), scores=s) for s in scores],

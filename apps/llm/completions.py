@@ -33,7 +33,7 @@ CHUNKS = ChunkFormat(chunk=TextCompletion, id_prefix="cmpl", choice=_choice)
     summary="Text completion",
     description="Continue a raw prompt (no chat template) with the base model or an adapter. "
     "Greedy by default (temperature 0); `stream: true` streams the text as it is generated.",
-    responses={200: SSE_DOC, **error_responses(400, 404, 413, 422, 503)},
+    responses={200: SSE_DOC, **error_responses(400, 404, 413, 422, 429, 503)},
 )
 async def create_completion(
     body: CompletionRequest, request: Request, engine: EngineDep, settings: SettingsDep

@@ -8,7 +8,6 @@ with ``usage`` and no choices.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from apps.deps import select_model
+from apps.http.deadline import await_engine, off_loop
 from apps.http.streaming import DeltaBridge, sse_response, submit_streaming
 from apps.llm.schemas import FinishReason, SamplingRequest, Usage, finish_reason, new_id, now
+from apps.tenants.budget import charge_when_done, check_budget
 from core.config import Settings
 from core.interface import Engine, Prompt
 from core.sampling import Completion
@@ -74,19 +75,29 @@ async def generate(
     """The finished generation, or (with ``stream: true``) the event-stream response.
 
     ``prompt`` reads the body's prompt; it is called after the model and sampling checks (so a
-    request wrong in several ways is refused for the first of them)."""
+    request wrong in several ways is refused for the first of them). A tenant whose daily token
+    budget is spent gets a 429 before anything is queued; what each generation used is counted."""
     model = select_model(request, engine, body.model)
     params = body.sampling_params(settings)
     the_prompt = prompt()
+    await check_budget(request)
     if body.stream:
-        bridge, future = submit_streaming(engine, the_prompt, model=model, params=params)
-        return sse_response(_chunks(fmt, bridge, future, model, body.include_usage))
-    completion = await asyncio.wrap_future(engine.submit_generate(the_prompt, model=model, params=params))
+        bridge, future = await submit_streaming(request, engine, the_prompt, model=model, params=params)
+        charge_when_done(request, future)
+        return sse_response(_chunks(fmt, bridge, future, model, body.include_usage, settings.engine_deadline_s))
+    future = await off_loop(engine.submit_generate, the_prompt, model=model, params=params)
+    charge_when_done(request, future)
+    completion = await await_engine(request, future)
     return Generated(new_id(fmt.id_prefix), now(), model, completion)
 
 
 async def _chunks(
-    fmt: ChunkFormat, bridge: DeltaBridge, future: Future[Completion], model: str, include_usage: bool
+    fmt: ChunkFormat,
+    bridge: DeltaBridge,
+    future: Future[Completion],
+    model: str,
+    include_usage: bool,
+    idle_s: float,
 ) -> AsyncIterator[BaseModel]:
     chunk_id, created = new_id(fmt.id_prefix), now()
 
@@ -95,7 +106,7 @@ async def _chunks(
 
     if fmt.opening is not None:
         yield chunk([fmt.opening])
-    async for text in bridge.deltas(future):
+    async for text in bridge.deltas(future, idle_s):
         yield chunk([fmt.choice(text, None)])
     completion = future.result()  # settled: raises the engine's error, if any
     yield chunk([fmt.choice(None, finish_reason(completion.finish_reason))])

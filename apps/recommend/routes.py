@@ -4,6 +4,10 @@ Handlers are plain functions (FastAPI runs them on its thread pool): they talk t
 on the engine's LLM scoring. The LLM is used once the engine is ready; until then (and if it fails)
 recommendations are served without it and say so (``model: "none"``). When Redis cannot be reached
 the routes answer 503 rather than 500.
+
+Every route takes a server key (the catalogue an admin key), except one: a shopper's own list,
+``GET /{user_id}``, also takes the tenant's widget key with a user token that the storefront's backend
+minted (``POST /user-tokens``; ``apps.tenants.tokens``), so a page can ask for it from the browser.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Depends, Query, Request
 
-from apps.deps import AdminDep, RecommendDep
-from apps.errors import error_responses, store_guarded_route
+from apps.deps import AdminDep, PrincipalDep, RecommendDep, SettingsDep
+from apps.errors import ErrorResponse, error_responses, store_guarded_route
 from apps.recommend.schemas import (
     ID_SCHEMA,
     EventsAccepted,
@@ -29,14 +33,21 @@ from apps.recommend.schemas import (
     ItemsUpserted,
     RecommendResponse,
     StatsResponse,
+    UserTokenRequest,
+    UserTokenResponse,
 )
-from apps.tenants.auth import requirement
+from apps.tenants import tokens
+from apps.tenants.auth import requirement, tenant_store
+from apps.tenants.store import TenantStore
+from apps.tenants.tokens import UserReaderDep
 from core.errors import InvalidRequestError
 
-router = APIRouter(
-    prefix="/v1/recommend",
-    tags=["recommend"],
-    route_class=store_guarded_route("recommendation", (redis.RedisError,)),
+GUARDED = store_guarded_route("recommendation", (redis.RedisError,))
+# What the app includes: ``backend``'s routes, then the per-user read (a server key, or a widget key
+# with a user token: ``apps.tenants.tokens.user_reader``).
+router = APIRouter(prefix="/v1/recommend", tags=["recommend"], route_class=GUARDED)
+backend = APIRouter(
+    route_class=GUARDED,
     dependencies=[Depends(requirement("server"))],  # the storefront's backend; the catalogue takes admin
 )
 
@@ -85,7 +96,7 @@ async def _load_file(request: Request, load: Callable[[str, str], dict[str, Any]
     return result
 
 
-@router.get(
+@backend.get(
     "/stats",
     response_model=StatsResponse,
     summary="Click-through rate by recommendation source",
@@ -95,7 +106,7 @@ def stats(service: ServiceDep) -> dict[str, Any]:
     return service.stats()
 
 
-@router.post(
+@backend.post(
     "/events",
     response_model=EventsAccepted,
     summary="Record user events",
@@ -107,7 +118,7 @@ def post_events(body: EventsRequest, service: ServiceDep) -> dict[str, Any]:
     return service.add_events([e.model_dump() for e in body.events])
 
 
-@router.post(
+@backend.post(
     "/events/bulk",
     summary="Record a file of events",
     openapi_extra=FILE_BODY,
@@ -118,7 +129,7 @@ async def post_events_file(request: Request, service: ServiceDep) -> dict[str, A
     return await _load_file(request, service.add_events_text)
 
 
-@router.post(
+@backend.post(
     "/items",
     response_model=ItemsUpserted,
     summary="Add or update catalogue items",
@@ -129,7 +140,7 @@ def post_items(body: ItemsRequest, service: ServiceDep, _: AdminDep) -> dict[str
     return service.upsert_items([i.model_dump() for i in body.items])
 
 
-@router.post(
+@backend.post(
     "/items/bulk",
     response_model=ItemsUpserted,
     summary="Add or update catalogue items from a file",
@@ -141,7 +152,7 @@ async def post_items_file(request: Request, service: ServiceDep, _: AdminDep) ->
     return await _load_file(request, service.upsert_items_text)
 
 
-@router.delete(
+@backend.delete(
     "/items",
     response_model=ItemsDeleted,
     summary="Delete catalogue items",
@@ -158,7 +169,7 @@ def delete_items(
     return service.delete_items(ids)
 
 
-@router.post(
+@backend.post(
     "/feedback",
     response_model=FeedbackResponse,
     summary="Attribute a click, cart or purchase to a recommendation",
@@ -168,7 +179,7 @@ def feedback(body: FeedbackRequest, service: ServiceDep) -> dict[str, Any]:
     return service.feedback(body.recommendation_id, body.item_id, body.type, body.ts)
 
 
-@router.post(
+@backend.post(
     "/impressions",
     response_model=ImpressionsResponse,
     summary="Record that the storefront showed a recommendation's items",
@@ -181,6 +192,43 @@ def impressions(body: ImpressionsRequest, service: ServiceDep) -> dict[str, Any]
     return service.impressions(body.recommendation_id, body.item_ids)
 
 
+@backend.post(
+    "/user-tokens",
+    response_model=UserTokenResponse,
+    summary="Mint a user token: one shopper's recommendations, readable from their browser",
+    description="The storefront's backend (a server key) mints a short-lived token for the signed-in "
+    "shopper and hands it to the page, which reads `GET /v1/recommend/{user_id}` with the tenant's widget "
+    "key (`X-Support-Key`) and the token (`X-User-Token`): that user only, until `expires_at`. Nothing is "
+    "stored per token; rotating the tenant's signing secret (`POST /v1/tenant/user-token-secret/rotate`) "
+    "retires every token minted before.",
+    responses=error_responses(400, 422, 503),
+)
+async def mint_user_token(
+    body: UserTokenRequest,
+    who: PrincipalDep,  # a server key: the router's requirement
+    settings: SettingsDep,
+    store: Annotated[TenantStore, Depends(tenant_store)],
+) -> dict[str, Any]:
+    ttl_s = settings.user_token_ttl_s if body.ttl_s is None else body.ttl_s
+    return await _in_thread(tokens.mint, store, who.tenant, body.user_id, ttl_s, settings.user_token_max_ttl_s)
+
+
+router.include_router(backend)  # before the per-user read, so that /stats is not read as a user id
+
+_USER_READ_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorResponse,
+        "description": "Missing, wrong or revoked API key; or an `X-User-Token` that is malformed, altered, "
+        "expired or signed with a rotated secret.",
+    },
+    403: {
+        "model": ErrorResponse,
+        "description": "A widget key without an `X-User-Token`, from an origin its tenant does not allow, or "
+        "with a token minted for another user or another tenant.",
+    },
+}
+
+
 @router.get(
     "/{user_id}",
     response_model=RecommendResponse,
@@ -188,11 +236,14 @@ def impressions(body: ImpressionsRequest, service: ServiceDep) -> dict[str, Any]
     description="A ranked, filtered, explained list. Unknown users get a cold-start list (popular, "
     "diversified, around `context_item` or `category` when given). Never returns out-of-stock items, "
     "items the user bought, or items recorded as shown (`POST /impressions`) in the last half hour. "
-    "Reading changes nothing: the same request gives the same list.",
-    responses=error_responses(400, 404, 422, 503),
+    "Reading changes nothing: the same request gives the same list. Takes a server key, or (from the "
+    "shopper's browser) a widget key with an `X-User-Token` minted for this `user_id` "
+    "(`POST /user-tokens`).",
+    responses={**error_responses(400, 404, 422, 503), **_USER_READ_REFUSALS},
 )
 def recommend(
     user_id: str,
+    _: UserReaderDep,
     service: ServiceDep,
     k: Annotated[int, Query(description="How many items (1 to DOMAINLLM_RECOMMEND_MAX_K).")] = 10,
     context_item: Annotated[str | None, Query(description="The item on the page, if any.")] = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 
 from domains.recommend.records import ID_PATTERN
@@ -142,3 +142,29 @@ class StatsResponse(BaseModel):
     cold_start_requests: int
     sources: dict[str, SourceStats]
     catalogue_items: int
+
+
+class UserTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=ID_PATTERN.pattern, description="The id the storefront reads recommendations for.")
+    ttl_s: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="Seconds the token is good for, cut to DOMAINLLM_USER_TOKEN_MAX_TTL_S (3600 by default; "
+        "`expires_at` says what was granted); default DOMAINLLM_USER_TOKEN_TTL_S (900).",
+    )
+
+    @field_validator("ttl_s", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1 and "60" as 60; JSON Schema says a number (60.0 is one)
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON number")
+        return value
+
+
+class UserTokenResponse(BaseModel):
+    token: str = Field(description="Send it as `X-User-Token`, with a widget key, to `GET /v1/recommend/{user_id}`.")
+    expires_at: int = Field(description="Epoch seconds.")

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import redis
@@ -21,6 +21,7 @@ import redis
 from apps.recommend.catalogue import Catalogue
 from apps.recommend.settings import RecommendSettings
 from apps.recommend.signals import RedisSignals
+from apps.recommend.users import stored_user_id
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 from core.interface import Engine
 from domains.recommend.index import EmbedFn
@@ -95,6 +96,13 @@ class RecommendService:
     def _key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
+    def _user(self, user_id: str) -> str:
+        """The id under which the user is stored: a pseudonym when the id is personal data."""
+        return stored_user_id(user_id, self.ns, self.settings.pseudonym_key.get_secret_value().encode())
+
+    def _users(self, events: list[Event]) -> list[Event]:
+        return [replace(e, user_id=stored) if (stored := self._user(e.user_id)) != e.user_id else e for e in events]
+
     def rankers(self) -> Rankers:
         """The trained rankers (reloaded when the file changes), else the hand-set fallback."""
         path = self.settings.ranker_path
@@ -144,12 +152,13 @@ class RecommendService:
         if context_item is not None and context_item not in pipeline.index:
             raise UnknownItemError(f"unknown context_item {context_item!r}")
         now = time.time()
-        blocked = self.signals.excluded(user_id)
+        stored = self._user(user_id)
+        blocked = self.signals.excluded(stored)
         if self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
-            blocked |= self.signals.shown(user_id, now - self.settings.shown_ttl_s)
+            blocked |= self.signals.shown(stored, now - self.settings.shown_ttl_s)
         filters = Filters(category, price_min, price_max, frozenset(exclude or ()))
         result = pipeline.recommend(
-            self.signals.history(user_id), k=k, blocked=blocked, filters=filters, context_item=context_item, now=now
+            self.signals.history(stored), k=k, blocked=blocked, filters=filters, context_item=context_item, now=now
         )
         rid = uuid.uuid4().hex
         items = []
@@ -166,7 +175,7 @@ class RecommendService:
                     "source": r.source,
                 }
             )
-        self._log_recommendation(rid, user_id, result.items, result.cold_start, now)
+        self._log_recommendation(rid, stored, result.items, result.cold_start, now)
         return {
             "recommendation_id": rid,
             "user_id": user_id,
@@ -213,7 +222,7 @@ class RecommendService:
                 raise InvalidRequestError(f"events[{n}]: {exc.message}") from None
             where.append(f"events[{n}]")
         self._check_known(events, where)
-        self._record(events)
+        self._record(self._users(events))
         return {"accepted": len(events)}
 
     def add_events_text(self, text: str, fmt: str) -> dict[str, Any]:
@@ -224,6 +233,7 @@ class RecommendService:
         errors += [
             RowError(f"user {e.user_id}", f"unknown item {e.item_id!r}") for e in events if e.item_id not in index
         ]
+        good = self._users(good)
         for start in range(0, len(good), 5000):
             self._record(good[start : start + 5000])
         return {"accepted": len(good), "rejected": len(errors), "errors": _errors(errors[:100])}

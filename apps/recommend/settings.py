@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from apps.tenants.store import DEFAULT_TENANT, tenant_namespace
 from core.config import PROJECT_ROOT
 from domains.recommend.serving import RANKING_ADAPTER
 
@@ -57,9 +58,21 @@ class RecommendSettings(BaseSettings):
         description="A user's history and exclusions are forgotten this long after their last event.",
     )
     recommendation_ttl_s: int = Field(7 * 86400, ge=60, description="How long feedback can be attributed.")
+    pseudonym_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key of the HMAC that stands in for a user id that is personal data (an e-mail, phone, card...) "
+        "in Redis (apps/recommend/users.py). Set a secret so that stored pseudonyms cannot be reversed by guessing; "
+        "changing it forgets those users' histories.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RecommendSettings:
         if len(set(self.exclude_event_types)) != len(self.exclude_event_types):
             raise ValueError("DOMAINLLM_RECOMMEND_EXCLUDE_EVENT_TYPES lists a type twice")
         return self
+
+    def for_tenant(self, tenant: str) -> RecommendSettings:
+        """A tenant's recommender: its own Redis prefix (catalogue, events, users)."""
+        if tenant == DEFAULT_TENANT:
+            return self
+        return self.model_copy(update={"namespace": tenant_namespace(self.namespace, tenant)})

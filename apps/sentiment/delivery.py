@@ -18,12 +18,12 @@ import smtplib
 import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from urllib.parse import urlsplit
 
 import httpx
 
 # sign and verify_signature live in the shell (the support handoff webhook signs the same way); they are
 # re-exported here for the receivers and tests that import them from this module.
+from apps.http.egress import destination_problem, host_of
 from apps.http.signing import sign, verify_signature  # noqa: F401
 from apps.sentiment.alerts import Alert, AlertStore
 from apps.sentiment.settings import SentimentSettings
@@ -47,15 +47,12 @@ def alert_text(alert: Alert) -> str:
     return "\n".join(lines)
 
 
-def host_of(url: str) -> str:
-    """Where a webhook points, without its path or query: a Slack-style URL's path is its secret, and
-    delivery errors are stored and shown on GET /v1/sentiment/alerts."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
-
-
 def send_webhook(alert: Alert, settings: SentimentSettings) -> None:
     assert settings.webhook_url
+    if settings.webhook_public_only:
+        problem = destination_problem(settings.webhook_url)
+        if problem:
+            raise DeliveryError(f"webhook {host_of(settings.webhook_url)} refused: {problem}")
     body = json.dumps({"type": "sentiment.alert", "alert": alert.to_dict()}).encode()
     ts = str(int(time.time()))
     headers = {

@@ -3,6 +3,9 @@
 The id is what makes ingestion idempotent: the same story reached by RSS, a file and the API must
 map to the same key. A URL identifies a story best (scheme and host lower-cased, fragment and
 tracking parameters dropped); without one, a hash of source + headline + publication time does.
+
+Personal data in an item (a leaked e-mail address, card or phone number in a headline, a body or a
+URL's query) is masked here, before the item is stored, enqueued, logged or hashed into its id.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from apps.http.pii import mask_pii
 from core.errors import InputTooLargeError, InvalidRequestError
 
 _TRACKING = re.compile(r"^(utm_\w+|fbclid|gclid|mc_cid|mc_eid)$", re.IGNORECASE)
@@ -54,7 +58,9 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
         raise InvalidRequestError(f"url must be an absolute http(s) URL, got {url[:200]!r}")
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)])
+    query = urlencode(
+        [(k, mask_pii(v)) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)]
+    )
     path = parts.path or "/"
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, query, ""))
 
@@ -98,10 +104,10 @@ def parse_time(value: Any) -> float:
 
 
 def clean_text(text: str) -> str:
-    """Unicode NFC, no control characters or markup, single spaces."""
+    """Unicode NFC, no control characters or markup, single spaces, personal data masked."""
     text = unicodedata.normalize("NFC", text)
     text = _TAGS.sub(" ", _CONTROL.sub(" ", text))
-    return _SPACES.sub(" ", text).strip()
+    return mask_pii(_SPACES.sub(" ", text).strip())
 
 
 def _check_unicode(text: str, what: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class SentimentContext:
     dispatcher: Dispatcher | None = None
     config_arg: str | None = None  # the config path to hand on to tasks (None: the worker's default)
     feed_client: httpx.Client | None = field(default=None, repr=False)
+    # the settings deliveries go by, read at each send: a tenant's webhook is set over the API
+    delivery_source: Callable[[], SentimentSettings] | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -133,10 +136,14 @@ class SentimentContext:
 
     # ---- monitoring and delivery -------------------------------------------------------------
 
+    def delivery_settings(self) -> SentimentSettings:
+        """The settings with the delivery targets in force now (a tenant's own webhook included)."""
+        return self.delivery_source() if self.delivery_source is not None else self.settings
+
     def hand_on_alert(self, alert: Alert) -> None:
         if self.dispatcher is None:
             return
-        for target in self.settings.targets():
+        for target in self.delivery_settings().targets():
             self.dispatcher.deliver(alert.id, target, namespace=self.namespace)
 
     def monitor(self, now: float | None = None) -> list[Alert]:
@@ -148,7 +155,7 @@ class SentimentContext:
         pairs = self.alerts.take_dead_letters(alert_id)
         if alert_id is not None:
             done = self.alerts.delivery(alert_id)
-            pairs += [(alert_id, t) for t in self.settings.targets()
+            pairs += [(alert_id, t) for t in self.delivery_settings().targets()
                       if done.get(t, {}).get("state") != "sent" and (alert_id, t) not in pairs]  # fmt: skip
         if self.dispatcher is not None:
             for a, t in pairs:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from apps.tenants.store import DEFAULT_TENANT, tenant_namespace
 from core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "rules" / "sentiment.yaml"
@@ -45,6 +46,8 @@ class SentimentSettings(BaseSettings):
     # delivery
     webhook_url: str | None = None
     webhook_secret: SecretStr = SecretStr("change-me")
+    # a tenant's webhook (set over the API, not by the operator): public addresses only, checked at each send
+    webhook_public_only: bool = Field(False, exclude=True)
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "domainllm-alerts@localhost"
@@ -82,3 +85,19 @@ class SentimentSettings(BaseSettings):
         if self.smtp_host:
             names.append("email")
         return names
+
+    def for_tenant(self, tenant: str) -> SentimentSettings:
+        """A tenant's monitor: its own Redis prefix; the operator's feeds, inbox folder, webhook and
+        e-mail stay with the default tenant (a tenant pushes its news and reads its alerts)."""
+        if tenant == DEFAULT_TENANT:
+            return self
+        return self.model_copy(
+            update={
+                "namespace": tenant_namespace(self.namespace, tenant),
+                "feeds": [],
+                "inbox_dir": None,
+                "webhook_url": None,
+                "smtp_host": None,
+                "smtp_to": [],
+            }
+        )

@@ -47,6 +47,7 @@ from typing import Any
 import httpx
 from defusedxml import ElementTree
 
+from apps.http.egress import address_problem
 from core.errors import InputTooLargeError, InvalidRequestError, UpstreamError
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -67,14 +68,6 @@ SITEMAP_TYPES = {
     "application/x-gzip": "gzip",
 }
 REDIRECTS = {301, 302, 303, 307, 308}
-_ADDRESS_CHECKS = (
-    ("is_loopback", "a loopback address"),
-    ("is_unspecified", "an unspecified address"),
-    ("is_link_local", "a link-local address"),
-    ("is_multicast", "a multicast address"),
-    ("is_reserved", "a reserved address"),
-    ("is_private", "a private address"),
-)
 
 
 class UrlRefusedError(InvalidRequestError):
@@ -143,19 +136,6 @@ def _normal_host(host: str) -> str:
         return host.encode("idna").decode("ascii") if host != "*" and not host.isascii() else host
     except UnicodeError:
         return host
-
-
-def address_problem(address: str) -> str | None:
-    """Why ``address`` must not be fetched ("a loopback address"...), or None when it is public."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for attribute, words in _ADDRESS_CHECKS:
-        if getattr(ip, attribute):
-            return words
-    if not ip.is_global:
-        return "not a public address"
-    return None
 
 
 async def system_resolver(host: str, port: int) -> list[str]:

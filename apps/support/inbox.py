@@ -50,8 +50,11 @@ class Inbox:
         webhooks: WebhookQueue | None = None,
         *,
         tenant: str = DEFAULT_TENANT,
+        has_target: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``has_target``: whether the tenant's helpdesk webhook is set now (another tenant's is in
+        Redis, ``apps.tenants.delivery``); by default, whether the settings name one."""
         self.sessions = sessions
         self.settings = settings
         self.tenant = tenant
@@ -66,12 +69,13 @@ class Inbox:
         self.analytics = SupportAnalytics(
             sessions.r, sessions.ns, tenant, retention_days=settings.analytics_retention_days, clock=clock
         )
-        self.webhooks = webhooks if target_for(settings, tenant) is not None else None
+        self.webhooks = webhooks
+        self._has_target = has_target or (lambda: target_for(settings, tenant) is not None)
 
     def _notify(self, event_type: str, handoff: dict[str, Any], **extra: Any) -> None:
         """Queue a webhook event. The state has changed already, so a broker hiccup is logged, not
         raised: the customer and the agent are not failed for the helpdesk's copy."""
-        if self.webhooks is None:
+        if self.webhooks is None or not self._has_target():
             return
         try:
             self.webhooks.enqueue(build_event(event_type, self.tenant, handoff, **extra))

@@ -9,9 +9,8 @@ analytics, and the inbox page at ``/inbox``.
     GET  /v1/support/inbox/events?after=     server-sent events: every change, live
     GET  /v1/support/analytics?days=N        per-day deflection, handoffs, CSAT, top unanswered questions
 
-Every route takes ``AgentKeyDep``: the admin key today. The agent names themself in the body, and
-the desk holds them to it. The tenants issue swaps ``AgentKeyDep`` for an agent-scoped key and
-``agent_inbox`` for the key's tenant's inbox; nothing else here changes.
+Every route takes ``AgentKeyDep``, a tenant's admin key, and serves that tenant's inbox. The agent
+names themself in the body, and the desk holds them to it.
 """
 
 from __future__ import annotations
@@ -48,12 +47,12 @@ router = APIRouter(
 )
 pages = APIRouter(tags=["support inbox"], include_in_schema=False)
 
-# Who may act as an agent: the admin key until the tenants issue brings agent-scoped keys.
+# Who may act as an agent: a tenant's admin key (the tenant's inbox is the key's).
 AgentKeyDep = AdminDep
 
 
 async def agent_inbox(service: SupportDep) -> Inbox:
-    """The inbox of the agent's tenant (``default`` until keys name a tenant)."""
+    """The inbox of the agent's key's tenant."""
     return service.inbox
 
 

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
-from apps.deps import AdminDep, SupportDep, WidgetDep
+from apps.deps import AdminDep, PublicSupportDep, SupportDep, WidgetDep
 from apps.errors import error_responses, store_guarded_route, stream_error_json
 from apps.support.answer import Plan
 from apps.support.live import AfterQuery, LastEventIdHeader, customer_events, resume_cursor
@@ -242,7 +242,7 @@ def widget_js() -> Response:
 
 
 @pages.get("/help/{doc_id:path}", response_class=HTMLResponse)
-def help_article(doc_id: str, request: Request, service: ServiceDep) -> HTMLResponse:
+def help_article(doc_id: str, request: Request, service: PublicSupportDep) -> HTMLResponse:
     doc = service.fresh_kb().get(doc_id)
     if doc is None:
         raise NotFoundError(f"no help article {doc_id!r}", doc_id=doc_id)

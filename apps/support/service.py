@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -19,6 +20,7 @@ from apps.support.kb import KnowledgeBase
 from apps.support.rules import Rules, load_rules
 from apps.support.settings import SupportSettings
 from apps.support.webhook import WebhookQueue
+from apps.tenants.store import DEFAULT_TENANT
 from core.interface import Engine
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,15 @@ class SupportService:
         rules: Rules | None = None,
         *,
         webhooks: WebhookQueue | None = None,
+        tenant: str = DEFAULT_TENANT,
+        has_webhook: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.rules = rules or load_rules(settings.rules_path)
         self.store = ConversationStore(client, namespace=settings.namespace, session_ttl_s=settings.session_ttl_s)
         # handoffs to a person, their live events, the team's webhook and the daily analytics
-        self.inbox = Inbox(self.store, settings, webhooks)
+        self.inbox = Inbox(self.store, settings, webhooks, tenant=tenant, has_target=has_webhook)
         self.kb = KnowledgeBase(
             settings.kb_dir, engine, chunk_tokens=settings.chunk_tokens, overlap_tokens=settings.chunk_overlap_tokens
         )

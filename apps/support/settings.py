@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from apps.support.extractive import DEFAULT_SELECTOR
+from apps.tenants.store import DEFAULT_TENANT, tenant_namespace
 from core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -24,7 +25,7 @@ class SupportSettings(BaseSettings):
     rules_path: Path = PACKAGE_DIR / "rules" / "default.yaml"
     public_keys: list[str] = Field(
         default_factory=lambda: ["pk_demo_store"],
-        description="Keys a widget may present in X-Support-Key; empty: no key needed.",
+        description="The default tenant's widget keys from settings (the demo pages use the first); empty: none.",
     )
     session_ttl_s: int = Field(24 * 3600, ge=60)
     history_turns: int = Field(6, ge=0, le=50, description="Earlier turns kept for follow-up rewriting.")
@@ -117,3 +118,19 @@ class SupportSettings(BaseSettings):
         if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
             raise ValueError("DOMAINLLM_SUPPORT_CHUNK_OVERLAP_TOKENS must be under half of CHUNK_TOKENS")
         return self
+
+    def for_tenant(self, tenant: str) -> SupportSettings:
+        """A tenant's support bot: its own Redis prefix and KB folder. What lives in these settings and
+        is the operator's (the team webhook, the server folders sync may read, the demo page's widget
+        keys) stays with the default tenant."""
+        if tenant == DEFAULT_TENANT:
+            return self
+        return self.model_copy(
+            update={
+                "namespace": tenant_namespace(self.namespace, tenant),
+                "kb_dir": self.kb_dir.parent / "tenants" / tenant / "kb",
+                "public_keys": [],
+                "webhook_url": None,
+                "sync_roots": [],
+            }
+        )

@@ -12,9 +12,13 @@ widget's ``X-Support-Key`` are read too, as before. What each resolves to:
 No key, or one that is unknown or revoked: 401. A key whose scope does not admit the route: 403. A
 widget key sent from a page whose origin its tenant does not allow: 403.
 
-The apps' stored data is not yet split by tenant (issue 15's isolation step): until it is, the app
-routes admit only the ``default`` tenant's keys (``data=True``), so another tenant's key can manage
-its own keys but cannot read or change the default tenant's data.
+Every app route serves the data of the key's tenant (``apps.composition.Services.apps_of``): the
+key is resolved once per request (:func:`authenticate`), and both the scope check and the
+dependencies that hand a route its tenant's service read that one ``Principal``. The operator key
+acts for the tenant named in ``X-Tenant`` (``default`` without it); any other key sent with an
+``X-Tenant`` that is not its own gets 403. Routes that change what every
+tenant shares (loading adapters into the engine) admit only the default tenant's admin and the
+operator (``shared=True``) until tenants have adapters of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from apps.tenants.limits import RateLimits
-from apps.tenants.store import DEFAULT_TENANT, SCOPES, TenantStore, scope_admits
+from apps.tenants.store import DEFAULT_TENANT, SCOPES, TENANT_ID, TenantStore, scope_admits
 from core.config import PLACEHOLDER_SECRETS
 from core.errors import AuthenticationError, ModelNotReadyError, PermissionDeniedError, StoreUnavailableError
 
@@ -67,7 +71,7 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
-def _services(request: Request) -> Any:
+def tenant_services(request: Request) -> Any:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise ModelNotReadyError("the server is still starting; retry shortly")
@@ -75,13 +79,29 @@ def _services(request: Request) -> Any:
 
 
 def tenant_store(request: Request) -> TenantStore:
-    store: TenantStore = _services(request).tenants
+    store: TenantStore = tenant_services(request).tenants
     return store
 
 
 def services_limits(request: Request) -> RateLimits:
-    limits: RateLimits = _services(request).limits
+    limits: RateLimits = tenant_services(request).limits
     return limits
+
+
+def _acting_tenant(request: Request) -> str:
+    """The tenant an operator acts for: ``X-Tenant``, which must name an existing tenant."""
+    tenant = request.headers.get("X-Tenant") or DEFAULT_TENANT
+    if tenant == DEFAULT_TENANT:
+        return tenant
+    try:
+        known = tenant_store(request).get_tenant(tenant) if TENANT_ID.match(tenant) else None
+    except redis.RedisError as exc:
+        raise StoreUnavailableError(
+            f"the key store (Redis) is unavailable: {type(exc).__name__}; retry shortly"
+        ) from exc
+    if known is None:
+        raise PermissionDeniedError(f"X-Tenant names no tenant: {tenant[:64]!r}")
+    return tenant
 
 
 def resolve(request: Request, key: str) -> Principal:
@@ -93,7 +113,7 @@ def resolve(request: Request, key: str) -> Principal:
         )
     operator = settings.operator_key.get_secret_value()
     if operator not in PLACEHOLDER_SECRETS and _same(key, operator):
-        return Principal(request.headers.get("X-Tenant") or DEFAULT_TENANT, "operator")
+        return Principal(_acting_tenant(request), "operator")
     admin = settings.admin_key.get_secret_value()
     if admin not in PLACEHOLDER_SECRETS and _same(key, admin):
         return Principal(DEFAULT_TENANT, "admin")
@@ -126,37 +146,51 @@ def _check_origin(request: Request, principal: Principal) -> None:
         raise PermissionDeniedError(f"this widget key is not allowed from {origin}; add it to the tenant's origins")
 
 
-def requirement(needed: str, *, data: bool = True) -> Callable[..., Coroutine[Any, Any, Principal]]:
+async def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+    admin_key: Annotated[str | None, Depends(_admin_header)],
+    support_key: Annotated[str | None, Header(alias="X-Support-Key", include_in_schema=False)] = None,
+) -> Principal:
+    """The caller, once per request (FastAPI caches it): counted against the address's and the key's
+    rate limits, refused with 401 when there is no valid key."""
+    limits = services_limits(request)
+    limits.hit_ip(request.client.host if request.client else "")  # refused keys count too: no guessing
+    given = (bearer.credentials if bearer is not None else None) or api_key or admin_key or support_key
+    if not given:
+        raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' (or X-Api-Key)")
+    principal = resolve(request, given)
+    limits.hit_key(f"{principal.tenant}:{principal.key_id or principal.scope}")
+    named = request.headers.get("X-Tenant")
+    if named and not principal.operator and named != principal.tenant:
+        raise PermissionDeniedError(f"this key belongs to another tenant than {named[:64]!r}")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def requirement(needed: str, *, shared: bool = False) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency admitting keys whose scope admits ``needed`` (an operator key admits all).
-    ``data``: the route reads or changes app data, which only the default tenant has so far."""
+    ``shared``: the route changes what every tenant shares, so only the default tenant (or the
+    operator) may call it."""
     if needed not in (*SCOPES, "operator"):
         raise ValueError(f"unknown scope {needed!r}")
 
-    async def require(
-        request: Request,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        api_key: Annotated[str | None, Depends(_api_key)],
-        admin_key: Annotated[str | None, Depends(_admin_header)],
-        support_key: Annotated[str | None, Header(alias="X-Support-Key", include_in_schema=False)] = None,
-    ) -> Principal:
-        limits = services_limits(request)
-        limits.hit_ip(request.client.host if request.client else "")  # refused keys count too: no guessing
-        given = (bearer.credentials if bearer is not None else None) or api_key or admin_key or support_key
-        if not given:
-            raise AuthenticationError(
-                f"an API key with the {needed!r} scope is required: send 'Authorization: Bearer <key>' (or X-Api-Key)"
+    async def require(request: Request, principal: PrincipalDep) -> Principal:
+        if needed in ("admin", "operator") and not request.app.state.settings.expose_admin:
+            raise PermissionDeniedError(
+                "admin routes are off on this server (DOMAINLLM_EXPOSE_ADMIN=false): call the internal instance"
             )
-        principal = resolve(request, given)
-        limits.hit_key(f"{principal.tenant}:{principal.key_id or principal.scope}")
         if not principal.admits(needed):
             raise PermissionDeniedError(f"this key has the {principal.scope!r} scope; this route needs {needed!r}")
         _check_origin(request, principal)
-        if data and principal.tenant != DEFAULT_TENANT:
+        if shared and not principal.operator and principal.tenant != DEFAULT_TENANT:
             raise PermissionDeniedError(
-                f"tenant {principal.tenant!r} has no app data here yet: only the default tenant's data is served "
-                "until per-tenant storage is enabled"
+                "this route changes what every tenant shares (the engine's adapters): only the operator may call it"
             )
-        request.state.principal = principal
         return principal
 
     require.needed = needed  # type: ignore[attr-defined]  # read by route_scope (the route-by-key tests)
@@ -178,5 +212,5 @@ def route_scope(route: Any) -> str | None:
 WidgetDep = Annotated[Principal, Depends(requirement("widget"))]
 ServerDep = Annotated[Principal, Depends(requirement("server"))]
 AdminDep = Annotated[Principal, Depends(requirement("admin"))]
-TenantAdminDep = Annotated[Principal, Depends(requirement("admin", data=False))]
-OperatorDep = Annotated[Principal, Depends(requirement("operator", data=False))]
+SharedAdminDep = Annotated[Principal, Depends(requirement("admin", shared=True))]
+OperatorDep = Annotated[Principal, Depends(requirement("operator"))]

@@ -5,6 +5,11 @@
     {ns}:key:{key_id}            hash  tenant, scope, digest (SHA-256 of the secret, hex), label,
                                        created_at, last4; deleted when revoked
     {ns}:keys:{tenant}           set   the tenant's key ids
+    {ns}:origin:{origin}         set   the tenants whose origins list ``origin`` (gone when none does):
+                                       CORS asks it, with no key in hand, whether any tenant allows a page
+    {ns}:origins-indexed         str   set once the index above covers the tenants made before it
+    {ns}:signing:{tenant}        str   ``{kid}:{secret}``, the tenant's user-token signing secret (random,
+                                       made on first use; rotating it retires every token it signed)
 
 A key reads ``dlm_<scope>_<key_id>_<secret>``: the id finds the record in one lookup, and only the
 secret's SHA-256 is stored (a 256-bit random secret needs no slow hash: nothing to brute-force).
@@ -41,6 +46,20 @@ _KEY = re.compile(r"^dlm_(widget|server|admin)_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
 
 
+def tenant_namespace(base: str, tenant: str) -> str:
+    """The Redis prefix of ``tenant``'s data in an app whose prefix is ``base``: the base itself for
+    the default tenant (so a single-tenant install keeps its data), ``{base}.t-{tenant}`` for others."""
+    return base if tenant == DEFAULT_TENANT else f"{base}.t-{check_tenant_id(tenant)}"
+
+
+def tenant_of_namespace(base: str, namespace: str) -> str | None:
+    """The tenant whose prefix ``namespace`` is in an app whose prefix is ``base``; None: neither."""
+    if namespace == base:
+        return DEFAULT_TENANT
+    head, sep, tenant = namespace.partition(".t-")
+    return tenant if sep and head == base and TENANT_ID.match(tenant) else None
+
+
 def scope_admits(held: str, needed: str) -> bool:
     """A key of scope ``held`` may call a route that needs ``needed``."""
     return SCOPES.index(held) >= SCOPES.index(needed)
@@ -63,6 +82,14 @@ def check_origins(origins: list[str]) -> list[str]:
     if bad:
         raise InvalidRequestError(f"origins must be scheme://host[:port] or '*'; not valid: {bad[:3]}")
     return list(dict.fromkeys(origins))
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A tenant's user-token signing secret and its id (the id goes in each token it signs)."""
+
+    kid: str
+    secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,7 @@ class TenantStore:
     def __init__(self, client: redis.Redis, namespace: str = "tenancy") -> None:
         self.r = client
         self.ns = namespace
+        self._origins_indexed = False  # ensure_origin_index has run in this process
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -127,10 +155,14 @@ class TenantStore:
         if not self.r.sadd(self._k("tenants"), tenant):
             raise ConflictError(f"tenant {tenant!r} exists already")
         record = Tenant(tenant, (name or tenant).strip()[:200] or tenant, origins, time.time())
-        self.r.hset(
+        pipe = self.r.pipeline()
+        pipe.hset(
             self._k("tenant", tenant),
             mapping={"name": record.name, "origins": json.dumps(origins), "created_at": record.created_at},
         )
+        for origin in origins:
+            pipe.sadd(self._k("origin", origin), tenant)
+        pipe.execute()
         return record
 
     def ensure_default(self, origins: list[str] | None = None) -> Tenant:
@@ -168,8 +200,69 @@ class TenantStore:
 
     def set_origins(self, tenant: str, origins: list[str]) -> Tenant:
         self.require_tenant(tenant)
-        self.r.hset(self._k("tenant", tenant), "origins", json.dumps(check_origins(origins)))
+        origins = check_origins(origins)
+        record = self._k("tenant", tenant)
+
+        def swap(pipe: Any) -> None:  # retried by redis-py while another replica changes the record under it
+            old = json.loads(self._s(pipe.hget(record, "origins") or "[]"))
+            pipe.multi()
+            pipe.hset(record, "origins", json.dumps(origins))
+            for origin in set(old) - set(origins):
+                pipe.srem(self._k("origin", origin), tenant)  # Redis drops the set with its last tenant
+            for origin in origins:
+                pipe.sadd(self._k("origin", origin), tenant)
+
+        self.r.transaction(swap, record)
         return self.require_tenant(tenant)
+
+    # ---- the origins index (CORS) -------------------------------------------------------------
+
+    def origin_listed(self, origin: str) -> bool:
+        """Some tenant allows pages of ``origin`` (or of any origin, ``*``) to use its widget keys."""
+        if not self._origins_indexed:
+            self.ensure_origin_index()
+        return bool(self.r.exists(self._k("origin", origin), self._k("origin", "*")))
+
+    def ensure_origin_index(self) -> None:
+        """Index the origins of tenants made before the index existed, until one process has done it
+        to the end (two doing it at once is harmless: each tenant's origins are added, never removed)."""
+        if not self.r.exists(self._k("origins-indexed")):
+            for tenant in sorted(self._s(t) for t in self.r.smembers(self._k("tenants"))):
+                record = self._k("tenant", tenant)
+
+                def add(pipe: Any, record: str = record, tenant: str = tenant) -> None:
+                    origins = json.loads(self._s(pipe.hget(record, "origins") or "[]"))
+                    pipe.multi()
+                    for origin in origins:
+                        pipe.sadd(self._k("origin", origin), tenant)
+
+                self.r.transaction(add, record)  # a concurrent set_origins makes it read again
+            self.r.set(self._k("origins-indexed"), "1")
+        self._origins_indexed = True
+
+    # ---- user-token signing secrets ------------------------------------------------------------
+
+    def signing_key(self, tenant: str) -> SigningKey:
+        """``tenant``'s user-token signing secret, made on first use; every replica reads the same one."""
+        name = self._k("signing", check_tenant_id(tenant))
+        raw = self.r.get(name)
+        if raw is None:
+            self.r.set(name, self._new_signing_value(), nx=True)  # the first replica to ask wins
+            raw = self.r.get(name)
+        kid, _, secret = self._s(raw).partition(":")
+        return SigningKey(kid, secret.encode("ascii"))
+
+    def rotate_signing_key(self, tenant: str) -> str:
+        """A new signing secret for ``tenant``: every user token signed before stops working at once.
+        Returns the new secret's id."""
+        self.require_tenant(tenant)
+        value = self._new_signing_value()
+        self.r.set(self._k("signing", tenant), value)
+        return value.partition(":")[0]
+
+    @staticmethod
+    def _new_signing_value() -> str:
+        return f"{secrets.token_hex(4)}:{secrets.token_urlsafe(32)}"
 
     # ---- keys ---------------------------------------------------------------------------------
 

@@ -136,6 +136,25 @@ def test_a_purchase_posted_now_removes_that_item_from_the_next_response(client: 
     assert second["items"]
 
 
+def test_a_user_known_by_personal_data_is_stored_under_a_pseudonym(client: TestClient) -> None:
+    crowd(client)
+    email = "jane.doe@example.com"
+    events(client, (email, "coffee-0", "view"), (email, "coffee-1", "purchase"))
+    r = client.post("/v1/recommend/events/bulk", content=f"user_id,item_id,type\n{email},tea-0,purchase",
+                    headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert r.json()["accepted"] == 1, r.text
+    body = recommend(client, email, k=30)
+    assert body["user_id"] == email and not body["cold_start"]  # the history is found again
+    assert not {"coffee-1", "tea-0"} & set(ids(body))  # and so are the purchases
+    service: RecommendService = client.app.dependency_overrides[get_recommend_service]()  # type: ignore[attr-defined]
+    keys = [k.decode() for k in service.client.scan_iter(match=f"{service.ns}:*")]
+    stored = [k for k in keys if ":u:pseudo-" in k]
+    assert stored and not [k for k in keys if "example.com" in k]
+    assert all("example.com" not in e.to_json() for e in service.signals.logged_events())
+    events(client, ("alice", "coffee-0", "view"))
+    assert service.client.exists(f"{service.ns}:u:alice:h")  # an opaque id is kept as it is
+
+
 def test_an_out_of_stock_item_never_appears(client: TestClient) -> None:
     crowd(client)
     out = [i for i in catalogue() if i["category"] in {"coffee", "books"}]

@@ -154,6 +154,10 @@ def test_the_access_log_drops_ips_queries_and_user_ids() -> None:
         ("/v1/recommend/jane.doe@example.com?k=5", "/v1/recommend/{user}"),
         ("/v1/support/kb/search?q=my+card+4111111111111111", "/v1/support/kb/search"),
         ("/v1/recommend/stats", "/v1/recommend/stats"),
+        # percent-encoded as sent, and numbers that are a whole path segment
+        ("/v1/support/sessions/jane%40example.com/messages", "/v1/support/sessions/[EMAIL]/messages"),
+        ("/v1/support/sessions/4111111111111111/events", "/v1/support/sessions/[CARD]/events"),
+        ("/v1/support/sessions/a%40b.io%0Aforged/x", "/v1/support/sessions/[EMAIL]%0Aforged/x"),  # no line break
     ]:
         record = logging.LogRecord(
             "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
