@@ -24,9 +24,10 @@ from core.config import Settings
 
 class AppSettings(Settings):
     cors_origins: list[str] = Field(
-        default_factory=lambda: ["*"],
-        description="Sites whose pages may call the public APIs from a browser (the chat widget on another "
-        "origin). Env DOMAINLLM_CORS_ORIGINS (it was DOMAINLLM_SUPPORT_CORS_ORIGINS).",
+        default_factory=list,
+        description="Sites whose pages may call the API from a browser, besides the origins each tenant lists "
+        "(PUT /v1/tenant/origins): the demo pages are same-origin, so none by default; ['*'] opens the API to every "
+        "page. Env DOMAINLLM_CORS_ORIGINS (it was DOMAINLLM_SUPPORT_CORS_ORIGINS).",
     )
     cors_cache_s: float = Field(
         5.0,

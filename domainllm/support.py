@@ -24,6 +24,7 @@ from apps.support.documents import SUPPORTED_SUFFIXES, InvalidDocumentError
 from apps.support.fetch import FetchPolicy
 from apps.support.kb import SEARCH_MODES, KnowledgeBase
 from apps.support.kb_sources import FolderScan, ingest_sitemap, ingest_urls, scan_folder, sync_folder
+from apps.tenants.store import DEFAULT_TENANT
 from core.errors import DomainLLMError, NotFoundError
 from domainllm.common import console, err_console, fail, services
 
@@ -32,13 +33,22 @@ app = typer.Typer(help="The customer-support knowledge base.", no_args_is_help=T
 KbDirOption = Annotated[
     Path | None, typer.Option("--kb-dir", help="Knowledge-base folder (default DOMAINLLM_SUPPORT_KB_DIR).")
 ]
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="The tenant whose knowledge base this is (default: the default tenant).")
+]
 UrlPrefixOption = Annotated[str, typer.Option(help="Documents without a url get <prefix><doc_id> ('' for none).")]
 
 
-def _kb(kb_dir: Path | None) -> KnowledgeBase:
-    """The served knowledge base (embedding on the engine's thread; no base model load needed),
-    or another folder's, with the same chunking settings."""
+def _kb(kb_dir: Path | None, tenant: str | None = None) -> KnowledgeBase:
+    """The served knowledge base of a tenant (embedding on the engine's thread; no base model load
+    needed), or another folder's, with the same chunking settings."""
     built = services()
+    if kb_dir is not None and tenant is not None:
+        fail("give --kb-dir or --tenant, not both")
+    if tenant is not None:
+        if tenant != DEFAULT_TENANT and built.tenants.get_tenant(tenant) is None:
+            fail(f"no tenant {tenant!r}: create it with `domainllm tenants create {tenant}`")
+        return built.apps_of(tenant).support.kb
     if kb_dir is None:
         return built.support.kb
     settings = built.settings.support
@@ -60,6 +70,7 @@ def _report_scan(scan: FolderScan) -> None:
 def ingest(
     path: Annotated[Path, typer.Argument(help="A file, or a folder searched recursively.")],
     kb_dir: KbDirOption = None,
+    tenant: TenantOption = None,
     url_prefix: UrlPrefixOption = "/help/",
 ) -> None:
     """Parse .md/.html/.txt/.pdf articles and .csv/.jsonl FAQ files and upsert them (one index rebuild).
@@ -74,7 +85,7 @@ def ingest(
     _report_scan(scan)
     if scan.documents:
         try:
-            kb = _kb(kb_dir)
+            kb = _kb(kb_dir, tenant)
             with console.status(f"indexing {len(scan.documents)} documents"):
                 results = {r.doc_id: r for r in kb.upsert_many(scan.documents)}
         except DomainLLMError as exc:
@@ -94,6 +105,7 @@ def ingest(
 def sync(
     folder: Annotated[Path, typer.Argument(help="The folder whose files the knowledge base should hold.")],
     kb_dir: KbDirOption = None,
+    tenant: TenantOption = None,
     url_prefix: UrlPrefixOption = "/help/",
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Let a folder with no files delete all of its documents.")
@@ -104,7 +116,7 @@ def sync(
     other sources (other folders, URLs, API uploads) are not touched. One new index generation: a
     failure leaves the old one serving. Exit code 1 if any file failed (its old documents are kept)."""
     try:
-        kb = _kb(kb_dir)
+        kb = _kb(kb_dir, tenant)
         with console.status(f"syncing {folder}"):
             scan, result = sync_folder(kb, folder, url_prefix=url_prefix or None, allow_empty=allow_empty)
     except DomainLLMError as exc:
@@ -129,6 +141,7 @@ def ingest_url(
     sitemap: Annotated[str | None, typer.Option(help="A sitemap or sitemap index URL instead.")] = None,
     prune: Annotated[bool, typer.Option(help="With --sitemap: delete pages it gave before and lists no more.")] = False,
     kb_dir: KbDirOption = None,
+    tenant: TenantOption = None,
 ) -> None:
     """Fetch web pages into the knowledge base, within DOMAINLLM_SUPPORT_FETCH_* (allowed hosts,
     public addresses only, size and time limits). Exit code 1 if a sitemap page failed."""
@@ -137,7 +150,7 @@ def ingest_url(
     if prune and not sitemap:
         fail("--prune applies to --sitemap only")
     try:
-        kb = _kb(kb_dir)
+        kb = _kb(kb_dir, tenant)
         policy = FetchPolicy.from_settings(services().settings.support)
         with console.status("fetching"):
             if sitemap:
@@ -165,10 +178,11 @@ def search(
     k: Annotated[int, typer.Option(help="How many passages.")] = 5,
     mode: Annotated[str, typer.Option(help=f"One of {', '.join(SEARCH_MODES)}.")] = "hybrid",
     kb_dir: KbDirOption = None,
+    tenant: TenantOption = None,
 ) -> None:
     """Print the best passages for a query with their scores."""
     try:
-        kb = _kb(kb_dir)
+        kb = _kb(kb_dir, tenant)
         hits = kb.search(query, k=k, mode=mode)
     except DomainLLMError as exc:
         fail(exc)
@@ -192,9 +206,9 @@ def search(
 
 
 @app.command("list")
-def list_documents(kb_dir: KbDirOption = None) -> None:
+def list_documents(kb_dir: KbDirOption = None, tenant: TenantOption = None) -> None:
     """The documents in the knowledge base."""
-    kb = _kb(kb_dir)
+    kb = _kb(kb_dir, tenant)
     table = Table(title=f"{kb.root}: {len(kb)} chunks")
     for column in ("doc_id", "kind", "chunks", "title", "url", "source"):
         table.add_column(column)
@@ -205,8 +219,12 @@ def list_documents(kb_dir: KbDirOption = None) -> None:
 
 
 @app.command()
-def delete(doc_id: Annotated[str, typer.Argument(help="The document to remove.")], kb_dir: KbDirOption = None) -> None:
+def delete(
+    doc_id: Annotated[str, typer.Argument(help="The document to remove.")],
+    kb_dir: KbDirOption = None,
+    tenant: TenantOption = None,
+) -> None:
     """Remove a document and its chunks."""
-    if not _kb(kb_dir).delete(doc_id):
+    if not _kb(kb_dir, tenant).delete(doc_id):
         fail(NotFoundError(f"no document {doc_id!r} in the knowledge base"))
     console.print(f"deleted {doc_id}")

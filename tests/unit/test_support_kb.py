@@ -419,3 +419,28 @@ def test_documents_without_a_word_are_stored_and_searchable(tmp_path: Path) -> N
     assert len(reopened) == 1
     reopened.upsert_many(ARTICLES)
     assert reopened.search("refund", k=1)[0].doc_id == "returns"
+
+
+def test_cli_writes_a_tenants_own_knowledge_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--tenant``: the tenant's KB folder, as the server's ``apps_of(tenant)`` serves it; an unknown
+    tenant, or --tenant with --kb-dir, is a usage error (exit 2) that writes nothing."""
+    from types import SimpleNamespace
+
+    import domainllm.support
+    from domainllm import support as cli
+
+    kbs = {"acme": KnowledgeBase(tmp_path / "acme-kb", HashEmbedder())}
+    fake = SimpleNamespace(
+        tenants=SimpleNamespace(get_tenant=lambda t: object() if t in kbs else None),
+        apps_of=lambda t: SimpleNamespace(support=SimpleNamespace(kb=kbs[t])),
+    )
+    monkeypatch.setattr(domainllm.support, "services", lambda: fake)
+    doc = tmp_path / "returns.md"
+    doc.write_text("# Returns\n\nReturn items within 30 days.\n")
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["ingest", str(doc), "--tenant", "acme"]).exit_code == 0
+    assert [d.doc_id for d in kbs["acme"].documents()] == ["returns"]
+    ghost = runner.invoke(cli.app, ["ingest", str(doc), "--tenant", "ghost"])
+    assert ghost.exit_code == 2 and "no tenant 'ghost'" in ghost.output
+    both = runner.invoke(cli.app, ["ingest", str(doc), "--tenant", "acme", "--kb-dir", str(tmp_path / "x")])
+    assert both.exit_code == 2 and not (tmp_path / "x").exists()
