@@ -17,9 +17,9 @@ this run's own Redis). The clients are asyncio + httpx in this process, on the s
   (DOMAINLLM_ENGINE_MAX_QUEUE_S and DOMAINLLM_ENGINE_DEADLINE_S at their defaults):
   (b) 500 concurrent one-text /v1/classify requests at once: statuses (every 503 must carry
       Retry-After), latency, the engine's queue wait (its histogram), and /healthz polled every
-      100 ms throughout; (c) 50 closed-loop clients, 10 per kind (chat, classify, recommend, support,
-      news), for 60 s: each request has a 30 s client timeout; after a 429/503 the client waits
-      Retry-After; (d) a 2 MB body, declared and chunked, and a 1.9 MB one holding one text: how fast
+      100 ms throughout (from a process of its own); (c) 50 clients, 10 per kind (chat, classify,
+      recommend, support, news), for 60 s: each waits 1 s after an answer before its next request,
+      Retry-After after a 429/503, and gives up on a request after 30 s; (d) a 2 MB body, declared and chunked, and a 1.9 MB one holding one text: how fast
       the 413 comes; (e) 200 clients (100 chat with 64 new tokens, 100 classify) that give up after
       1 s: seconds from the last give-up until the engine is idle (queue empty, no batch running, as
       /metrics says), and a fresh classify's latency right after.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -57,6 +58,7 @@ OPERATOR_KEY = "bench-operator-key"
 ADMIN = {"X-Api-Key": ADMIN_KEY}
 STARTUP_TIMEOUT_S = 240
 CLIENT_TIMEOUT_S = 30.0
+THINK_S = 1.0  # a mixed client's pause between two answers (a person, a storefront page, a feed poller)
 HEADLINES = [
     "Globex shares plunge 18% after regulator opens accounting fraud probe",
     "Initech raises full-year guidance as cloud revenue jumps",
@@ -212,46 +214,57 @@ async def call(
 
 
 class Watcher:
-    """Polls /healthz every 100 ms (its latency) and /metrics every 500 ms (the engine's queue)."""
+    """Polls /healthz every 100 ms (its latency) and /metrics every 500 ms (the engine's queue), in a
+    process of its own: the clients' event loop, busy with hundreds of requests, would delay it."""
 
     def __init__(self, base: str) -> None:
-        self.base = base
-        self.health: list[float] = []
-        self.health_failures = 0
-        self.queue_depth: list[float] = []
-        self.queue_seconds: list[float] = []
-        self._stop = asyncio.Event()
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._results = ctx.Queue()
+        self._proc = ctx.Process(target=_watch, args=(base, self._stop, self._results), daemon=True)
 
-    async def run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base, timeout=10) as http:
-            tick = 0
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = (await http.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    ok = False
-                self.health.append(time.perf_counter() - started)
-                self.health_failures += not ok
-                if tick % 5 == 0:
-                    try:
-                        text = (await http.get("/metrics")).text
-                        self.queue_depth.append(metric(text, "domainllm_queue_depth"))
-                        self.queue_seconds.append(metric(text, "domainllm_queue_seconds"))
-                    except httpx.TransportError:
-                        pass
-                tick += 1
-                await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
+    def __enter__(self) -> Watcher:
+        self._proc.start()
+        return self
 
-    def stop(self) -> None:
+    def __exit__(self, *_: object) -> None:
         self._stop.set()
 
     def report(self) -> dict[str, Any]:
+        self._stop.set()
+        health, failures, depth, seconds = self._results.get(timeout=60)
+        self._proc.join(timeout=30)
         return {
-            "healthz": {**summary(self.health), "failures": self.health_failures},
-            "queue_depth_max": max(self.queue_depth, default=None),
-            "queue_seconds_max": round(max(self.queue_seconds, default=0.0), 2),
+            "healthz": {**summary(health), "failures": failures},
+            "queue_depth_max": max(depth, default=None),
+            "queue_seconds_max": round(max(seconds, default=0.0), 2),
         }
+
+
+def _watch(base: str, stop: Any, results: Any) -> None:
+    health: list[float] = []
+    depth: list[float] = []
+    seconds: list[float] = []
+    failures = 0
+    with httpx.Client(base_url=base, timeout=10) as http:
+        tick = 0
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                failures += http.get("/healthz").status_code != 200
+            except httpx.TransportError:
+                failures += 1
+            health.append(time.perf_counter() - started)
+            if tick % 5 == 0:
+                try:
+                    text = http.get("/metrics").text
+                    depth.append(metric(text, "domainllm_queue_depth"))
+                    seconds.append(metric(text, "domainllm_queue_seconds"))
+                except httpx.TransportError:
+                    pass
+            tick += 1
+            time.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
+    results.put((health, failures, depth, seconds))
 
 
 def statuses(outcomes: list[Outcome]) -> dict[str, int]:
@@ -310,18 +323,19 @@ async def rate_limits(base: str) -> dict[str, Any]:
 async def flood(base: str, n: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base, timeout=10) as m:
         before = (await m.get("/metrics")).text
-    watcher = Watcher(base)
-    watching = asyncio.create_task(watcher.run())
-    await asyncio.sleep(0.5)
-    started = time.perf_counter()
-    async with client(base, connections=n + 10) as http:
-        outcomes = await asyncio.gather(
-            *(call(http, "classify", "POST", "/v1/classify", json=classify_body(1, i), timeout=90) for i in range(n))
-        )
-    wall = time.perf_counter() - started
-    await asyncio.sleep(0.5)
-    watcher.stop()
-    await watching
+    with Watcher(base) as watcher:
+        await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        async with client(base, connections=n + 10) as http:
+            outcomes = await asyncio.gather(
+                *(
+                    call(http, "classify", "POST", "/v1/classify", json=classify_body(1, i), timeout=90)
+                    for i in range(n)
+                )
+            )
+        wall = time.perf_counter() - started
+        await asyncio.sleep(0.5)
+        watched = watcher.report()
     async with httpx.AsyncClient(base_url=base, timeout=10) as m:
         after = (await m.get("/metrics")).text
     ok = [o.seconds for o in outcomes if o.status == 200]
@@ -335,19 +349,17 @@ async def flood(base: str, n: int) -> dict[str, Any]:
         "latency_503": summary(refused),
         "engine_queue_wait_max_below_s": max_wait_bucket(before, after, "labels"),
         "wall_s": round(wall, 2),
-        **watcher.report(),
+        **watched,
     }
 
 
 # ---- (c) 50 mixed clients ----------------------------------------------------------------------
 
 
-async def mixed(base: str, clients: int, seconds: float) -> dict[str, Any]:
+async def mixed(base: str, clients: int, seconds: float, think_s: float) -> dict[str, Any]:
     kinds = ["chat", "classify", "recommend", "support", "news"]
     outcomes: list[Outcome] = []
     end = time.perf_counter() + seconds
-    watcher = Watcher(base)
-    watching = asyncio.create_task(watcher.run())
 
     async def one(i: int, http: httpx.AsyncClient) -> None:
         kind = kinds[i % len(kinds)]
@@ -378,13 +390,13 @@ async def mixed(base: str, clients: int, seconds: float) -> dict[str, Any]:
                 item["published_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 o = await call(http, kind, "POST", "/v1/sentiment/news", json={"items": [item]})
             outcomes.append(o)
-            if o.status in (429, 503) and o.retry_after:
-                await asyncio.sleep(min(float(o.retry_after), max(0.0, end - time.perf_counter())))
+            pause = float(o.retry_after) if o.status in (429, 503) and o.retry_after else think_s
+            await asyncio.sleep(min(pause, max(0.0, end - time.perf_counter())))
 
-    async with client(base, connections=clients + 10) as http:
-        await asyncio.gather(*(one(i, http) for i in range(clients)))
-    watcher.stop()
-    await watching
+    with Watcher(base) as watcher:
+        async with client(base, connections=clients + 10) as http:
+            await asyncio.gather(*(one(i, http) for i in range(clients)))
+        watched = watcher.report()
     per_kind = {}
     for kind in kinds:
         mine = [o for o in outcomes if o.kind == kind]
@@ -396,6 +408,7 @@ async def mixed(base: str, clients: int, seconds: float) -> dict[str, Any]:
     return {
         "clients": clients,
         "seconds": seconds,
+        "think_s": think_s,
         "client_timeout_s": CLIENT_TIMEOUT_S,
         "requests": len(outcomes),
         "statuses": statuses(outcomes),
@@ -403,7 +416,7 @@ async def mixed(base: str, clients: int, seconds: float) -> dict[str, Any]:
         "refusals_without_retry_after": refusals_without_retry_after(outcomes),
         "server_errors": sum(1 for o in outcomes if isinstance(o.status, int) and o.status >= 500 and o.status != 503),
         "per_kind": per_kind,
-        **watcher.report(),
+        **watched,
     }
 
 
@@ -553,7 +566,7 @@ def main() -> None:
                 print(f"(c) 50 mixed clients for {mixed_s:g} s ...", flush=True)
                 report["c_mixed_clients"] = {
                     "load_average": os.getloadavg()[0],
-                    **asyncio.run(mixed(server.base, 50, mixed_s)),
+                    **asyncio.run(mixed(server.base, 50, mixed_s, THINK_S)),
                 }
                 server.wait_idle(1.0)
                 print("(d) 2 MB bodies ...", flush=True)

@@ -9,11 +9,11 @@ arrival order.
 The queue is bounded by time, not by a count. Each job has a cost (its rows; for a generation,
 its token budget) and each kind keeps a running estimate of seconds per unit of cost (an
 exponentially weighted mean over its finished batches), so the work queued ahead of a new request
-is an estimate in seconds: the rest of the running batch, plus the queued work of other kinds,
-plus that of its own kind in batches ahead of the one it would join. Past ``max_queue_s`` the
-request is refused at once (``EngineOverloadedError`` with a Retry-After) rather than queued for
-minutes. A request is admitted or refused whole, by the work ahead of its first job, so a large
-request (256 texts in eight chunks) still runs on an idle engine.
+is an estimate in seconds: the rest of the running batch plus the queued work, less the partial
+batch at the queue's tail that it would join (a batch takes consecutive jobs of one kind). Past
+``max_queue_s`` the request is refused at once (``EngineOverloadedError`` with a Retry-After)
+rather than queued for minutes. A request is admitted or refused whole, by the work ahead of its
+first job, so a large request (256 texts in eight chunks) still runs on an idle engine.
 
 A caller that gives up cancels its future: a queued job is dropped before it runs (its rows leave
 the backlog at once), and a running one is marked ``abandoned``, which a handler polls between
@@ -99,6 +99,7 @@ class MicroBatcher:
         self._queued_rows: defaultdict[str, int] = defaultdict(int)
         self._queued_cost: defaultdict[str, float] = defaultdict(float)
         self._queued_jobs = 0
+        self._tail: tuple[str, int] = ("", 0)  # kind and rows of the run of jobs of one kind at the queue's end
         self._running: tuple[str, float, float] | None = None  # (kind, cost, started)
 
     def start(self) -> None:
@@ -152,6 +153,8 @@ class MicroBatcher:
                 self._queued_rows[kind] += job.rows
                 self._queued_cost[kind] += job.cost
                 self._queued_jobs += 1
+            tail_kind, tail_rows = self._tail
+            self._tail = (kind, (tail_rows if tail_kind == kind else 0) + sum(j.rows for j in jobs))
         for job in jobs:
             job.future.add_done_callback(partial(self._released, job))  # a cancel frees its rows at once
             self._queue.put(job)
@@ -178,6 +181,12 @@ class MicroBatcher:
         with self._lock:
             return dict(self._unit_s)
 
+    def forget(self, *kinds: str) -> None:
+        """Drop the estimates of ``kinds`` (a warm-up run that paid one-off costs is no measure)."""
+        with self._lock:
+            for kind in kinds:
+                self._unit_s.pop(kind, None)
+
     def _capacity(self, kind: str) -> int:
         return self._max_batch if kind in self._handlers else 1
 
@@ -189,11 +198,13 @@ class MicroBatcher:
             running_kind, cost, started = self._running
             total += max(0.0, self._unit_s.get(running_kind, 0.0) * cost - (time.perf_counter() - started))
         for k, cost in self._queued_cost.items():
-            rows = self._queued_rows[k]
-            if k == kind and rows > 0:  # the partial batch it would join starts no later than it
-                cost *= (rows - rows % self._capacity(k)) / rows
             total += cost * self._unit_s.get(k, 0.0)
-        return total
+        tail_kind, tail_rows = self._tail
+        rows = self._queued_rows[tail_kind] if tail_kind else 0
+        if tail_kind == kind and rows > 0:  # the partial batch it would join starts no later than it
+            joined = min(rows, tail_rows % self._capacity(kind))
+            total -= self._queued_cost[kind] * joined / rows * self._unit_s.get(kind, 0.0)
+        return max(0.0, total)
 
     def _released(self, job: Job, _: Future[Any]) -> None:
         self._release(job)
@@ -207,6 +218,8 @@ class MicroBatcher:
             self._queued_rows[job.kind] -= job.rows
             self._queued_cost[job.kind] = max(0.0, self._queued_cost[job.kind] - job.cost)
             self._queued_jobs -= 1
+            tail_kind, tail_rows = self._tail  # the run at the end holds at most its kind's queued rows
+            self._tail = (tail_kind, min(tail_rows, self._queued_rows[tail_kind])) if self._queued_jobs else ("", 0)
         self._publish()
 
     def _observe(self, kind: str, cost: float, seconds: float) -> None:

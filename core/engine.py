@@ -147,21 +147,24 @@ class LocalEngine:
         metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
 
     def _calibrate(self) -> None:
-        """One small batch of each batchable kind, twice (the first pays one-off allocations), so the
-        queue bound has an estimate for each before the first request (their work would otherwise
-        count as free until a first batch of the kind had run). One row decodes several times
-        slower per token than a full batch: the bound starts cautious and learns from real batches."""
+        """One small batch of each batchable kind, twice (the first pays one-off allocations and is
+        forgotten), so the queue bound has an estimate for each before the first request (their work
+        would otherwise count as free until a first batch of the kind had run). One row decodes
+        several times slower per token than a full batch: the bound starts cautious and learns
+        from real batches."""
         chat = self.tokenize(self.render([{"role": "user", "content": "Hello"}]))
         labels = ["yes", "no"]
         first_tokens = self._label_tokens(tuple(labels))
         prompt = self.tokenize(classification_prompt(self.tokenizer, "Hello", labels, None))
         params = SamplingParams(max_new_tokens=4, ignore_eos=True)
-        for _ in range(2):
+        for warm in (True, False):
             row = DecodeRow(chat, BASE, params)
             self._batcher.submit("generate", _GenerateRequest(row), cost=params.max_new_tokens).result()
             if first_tokens is not None:
                 rows = [LabelRow(prompt, BASE, first_tokens)]
                 self._batcher.submit("labels", _LabelRequest(rows)).result()
+            if warm:
+                self._batcher.forget("generate", "labels")
 
     def _load_base(self, path: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,21 +1,31 @@
-"""Alerts and their deliveries, in Redis.
+"""Alerts, their delivery outbox and their deliveries, in Redis.
 
-    {ns}:alert:{id}       string  the alert, JSON
-    {ns}:alerts           zset    alert ids by fire time
-    {ns}:lastfired        hash    "{rule}|{scope}" -> time it last fired (dedup and cooldown)
-    {ns}:delivery:{id}    hash    target -> {"state": sent|failed|dead, "attempts", "error", "at"}
-    {ns}:deadletter       zset    "{id}|{target}" by the time the target gave up
+    {ns}:alert:{id}             string  the alert, JSON
+    {ns}:alerts                 zset    alert ids by fire time
+    {ns}:lastfired              hash    "{rule}|{scope}" -> time it last fired (dedup and cooldown)
+    {ns}:outbox                 zset    "{id}|{target}" still to be queued for delivery, by the time it
+                                        was stored (or last taken by a drain)
+    {ns}:claim:{id}|{target}    string  the token of the worker sending it now (SET NX, expires)
+    {ns}:delivery:{id}          hash    target -> {"state": sent|failed|dead, "attempts", "error", "at"}
+    {ns}:deadletter             zset    "{id}|{target}" by the time the target gave up
 
-Firing is one Lua step that checks the (rule, scope) cooldown and stores the alert together: two
-monitors evaluating at once (two beats, a retried task) store one alert, never two. The cooldown is
+Firing is one Lua step that checks the (rule, scope) cooldown and stores the alert together with one
+outbox entry per delivery target: two monitors evaluating at once (two beats, a retried task) store
+one alert, never two, and a monitor that dies right after firing leaves its deliveries in the outbox,
+where beat finds them (``take_outbox``), instead of losing them behind the cooldown. The cooldown is
 measured on the monitor's clock, not Redis TTLs, so a replay on historical time behaves as live.
+
+A delivery is claimed (``claim``) before it is sent, so two copies of one delivery task (a retry and a
+redelivery, a resend) never send at once; a delivery recorded as sent stays sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -31,7 +41,18 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
+for i = 7, #ARGV do
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5] .. '|' .. ARGV[i])
+end
 return 1
+"""
+
+_TAKE_OUTBOX = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return due
 """
 
 _RELEASE = """
@@ -73,15 +94,15 @@ class AlertStore(NamespacedStore):
         super().__init__(client, namespace)
         self._fire = client.register_script(_FIRE)
         self._release = client.register_script(_RELEASE)
+        self._take_outbox = client.register_script(_TAKE_OUTBOX)
 
-    def fire(self, alert: Alert, cooldown_s: float) -> bool:
-        """Store the alert unless its (rule, scope) fired less than ``cooldown_s`` ago."""
-        return bool(
-            self._fire(
-                keys=[self.key("lastfired"), self.key("alert", alert.id), self.key("alerts")],
-                args=[f"{alert.rule}|{alert.scope}", alert.fired_at, cooldown_s, json.dumps(alert.to_dict()), alert.id],
-            )
-        )
+    def fire(self, alert: Alert, cooldown_s: float, targets: Sequence[str] = ()) -> bool:
+        """Store the alert, and an outbox entry for each of ``targets``, unless its (rule, scope) fired
+        less than ``cooldown_s`` ago: all or nothing."""
+        keys = [self.key("lastfired"), self.key("alert", alert.id), self.key("alerts"), self.key("outbox")]
+        rule_scope, record = f"{alert.rule}|{alert.scope}", json.dumps(alert.to_dict())
+        args = [rule_scope, alert.fired_at, cooldown_s, record, alert.id, time.time(), *targets]
+        return bool(self._fire(keys=keys, args=args))
 
     def get(self, alert_id: str) -> Alert | None:
         raw = self.r.get(self.key("alert", alert_id))
@@ -104,6 +125,24 @@ class AlertStore(NamespacedStore):
                     out.append(alert)
         return out[:limit]
 
+    # ---- the outbox --------------------------------------------------------------------------
+
+    def outbox(self) -> list[tuple[str, str]]:
+        """(alert id, target) pairs not yet queued for delivery, oldest first."""
+        return _pairs(cast(list[str], self.r.zrange(self.key("outbox"), 0, -1)))
+
+    def take_outbox(self, older_than_s: float, limit: int = 1000, now: float | None = None) -> list[tuple[str, str]]:
+        """Outbox entries at least ``older_than_s`` old, re-stamped ``now`` in the same step: the caller
+        queues them and then drops each (``outbox_done``); one it fails to queue comes back after
+        another ``older_than_s``, and a concurrent caller does not take the same entries."""
+        now = time.time() if now is None else now
+        return _pairs(
+            cast(list[str], self._take_outbox(keys=[self.key("outbox")], args=[now - older_than_s, now, limit]))
+        )
+
+    def outbox_done(self, alert_id: str, target: str) -> None:
+        self.r.zrem(self.key("outbox"), f"{alert_id}|{target}")
+
     # ---- deliveries --------------------------------------------------------------------------
 
     def delivery(self, alert_id: str) -> dict[str, dict[str, Any]]:
@@ -114,22 +153,46 @@ class AlertStore(NamespacedStore):
         raw = cast(str | None, self.r.hget(self.key("delivery", alert_id), target))
         return raw is not None and json.loads(raw).get("state") == "sent"
 
-    def record(self, alert_id: str, target: str, state: str, error: str | None = None) -> None:
-        previous = self.delivery(alert_id).get(target, {})
-        attempts = int(previous.get("attempts", 0)) + (state != "dead")  # giving up is not another attempt
-        status = {"state": state, "attempts": attempts, "error": error or previous.get("error"), "at": time.time()}
-        pipe = self.r.pipeline()
-        pipe.hset(self.key("delivery", alert_id), target, json.dumps(status))
-        if state == "dead":
-            pipe.zadd(self.key("deadletter"), {f"{alert_id}|{target}": time.time()})
-        elif state == "sent":
-            pipe.zrem(self.key("deadletter"), f"{alert_id}|{target}")
-        pipe.execute()
+    def record(self, alert_id: str, target: str, state: str, error: str | None = None) -> bool:
+        """Record a try's outcome (sent, failed, or dead: given up). A target already sent to stays
+        sent: a late failure of a second copy (a retry that ran out while the first was sending) does
+        not undo it. Returns whether it was recorded."""
+        key = self.key("delivery", alert_id)
+
+        def update(pipe: redis.client.Pipeline) -> bool:
+            raw = pipe.hget(key, target)
+            previous = json.loads(raw) if raw else {}
+            if previous.get("state") == "sent" and state != "sent":
+                return False
+            attempts = int(previous.get("attempts", 0)) + (state != "dead")  # giving up is not another attempt
+            now = time.time()
+            status = {"state": state, "attempts": attempts, "error": error or previous.get("error"), "at": now}
+            pipe.multi()
+            pipe.hset(key, target, json.dumps(status))
+            if state == "dead":
+                pipe.zadd(self.key("deadletter"), {f"{alert_id}|{target}": now})
+            elif state == "sent":
+                pipe.zrem(self.key("deadletter"), f"{alert_id}|{target}")
+            return True
+
+        return bool(self.r.transaction(update, key, value_from_callable=True))
+
+    # ---- the claim on one delivery -----------------------------------------------------------
+
+    def claim(self, alert_id: str, target: str, ttl_s: float) -> str | None:
+        """Claim the sending of ``alert_id`` to ``target`` for ``ttl_s``: a token, or None when another
+        worker holds it. The claim expires by itself if its holder dies."""
+        token = secrets.token_hex(8)
+        ok = self.r.set(self.key("claim", f"{alert_id}|{target}"), token, nx=True, px=max(1, int(ttl_s * 1000)))
+        return token if ok else None
+
+    def unclaim(self, alert_id: str, target: str, token: str) -> None:
+        """Give the claim up (only if it is still ours), so a retry can take it at once."""
+        self._release(keys=[self.key("claim", f"{alert_id}|{target}")], args=[token])
 
     def dead_letters(self) -> list[tuple[str, str]]:
         """(alert id, target) pairs whose delivery gave up, oldest first."""
-        members = cast(list[str], self.r.zrange(self.key("deadletter"), 0, -1))
-        return [(a, t) for a, _, t in (m.partition("|") for m in members)]
+        return _pairs(cast(list[str], self.r.zrange(self.key("deadletter"), 0, -1)))
 
     def take_dead_letters(self, alert_id: str | None = None) -> list[tuple[str, str]]:
         """Remove and return dead letters (of one alert, or all) so they can be sent again."""
@@ -145,3 +208,12 @@ class AlertStore(NamespacedStore):
 
     def release(self, name: str, token: str) -> None:
         self._release(keys=[self.key("lock", name)], args=[token])
+
+
+def _pairs(members: list[str] | list[bytes]) -> list[tuple[str, str]]:
+    """"{alert id}|{target}" members as (alert id, target) pairs."""
+    out = []
+    for m in members:
+        a, _, t = (m.decode() if isinstance(m, bytes) else m).partition("|")
+        out.append((a, t))
+    return out

@@ -18,6 +18,7 @@ SWEEP = "sentiment.sweep"
 MONITOR = "sentiment.monitor"
 DELIVER = "sentiment.deliver"
 RETRY_DEAD = "sentiment.retry_dead_letters"
+DRAIN_OUTBOX = "sentiment.drain_outbox"
 
 QUEUE_OF = {
     POLL_FEEDS: "ingest",
@@ -27,6 +28,7 @@ QUEUE_OF = {
     MONITOR: "alerts",
     DELIVER: "alerts",
     RETRY_DEAD: "alerts",
+    DRAIN_OUTBOX: "alerts",
 }
 
 

@@ -11,7 +11,9 @@ For each rule and each scope with items in the rule's window (an entity, a topic
 
 Both need ``min_items`` in the window and a negative share of at least ``min_negative_share``;
 the score picks the severity. One run at a time per namespace (a Redis lock), and each (rule,
-scope) fires at most once per cooldown (``AlertStore.fire``), so two beats never double-fire.
+scope) fires at most once per cooldown (``AlertStore.fire``), so two beats never double-fire. An alert
+is stored together with its deliveries' outbox entries, in one step: once it has fired, its
+deliveries are bound to be queued, by ``on_alert`` at once or by beat's outbox drain.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from apps.sentiment.alerts import Alert, AlertStore, alert_id
@@ -122,8 +124,10 @@ def run_monitor(
     config: MonitorConfig,
     now: float | None = None,
     on_alert: Callable[[Alert], None] | None = None,
+    targets: Sequence[str] = (),
 ) -> list[Alert]:
-    """Evaluate every rule on every active scope; store and hand on the alerts that fire.
+    """Evaluate every rule on every active scope; store the alerts that fire, each with an outbox
+    entry per delivery target in ``targets``, and hand them on.
 
     Returns the new alerts; an empty list also when another run holds the lock.
     """
@@ -154,7 +158,7 @@ def run_monitor(
                     numbers=finding.numbers,
                     items=_items_behind(store, finding),
                 )
-                if alerts.fire(alert, rule.cooldown_s):
+                if alerts.fire(alert, rule.cooldown_s, targets):
                     log.warning("ALERT %s %s", alert.id, alert.message)
                     fired.append(alert)
                     if on_alert is not None:

@@ -140,14 +140,41 @@ class SentimentContext:
         """The settings with the delivery targets in force now (a tenant's own webhook included)."""
         return self.delivery_source() if self.delivery_source is not None else self.settings
 
-    def hand_on_alert(self, alert: Alert) -> None:
+    def hand_on_alert(self, alert: Alert, targets: list[str]) -> None:
+        """Queue a new alert's deliveries (its outbox entries) now; if this fails, or the process dies
+        first, beat's outbox drain queues them."""
+        self._queue_deliveries([(alert.id, t) for t in targets])
+
+    def _queue_deliveries(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Queue each (alert, target) and then drop its outbox entry; stop at the first that cannot be
+        queued (the broker is down): the rest stay in the outbox. Returns those queued."""
+        queued: list[tuple[str, str]] = []
         if self.dispatcher is None:
-            return
-        for target in self.delivery_settings().targets():
-            self.dispatcher.deliver(alert.id, target, namespace=self.namespace)
+            return queued
+        for alert_id, target in pairs:
+            try:
+                self.dispatcher.deliver(alert_id, target, namespace=self.namespace)
+            except Exception as exc:  # whatever the broker raised: the outbox keeps the rest for the drain
+                log.warning("delivery of %s to %s not queued (%s); left in the outbox", alert_id, target, exc)
+                break
+            self.alerts.outbox_done(alert_id, target)
+            queued.append((alert_id, target))
+        return queued
 
     def monitor(self, now: float | None = None) -> list[Alert]:
-        return run_monitor(self.store, self.alerts, self.config, now, on_alert=self.hand_on_alert)
+        # an alert is stored with its deliveries' outbox entries only where they can be sent (a context
+        # with no dispatcher, such as a bare replay, delivers nothing, as before)
+        targets = self.delivery_settings().targets() if self.dispatcher is not None else []
+        return run_monitor(self.store, self.alerts, self.config, now, targets=targets,
+                           on_alert=lambda alert: self.hand_on_alert(alert, targets))  # fmt: skip
+
+    def drain_outbox(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Queue the deliveries left in the outbox for ``outbox_grace_s`` (a monitor that died between
+        firing and queuing, a broker that was down); run by beat. Idempotent: an entry is taken by one
+        drain at a time, and a delivery queued twice is sent once (``deliver`` claims and checks)."""
+        if self.dispatcher is None:
+            return []
+        return self._queue_deliveries(self.alerts.take_outbox(self.settings.outbox_grace_s, now=now))
 
     def resend(self, alert_id: str | None = None) -> list[tuple[str, str]]:
         """Send dead-lettered deliveries again (of one alert, or all); with an alert id, also any
@@ -163,15 +190,21 @@ class SentimentContext:
         return pairs
 
     def sweep(self, now: float | None = None) -> int:
-        """Queue again the items pending longer than the grace period (a lost task, a worker that
-        died past its retries), and drop buckets past retention. Returns the number re-queued."""
+        """Queue again the items pending for longer than the visibility timeout since they were last
+        queued (a lost task, a worker that died past its retries), and drop buckets past retention.
+        Returns the number re-queued.
+
+        Not sooner: until then a queued copy may still be waiting or running (a worker that dies
+        holding it has it redelivered by the broker after that same timeout), and each item taken is
+        stamped as queued again, so the sweeper never stacks copies of one item."""
         now = time.time() if now is None else now
-        stale = self.store.pending(self.settings.pending_grace_s, now=now)
-        if stale and self.dispatcher is not None:
-            log.warning(
-                "sweep: %d items pending for over %.0fs; queued again", len(stale), self.settings.pending_grace_s
-            )
-            self.dispatcher.enrich(stale, namespace=self.namespace, config=self.config_arg)
+        stale: list[str] = []
+        if self.dispatcher is not None:
+            stale = self.store.take_stale(self.settings.visibility_timeout_s, now=now)
+            if stale:
+                log.warning("sweep: %d items pending for over %ds; queued again", len(stale),
+                            self.settings.visibility_timeout_s)  # fmt: skip
+                self.dispatcher.enrich(stale, namespace=self.namespace, config=self.config_arg)
         cutoff = now - self.config.retention_s
         for scope in self.store.active_scopes(0):
             self.store.trim(scope, cutoff, self.config.bucket_s)

@@ -41,7 +41,6 @@ class SentimentSettings(BaseSettings):
 
     # enrichment
     enrich_batch_size: int = Field(32, ge=1, le=256)
-    pending_grace_s: float = Field(120.0, ge=0, description="Pending this long: the sweeper enqueues it again.")
 
     # delivery
     webhook_url: str | None = None
@@ -56,16 +55,35 @@ class SentimentSettings(BaseSettings):
     delivery_timeout_s: float = Field(10.0, gt=0)
     delivery_max_retries: int = Field(5, ge=0, le=50)
     delivery_backoff_s: int = Field(2, ge=1)
-    delivery_backoff_max_s: int = Field(600, ge=1)
+    # below the visibility timeout: a retry waits unacknowledged in the worker until its countdown, and
+    # past the visibility timeout another worker is handed a copy of it (the task runs twice)
+    delivery_backoff_max_s: int | None = Field(
+        None, ge=1, description="Longest wait between delivery tries; default min(300, visibility timeout / 2)."
+    )
 
     # schedules (celery beat), seconds
     poll_interval_s: float = Field(60.0, gt=0)
     monitor_interval_s: float = Field(30.0, gt=0)
     sweep_interval_s: float = Field(60.0, gt=0)
     deadletter_retry_interval_s: float = Field(900.0, gt=0)
+    outbox_interval_s: float = Field(30.0, gt=0, description="Beat queues the deliveries left in the outbox.")
+    outbox_grace_s: float = Field(
+        30.0, ge=0, description="An outbox entry this old was not queued by its monitor run: beat queues it."
+    )
 
     # celery
-    visibility_timeout_s: int = Field(600, ge=1, description="Unacked task redelivered after this (worker lost).")
+    visibility_timeout_s: int = Field(
+        600, ge=2, description="Unacked task redelivered after this (worker lost); the sweeper waits as long."
+    )
+    # time limits (s): at the soft one the task stops cleanly (a delivery is retried; the others leave
+    # the rest to their next run); at the hard one the worker process ends (workers/time_limits.py)
+    enrich_soft_time_limit_s: float = Field(240.0, gt=0)
+    enrich_time_limit_s: float = Field(300.0, gt=0)
+    delivery_soft_time_limit_s: float = Field(60.0, gt=0)
+    delivery_time_limit_s: float = Field(90.0, gt=0, description="Also how long a delivery's claim lives.")
+    task_soft_time_limit_s: float = Field(240.0, gt=0, description="Feeds, inbox, sweeper, monitor, outbox.")
+    task_time_limit_s: float = Field(300.0, gt=0)
+    beat_lock_ttl_s: float = Field(30.0, ge=2, description="A beat that stops renewing its lock loses it after this.")
     # fault injection, for the worker-killed test only: sleep this long inside an enrichment batch
     fault_enrich_delay_s: float = Field(0.0, ge=0)
 
@@ -75,7 +93,32 @@ class SentimentSettings(BaseSettings):
             raise ValueError("DOMAINLLM_SENTIMENT_WEBHOOK_SECRET must be set to a real secret to sign webhooks")
         if self.smtp_host and not self.smtp_to:
             raise ValueError("DOMAINLLM_SENTIMENT_SMTP_TO must list at least one address when SMTP_HOST is set")
+        if self.delivery_backoff_max_s is None:
+            self.delivery_backoff_max_s = self.task_backoff_max_s
+        elif self.delivery_backoff_max_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"DOMAINLLM_SENTIMENT_DELIVERY_BACKOFF_MAX_S ({self.delivery_backoff_max_s}) must be below "
+                f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}): a retry waiting longer is handed to a "
+                "second worker and sent twice"
+            )
+        for kind in ("enrich", "delivery", "task"):
+            soft, hard = getattr(self, f"{kind}_soft_time_limit_s"), getattr(self, f"{kind}_time_limit_s")
+            if soft >= hard:
+                raise ValueError(
+                    f"DOMAINLLM_SENTIMENT_{kind.upper()}_SOFT_TIME_LIMIT_S ({soft}) must be below "
+                    f"{kind.upper()}_TIME_LIMIT_S ({hard})"
+                )
         return self
+
+    @property
+    def task_backoff_max_s(self) -> int:
+        """The longest retry wait of any task: below the visibility timeout, so no retry runs twice."""
+        return max(1, min(300, self.visibility_timeout_s // 2))
+
+    @property
+    def retry_backoff_max_s(self) -> int:
+        """The delivery retries' longest wait (the setting, or its default)."""
+        return self.delivery_backoff_max_s or self.task_backoff_max_s
 
     def targets(self) -> list[str]:
         """Delivery targets in force: the log always, webhook and email when configured."""

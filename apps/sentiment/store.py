@@ -1,7 +1,8 @@
 """Everything the monitor keeps, in Redis, under one key prefix (the namespace).
 
     {ns}:item:{id}       hash  data (the item, JSON) and, once enriched, enriched (JSON)
-    {ns}:pending         zset  ids stored but not yet enriched, by ingest time (the sweeper's work list)
+    {ns}:pending         zset  ids stored but not yet enriched, by the time they were last queued (the
+                               sweeper's work list: ingest time, then each time the sweeper queues them)
     {ns}:bk:{scope}      hash  "{bucket_start}:n" and "{bucket_start}:{label}" counts per time bucket
     {ns}:ix:{scope}      zset  item ids per scope by publication time (links behind an alert)
     {ns}:active          zset  scopes ("all", "topic:earnings", "entity:AAPL") by their latest item time
@@ -11,7 +12,8 @@
 Storing and counting are Lua scripts, so each is one atomic step: an item is stored once however
 often it arrives (``HSETNX``), and counted once however often its enrichment runs (the ``enriched``
 field is checked and set in the same step as the counts). That is what makes every task safe to
-retry or redeliver. Scripts build keys from the namespace: this targets one Redis (or a primary),
+retry or redeliver. The sweeper takes stale ids and re-stamps them in one step too, so two sweeps
+(two beats, a retried task) never queue the same item twice in one visibility timeout. Scripts build keys from the namespace: this targets one Redis (or a primary),
 not Redis Cluster.
 """
 
@@ -65,6 +67,14 @@ end
 return 1
 """
 
+_TAKE_STALE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+end
+return ids
+"""
+
 
 @dataclass
 class BucketCounts:
@@ -87,6 +97,7 @@ class NewsStore(NamespacedStore):
         self.item_ttl_s = item_ttl_s
         self._ingest = client.register_script(_INGEST)
         self._commit = client.register_script(_COMMIT)
+        self._take_stale = client.register_script(_TAKE_STALE)
 
     # ---- items -------------------------------------------------------------------------------
 
@@ -140,9 +151,16 @@ class NewsStore(NamespacedStore):
         )
 
     def pending(self, older_than_s: float = 0.0, limit: int = 10_000, now: float | None = None) -> list[str]:
-        """Ids stored but not enriched, ingested at least ``older_than_s`` ago, oldest first."""
+        """Ids stored but not enriched, last queued at least ``older_than_s`` ago, oldest first."""
         ceiling = (time.time() if now is None else now) - older_than_s
         return cast(list[str], self.r.zrangebyscore(self.key("pending"), "-inf", ceiling, start=0, num=limit))
+
+    def take_stale(self, older_than_s: float, limit: int = 10_000, now: float | None = None) -> list[str]:
+        """Ids pending (not enriched) since they were last queued at least ``older_than_s`` ago, oldest
+        first, stamped as queued ``now`` in the same step: the caller queues them again, and nobody
+        takes them again before another ``older_than_s`` has passed."""
+        now = time.time() if now is None else now
+        return cast(list[str], self._take_stale(keys=[self.key("pending")], args=[now - older_than_s, now, limit]))
 
     def pending_count(self) -> int:
         return int(self.r.zcard(self.key("pending")))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from apps.deps import get_sentiment_context
@@ -48,6 +49,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0) -> Any:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.2)
     return value
+
+
+def answers(client: Any) -> bool:
+    """Redis is up and done loading its data (while it loads it answers BusyLoadingError)."""
+    try:
+        return bool(client.ping())
+    except (redis_lib.BusyLoadingError, redis_lib.ConnectionError):
+        return False
 
 
 class Worker:
@@ -192,11 +201,12 @@ def test_redis_restart_with_persistence_loses_nothing(world: dict[str, Any]) -> 
         assert len(before) > 10 and counted(ctx) == 6
         redis.stop()  # graceful: the append-only file is flushed
         redis.start()
-        wait_for("redis back", lambda: ctx.store.r.ping())
+        wait_for("redis back", lambda: answers(ctx.store.r))
         assert snapshot(ctx) == before
         time.sleep(1.5)  # appendfsync everysec: a hard kill loses at most the last second
         redis.stop(kill=True)
         redis.start()
+        wait_for("redis back after the kill", lambda: answers(ctx.store.r))  # it loads the AOF first
         assert snapshot(ctx) == before
         # the worker reconnects and the pipeline keeps going
         push(ctx, ["Globex after the restart"])

@@ -56,6 +56,14 @@ def test_the_queue_is_bounded_by_estimated_seconds_not_by_count(held: tuple[Micr
     assert [f.result(timeout=WAIT_S) for f in unmeasured] == [f"y{i}" for i in range(10)]
 
 
+def test_only_a_partial_batch_at_the_queue_tail_is_joined(held: tuple[MicroBatcher, threading.Event]) -> None:
+    batcher, _ = held
+    batcher.submit("x", "x0")
+    assert batcher.backlog_s("x") == 0.0  # a new x would share x0's batch
+    batcher.submit("y", "y0")
+    assert batcher.backlog_s("x") == 1.0  # a batch takes consecutive jobs of one kind: now it waits for x0
+
+
 def test_a_request_is_admitted_whole_by_the_work_ahead_of_it(held: tuple[MicroBatcher, threading.Event]) -> None:
     batcher, release = held
     chunks = batcher.submit_all("x", [(i, 2, 2.0) for i in range(5)])  # 10 s of work, on an empty queue: admitted
