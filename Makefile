@@ -8,6 +8,7 @@ TORCH  := 2.13.0
 MODEL  := data/models/smollm2-135m-instruct/config.json
 PORT   ?= 8000
 ADMIN_KEY_FILE := data/runtime/admin-key
+REDIS_PASSWORD_FILE := data/runtime/redis-password
 export DOMAINLLM_PORT ?= $(PORT)
 
 .PHONY: setup lock model browser run test test-unit test-integration lint format bench gpu-check clean
@@ -42,8 +43,13 @@ run: setup model
 	@mkdir -p data/runtime
 	@# a demo admin key, made once and kept in an ignored file (DOMAINLLM_ADMIN_KEY in the environment wins)
 	@[ -s $(ADMIN_KEY_FILE) ] || $(BIN)/python -c "import secrets; print('adm-' + secrets.token_urlsafe(24))" > $(ADMIN_KEY_FILE)
+	@# and the embedded Redis's password, the same way (every process and the CLI read it from that file)
+	@[ -s $(REDIS_PASSWORD_FILE) ] || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(24))" > $(REDIS_PASSWORD_FILE)
+	@chmod 600 $(ADMIN_KEY_FILE) $(REDIS_PASSWORD_FILE)
 	@echo "domainllm: starting redis + API; open http://127.0.0.1:$(PORT) (API docs at /docs)"
-	@echo "domainllm: admin key $${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))} (in $(ADMIN_KEY_FILE); send it as 'Authorization: Bearer <key>')"
+	@echo "domainllm: tenant 'default': admin key $${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))} (in $(ADMIN_KEY_FILE); send it as 'Authorization: Bearer <key>')"
+	@echo "domainllm: tenant 'default': demo widget key $$($(BIN)/python -c "from apps.support.settings import SupportSettings as S; print((S().public_keys or ['(none: DOMAINLLM_SUPPORT_PUBLIC_KEYS is empty)'])[0])") (the demo pages use it)"
+	@echo "domainllm: another tenant: .venv/bin/domainllm tenants create acme, then .venv/bin/domainllm keys create --tenant acme --scope widget (README, 'Tenants and keys')"
 	DOMAINLLM_ADMIN_KEY="$${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))}" $(BIN)/honcho start
 
 test: setup model browser

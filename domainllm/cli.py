@@ -75,7 +75,7 @@ def redis(
     from core.redis_server import run_foreground
 
     settings = get_settings()
-    password = settings.redis_password.get_secret_value() if settings.redis_password else ""
+    password = settings.effective_redis_password
     run_foreground(
         port or settings.redis_port, settings.data_dir / "redis", password=password, maxmemory=settings.redis_maxmemory
     )

