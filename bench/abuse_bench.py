@@ -184,6 +184,25 @@ def max_wait_bucket(before: str, after: str, kind: str) -> float | None:
     return None
 
 
+def server_durations(before: str, after: str, route: str) -> dict[str, int]:
+    """How many requests to ``route`` the server answered within each bound, between two scrapes (its
+    own latency histogram: what the clients saw, less their own queueing)."""
+    pattern = re.compile(
+        r'domainllm_http_request_duration_seconds_bucket\{adapter="[^"]*",le="([^"]+)",method="POST",route="'
+        + re.escape(route)
+        + r'"\} (\S+)'
+    )
+
+    def buckets(text: str) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for m in pattern.finditer(text):
+            out[m.group(1)] += int(float(m.group(2)))
+        return out
+
+    b, a = buckets(before), buckets(after)
+    return {f"le_{le}s": int(a[le] - b[le]) for le in ("0.1", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0", "+Inf")}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -348,6 +367,7 @@ async def flood(base: str, n: int) -> dict[str, Any]:
         "latency_200": summary(ok),
         "latency_503": summary(refused),
         "engine_queue_wait_max_below_s": max_wait_bucket(before, after, "labels"),
+        "server_side_durations": server_durations(before, after, "/v1/classify"),
         "wall_s": round(wall, 2),
         **watched,
     }
@@ -513,6 +533,13 @@ async def warm(base: str) -> dict[str, Any]:
     return {o.kind: {"status": o.status, "seconds": round(o.seconds, 2)} for o in out}
 
 
+def code_version() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if git("status", "--porcelain") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 s of mixed load, a 200-request flood, a 100 burst")
@@ -529,6 +556,7 @@ def main() -> None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": {"quick": args.quick},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "code": code_version(),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="abuse-bench-") as tmp_name:

@@ -248,19 +248,11 @@ class LocalEngine:
             return future.result(timeout=self.settings.engine_deadline_s)
         except FutureTimeout:
             future.cancel()
-            raise self.deadline_error() from None
-
-    def deadline_error(self) -> EngineOverloadedError:
-        """What a caller gets when its wait passes the engine deadline: retry once the queue, bounded
-        at ``engine_max_queue_s`` of work, has had time to drain."""
-        return EngineOverloadedError(
-            f"the engine did not answer within {self.settings.engine_deadline_s:g} s; retry shortly",
-            retry_after_s=self.settings.engine_max_queue_s,
-        )
-
-    def backlog_s(self) -> float:
-        """Estimated seconds of work queued ahead of a new request (what the queue bound measures)."""
-        return self._batcher.backlog_s()
+            # retry once the queue, bounded at engine_max_queue_s of work, has had time to drain
+            raise EngineOverloadedError(
+                f"the engine did not answer within {self.settings.engine_deadline_s:g} s; retry shortly",
+                retry_after_s=self.settings.engine_max_queue_s,
+            ) from None
 
     @property
     def embedder_id(self) -> str:

@@ -15,6 +15,7 @@ send, could send one tick twice; every scheduled task is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -93,8 +94,6 @@ class LockedScheduler(PersistentScheduler):
             super().close()
         finally:
             if self.holding:
-                try:
+                with contextlib.suppress(redis.RedisError):  # then the lease runs out by itself
                     self.lock.release()  # the standby takes over at its next check, not after the lease
-                except redis.RedisError:
-                    pass
                 self.holding = False

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from apps.errors import stream_error_json
 from apps.http.deadline import await_engine, off_loop
@@ -43,12 +44,21 @@ class DeltaBridge:
         self._closed = False
         self.started: Future[None] = Future()  # settles at the first delta, or when the job ends without one
         self.pushed = False  # a delta came
+        self._job: Future[Completion] | None = None
 
     def follow(self, future: Future[Completion]) -> None:
         """Tie the bridge to the engine's job: ``started`` settles when it ends, and cancelling
         ``started`` (a client that gave up waiting for the first token) cancels the job."""
+        self._job = future
         future.add_done_callback(lambda _: self._start())
         self.started.add_done_callback(lambda s: future.cancel() if s.cancelled() else None)
+
+    def close(self) -> None:
+        """The response is over (sent, failed, or its client left, even before the first event was
+        read): the job stops at its next step, or never starts; a no-op once it has finished."""
+        self._closed = True
+        if self._job is not None:
+            self._job.cancel()
 
     def _start(self) -> None:
         with contextlib.suppress(InvalidStateError):  # already started, or cancelled by a client that gave up
@@ -126,11 +136,12 @@ async def submit_streaming(
     return bridge, future
 
 
-def sse_response(events: AsyncIterator[BaseModel]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[BaseModel], on_close: Callable[[], None] | None = None) -> EventSourceResponse:
     """An OpenAI-style event stream: one ``data: <json>`` per chunk, then ``data: [DONE]``.
 
     Status 200 is sent before the first chunk, so a failure after that is reported in-band as
     ``data: {"error": {...}}`` (which the OpenAI clients raise), followed by ``[DONE]``.
+    ``on_close`` runs when the response is over, however it ended.
     """
 
     async def encode() -> AsyncIterator[dict[str, str]]:
@@ -144,4 +155,4 @@ def sse_response(events: AsyncIterator[BaseModel]) -> EventSourceResponse:
             yield {"data": stream_error_json(exc)}
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(encode(), sep="\n")
+    return EventSourceResponse(encode(), sep="\n", background=BackgroundTask(on_close) if on_close else None)

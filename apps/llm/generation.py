@@ -84,7 +84,8 @@ async def generate(
     if body.stream:
         bridge, future = await submit_streaming(request, engine, the_prompt, model=model, params=params)
         charge_when_done(request, future)
-        return sse_response(_chunks(fmt, bridge, future, model, body.include_usage, settings.engine_deadline_s))
+        chunks = _chunks(fmt, bridge, future, model, body.include_usage, settings.engine_deadline_s)
+        return sse_response(chunks, on_close=bridge.close)
     future = await off_loop(engine.submit_generate, the_prompt, model=model, params=params)
     charge_when_done(request, future)
     completion = await await_engine(request, future)

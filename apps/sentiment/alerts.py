@@ -101,7 +101,7 @@ class AlertStore(NamespacedStore):
         less than ``cooldown_s`` ago: all or nothing."""
         keys = [self.key("lastfired"), self.key("alert", alert.id), self.key("alerts"), self.key("outbox")]
         rule_scope, record = f"{alert.rule}|{alert.scope}", json.dumps(alert.to_dict())
-        args = [rule_scope, alert.fired_at, cooldown_s, record, alert.id, time.time(), *targets]
+        args: list[str | float] = [rule_scope, alert.fired_at, cooldown_s, record, alert.id, time.time(), *targets]
         return bool(self._fire(keys=keys, args=args))
 
     def get(self, alert_id: str) -> Alert | None:
@@ -175,7 +175,7 @@ class AlertStore(NamespacedStore):
                 pipe.zrem(self.key("deadletter"), f"{alert_id}|{target}")
             return True
 
-        return bool(self.r.transaction(update, key, value_from_callable=True))
+        return bool(self.r.transaction(update, key, value_from_callable=True))  # type: ignore[arg-type]
 
     # ---- the claim on one delivery -----------------------------------------------------------
 
@@ -211,7 +211,7 @@ class AlertStore(NamespacedStore):
 
 
 def _pairs(members: list[str] | list[bytes]) -> list[tuple[str, str]]:
-    """"{alert id}|{target}" members as (alert id, target) pairs."""
+    """Members "{alert id}|{target}" as (alert id, target) pairs."""
     out = []
     for m in members:
         a, _, t = (m.decode() if isinstance(m, bytes) else m).partition("|")

@@ -101,6 +101,13 @@ class SentimentSettings(BaseSettings):
                 f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}): a retry waiting longer is handed to a "
                 "second worker and sent twice"
             )
+        slowest_send = max(self.delivery_timeout_s, self.smtp_timeout_s)
+        if slowest_send >= self.delivery_soft_time_limit_s:
+            raise ValueError(
+                f"DOMAINLLM_SENTIMENT_DELIVERY_SOFT_TIME_LIMIT_S ({self.delivery_soft_time_limit_s}) must be above "
+                f"the send timeouts (DELIVERY_TIMEOUT_S, SMTP_TIMEOUT_S: {slowest_send}): a send stuck in a socket "
+                "read only sees the soft limit once the read gives up"
+            )
         for kind in ("enrich", "delivery", "task"):
             soft, hard = getattr(self, f"{kind}_soft_time_limit_s"), getattr(self, f"{kind}_time_limit_s")
             if soft >= hard:

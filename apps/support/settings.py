@@ -75,7 +75,9 @@ class SupportSettings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, le=120)
     webhook_max_retries: int = Field(8, ge=0, le=50)
     webhook_backoff_s: int = Field(2, ge=1, description="First retry delay; doubles each retry.")
-    webhook_backoff_max_s: int = Field(600, ge=1)
+    webhook_backoff_max_s: int = Field(
+        300, ge=1, description="Below the Celery visibility timeout (600 s), so a retry never runs twice."
+    )
 
     # the knowledge base: fetching pages (apps/support/fetch.py), chunking, folder sync over the API
     fetch_allow_hosts: list[str] = Field(

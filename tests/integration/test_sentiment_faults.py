@@ -1,6 +1,7 @@
 """Fault tests with a real Redis and real Celery workers (tiny random model: what is tested here is
 delivery and counting, not the labels): a worker killed while it holds a batch, a webhook receiver
-that is down and comes back, and Redis restarted under the pipeline."""
+that is down and comes back, an alert whose monitor died before queuing its deliveries (beat's
+outbox drain sends it, once), and Redis restarted under the pipeline."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from apps.deps import get_sentiment_context
-from apps.sentiment.dispatch import CeleryDispatcher, client_app
+from apps.sentiment.alerts import Alert
+from apps.sentiment.dispatch import DRAIN_OUTBOX, QUEUE_OF, CeleryDispatcher, client_app
 from apps.sentiment.items import NewsItem
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
@@ -186,6 +188,29 @@ def test_webhook_down_retried_dead_lettered_then_resent(world: dict[str, Any]) -
             body = client.get("/v1/sentiment/alerts").json()["alerts"]
         assert [a["id"] for a in body] == [alert.id] and body[0]["deliveries"]["webhook"]["state"] == "sent"
         assert ctx.alerts.dead_letters() == [] and len(receiver.received) == 1
+    finally:
+        receiver.stop()
+        worker.stop()
+
+
+def test_an_alert_whose_monitor_died_before_queuing_is_delivered_once_by_beats_drain(world: dict[str, Any]) -> None:
+    ctx = world["ctx"]
+    worker = Worker({**world["env"], "DOMAINLLM_SENTIMENT_OUTBOX_GRACE_S": "0"}, world["tmp"] / "worker.log")
+    receiver = WebhookReceiver(SECRET, port=world["hook_port"])
+    receiver.start()
+    try:
+        alert = Alert(f"al_{uuid.uuid4().hex[:8]}", "z", "zscore", "entity:GLBX", "warning", time.time(), "Globex", {})
+        # what the monitor stored before it died: the alert and its outbox, nothing queued
+        assert ctx.alerts.fire(alert, cooldown_s=3600, targets=ctx.settings.targets())
+        beat = client_app(world["redis"].url)
+        for _ in range(3):  # beat's ticks (and a second beat's): the drain is idempotent
+            beat.send_task(DRAIN_OUTBOX, kwargs={}, queue=QUEUE_OF[DRAIN_OUTBOX])
+        wait_for("the webhook", lambda: receiver.received)
+        wait_for("both targets", lambda: {t: d["state"] for t, d in ctx.alerts.delivery(alert.id).items()}
+                 == {"log": "sent", "webhook": "sent"})  # fmt: skip
+        assert ctx.alerts.outbox() == []
+        time.sleep(2)  # the other ticks' drains have run by now: nothing more arrives
+        assert [r["alert"]["id"] for r in receiver.received] == [alert.id]
     finally:
         receiver.stop()
         worker.stop()

@@ -1,6 +1,7 @@
 """The whole monitor, live: a real embedded Redis, a real Celery worker and beat (subprocesses), a
 real RSS feed over HTTP on loopback, a real webhook receiver and a real SMTP server (aiosmtpd).
-Two beats run, so every monitor tick is scheduled twice.
+Two beats run: the beat lock lets one send the schedule (the other stands by), and the monitor's own
+lock and cooldown would keep alerts single even if both sent.
 
 The worker runs the real SmolLM2 base with the trained sentiment adapter: telling a burst of
 negative headlines from calm ones is the point here, and a random tiny model cannot.
@@ -149,6 +150,7 @@ def pipeline(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         redis.stop()
         text = worker_log.read_text()
         assert "Traceback" not in text, text[-5000:]
+        assert beat_log.read_text().count("this beat sends the schedule") == 1  # one beat held the lock throughout
 
 
 def test_burst_raises_exactly_one_alert_delivered_to_webhook_and_smtp(pipeline: Pipeline) -> None:
