@@ -82,8 +82,13 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# every benchmark, ours against its baseline in one process; each writes bench/results/*.json (about an hour)
 bench: setup model
 	$(BIN)/python bench/core_bench.py
+	$(BIN)/python bench/support_bench.py
+	$(BIN)/python bench/sentiment_bench.py
+	$(BIN)/python bench/recommend_bench.py
+	$(BIN)/python bench/abuse_bench.py
 
 gpu-check:
 	bash bench/gpu_check.sh

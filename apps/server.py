@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -96,6 +97,9 @@ async def _warm_up(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build every service once (unless the caller gave them), load the engine in the background,
     and on shutdown close what we built."""
+    # Routes wait on the engine and Redis in threads (asyncio.to_thread): the default pool (CPUs + 4) would
+    # make a few slow answers hold up every other request's thread hop.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="route"))
     given: Services | None = app.state.given_services
     services = given or build_services(app.state.settings, app.state.given_engine)
     app.state.services = services

@@ -27,8 +27,10 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -40,6 +42,21 @@ log = logging.getLogger(__name__)
 
 SOLO = "solo"
 SMOOTHING = 0.5  # weight of the newest batch in a kind's seconds-per-unit estimate
+# The piece of work the current code runs for (see ``one_admission``): {"admitted": bool}, or None.
+_WORK: ContextVar[dict[str, bool] | None] = ContextVar("domainllm_work", default=None)
+
+
+@contextmanager
+def one_admission() -> Iterator[None]:
+    """One piece of work that makes several engine requests in a row (a support answer: embed the
+    question, score the sentences, read the intent). Its first request is admitted or refused by the
+    queue bound like any other; once admitted, the rest are not refused halfway, so work the engine
+    has started is finished rather than wasted. Holds for the thread (and the context) it runs in."""
+    token = _WORK.set({"admitted": False})
+    try:
+        yield
+    finally:
+        _WORK.reset(token)
 
 
 class JobFuture(Future[Any]):
@@ -139,6 +156,9 @@ class MicroBatcher:
     def submit_all(self, kind: str, payloads: list[tuple[Any, int, float]], *, bounded: bool = True) -> list[JobFuture]:
         """Queue one request's jobs of ``kind`` ((payload, rows, cost) each), admitted or refused together."""
         jobs = [Job(kind, payload, rows, cost) for payload, rows, cost in payloads]
+        work = _WORK.get()
+        if work is not None and work["admitted"]:
+            bounded = False  # the rest of a piece of work already under way
         with self._lock:
             if bounded and self._max_queue_s is not None:
                 ahead = self._ahead_s(kind)
@@ -148,6 +168,8 @@ class MicroBatcher:
                         "DOMAINLLM_ENGINE_MAX_QUEUE_S); retry shortly",
                         retry_after_s=ahead - self._max_queue_s,
                     )
+            if work is not None:
+                work["admitted"] = True
             for job in jobs:
                 job.queued = True
                 self._queued_rows[kind] += job.rows

@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     max_continuations: int = Field(1024, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1024)
     engine_deadline_s: float = Field(
-        60.0, gt=0, le=3600, description="A caller waits this long for the engine at most; then 503 with Retry-After."
+        25.0,
+        gt=0,
+        le=3600,
+        description="A caller waits this long for the engine at most; then 503 with Retry-After (under the 30 s "
+        "that clients commonly give up at; stream long generations).",
     )
     engine_max_queue_s: float = Field(
         10.0,

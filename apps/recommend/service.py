@@ -122,7 +122,12 @@ class RecommendService:
         # the prompt follows the adapter's card; prompt_history is for a model without one (the base)
         llm = None
         if engine is not None:
-            llm = LLMScorer(engine, self.settings.adapter, history=self.settings.prompt_history)
+            llm = LLMScorer(
+                engine,
+                self.settings.adapter,
+                history=self.settings.prompt_history,
+                deadline_s=self.settings.llm_deadline_s,
+            )
         return Pipeline(self.catalogue.sync(), self.signals, cfg, rankers.final, rankers.pre, llm)
 
     # ---- recommend -----------------------------------------------------------------------------

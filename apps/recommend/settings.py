@@ -44,6 +44,13 @@ class RecommendSettings(BaseSettings):
     )
     candidates_per_source: int = Field(100, ge=10, le=5000)
     llm_candidates: int = Field(50, ge=0, le=1024, description="Shortlist size scored by the LLM.")
+    llm_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="How long a recommendation waits for the LLM's scores; past it (or with the engine's queue "
+        "full) it ranks without them at once and says so (`model: none`), rather than failing.",
+    )
     covis_window: int = Field(10, ge=1, le=100, description="Earlier items of a user paired with each event.")
     popularity_half_life_s: float = Field(7 * 86400.0, gt=0)
     max_k: int = Field(100, ge=1, le=1000)

@@ -21,6 +21,7 @@ from apps.support.rules import Rules, load_rules
 from apps.support.settings import SupportSettings
 from apps.support.webhook import WebhookQueue
 from apps.tenants.store import DEFAULT_TENANT
+from core.batching import one_admission
 from core.interface import Engine
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class SupportService:
         """Check the session and the message, then plan the answer (nothing stored on bad input)."""
         self.store.require(session_id)
         self.fresh_kb()
-        plan = self.bot.plan(message, self._earlier_questions(session_id))  # checks the message first
+        with one_admission():  # refused at its first engine call when the engine is full, never halfway
+            plan = self.bot.plan(message, self._earlier_questions(session_id))  # checks the message first
         self.store.add_message(session_id, "user", message.strip())
         self.inbox.remember_passages(session_id, plan.passages)  # what an agent sees if this turn hands off
         return plan

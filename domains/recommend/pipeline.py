@@ -17,12 +17,14 @@ is served.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import EngineOverloadedError, ModelNotReadyError
 from domains.recommend.index import VectorIndex
 from domains.recommend.prompt import split_window
 from domains.recommend.ranking import FEATURES, Blender, log_norm, price_gap
@@ -30,6 +32,8 @@ from domains.recommend.records import Event
 from domains.recommend.rules import LIKED_VERBS, Evidence, Filters, allowed, mmr, reason_for
 from domains.recommend.scoring import LLMScorer
 from domains.recommend.signals import Signals, is_disliked
+
+log = logging.getLogger(__name__)
 
 RECENCY_DECAY = 0.8  # a seed's weight per step back in the history
 SEEDS = 10  # distinct recent items used as seeds
@@ -222,7 +226,11 @@ class Pipeline:
         if titles is None:
             return pre, x, None
         short = np.argsort(-pre, kind="stable")[:m]
-        probs = self.llm.score(titles[0], titles[1], [self.index.items[ids[i]].title for i in short])
+        try:
+            probs = self.llm.score(titles[0], titles[1], [self.index.items[ids[i]].title for i in short])
+        except (EngineOverloadedError, ModelNotReadyError) as exc:  # a busy engine: rank without it, at once
+            log.warning("recommend: ranking without the LLM this time (%s)", exc.message)
+            return pre, x, None
         x[short, FEATURES.index("llm")] = probs
         scores = pre.copy() - 2.0  # outside the shortlist: after it (scores are in (0, 1))
         scores[short] = self.ranker.score(x[short])

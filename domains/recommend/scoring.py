@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
+from core.errors import EngineOverloadedError
 from core.interface import Engine
 from core.sampling import ContinuationScore
 from domains.recommend.prompt import HISTORY, SplitPrompt, split_prompt
@@ -18,10 +20,14 @@ from domains.recommend.serving import RecommendServing, read_serving
 
 
 class LLMScorer:
-    def __init__(self, engine: Engine, adapter: str, *, history: int = HISTORY) -> None:
-        """``history``: titles in the prompt when the model's card does not say (the base model)."""
+    def __init__(
+        self, engine: Engine, adapter: str, *, history: int = HISTORY, deadline_s: float | None = None
+    ) -> None:
+        """``history``: titles in the prompt when the model's card does not say (the base model).
+        ``deadline_s``: ``score`` waits this long at most, then cancels and raises ``EngineOverloadedError``."""
         self.engine = engine
         self.adapter = adapter
+        self.deadline_s = deadline_s
         self.history = history
 
     def model(self) -> str:
@@ -45,6 +51,9 @@ class LLMScorer:
         outer: Future[list[float]] = Future()
 
         def done(f: Future[list[ContinuationScore]]) -> None:
+            if f.cancelled():
+                outer.cancel()
+                return
             exc = f.exception()
             if exc is not None:
                 outer.set_exception(exc)
@@ -52,10 +61,18 @@ class LLMScorer:
                 outer.set_result([_positive(s, serving) for s in f.result()])
 
         inner.add_done_callback(done)
+        outer.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)  # a caller gave up
         return outer
 
     def score(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> list[float]:
-        return self.submit(liked, disliked, titles).result()
+        future = self.submit(liked, disliked, titles)
+        try:
+            return future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            future.cancel()  # its rows leave the engine's batch
+            raise EngineOverloadedError(
+                f"the LLM did not score the candidates within {self.deadline_s:g} s", retry_after_s=1
+            ) from None
 
     def score_separately(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> list[float]:
         """Each candidate as its own full prompt (prefix recomputed every time): the latency baseline."""

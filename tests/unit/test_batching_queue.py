@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from core.batching import Job, MicroBatcher
+from core.batching import Job, MicroBatcher, one_admission
 from core.engine import LocalEngine
 from core.errors import EngineOverloadedError
 from core.sampling import SamplingParams
@@ -71,6 +71,29 @@ def test_a_request_is_admitted_whole_by_the_work_ahead_of_it(held: tuple[MicroBa
         batcher.submit("x", "next")  # but nobody after it
     release.set()
     assert [f.result(timeout=WAIT_S) for f in chunks] == [0, 1, 2, 3, 4]
+
+
+def test_a_piece_of_work_once_admitted_is_not_refused_halfway(held: tuple[MicroBatcher, threading.Event]) -> None:
+    """A support answer makes several engine calls: its first is held to the bound, the rest are not."""
+    batcher, release = held
+    errors: list[BaseException] = []
+
+    def another_request() -> None:  # a thread of its own: not part of the work below
+        try:
+            batcher.submit("x", "another request")
+        except EngineOverloadedError as exc:
+            errors.append(exc)
+
+    with one_admission():
+        batcher.submit_all("x", [(i, 2, 2.0) for i in range(2)])  # on an empty queue: admitted
+        batcher.submit("x", "the same answer's second call")  # past the bound, but the work is under way
+        other = threading.Thread(target=another_request)
+        other.start()
+        other.join(WAIT_S)
+        assert len(errors) == 1  # anyone else: refused
+        with pytest.raises(EngineOverloadedError), one_admission():
+            batcher.submit("x", "a new piece of work")  # its first call: refused
+    release.set()
 
 
 def test_a_cancelled_job_leaves_the_backlog_at_once_and_never_runs(held: tuple[MicroBatcher, threading.Event]) -> None:

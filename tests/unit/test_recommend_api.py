@@ -454,3 +454,23 @@ def test_purchases_stay_excluded_after_they_leave_the_recent_history(
         shown = ids(recommend(c, "jo", k=100))
     assert ("garden-0" not in shown) is excluded
     assert ("garden-1" not in shown) is ("cart" in exclude_types)
+
+
+def test_a_busy_engine_ranks_without_the_llm_at_once_rather_than_failing(
+    tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's queue full (or the LLM past DOMAINLLM_RECOMMEND_LLM_DEADLINE_S): the storefront still
+    gets its items, ranked by the other signals, and `model: none` says so."""
+    from core.errors import EngineOverloadedError
+
+    def full(*_: Any, **__: Any) -> Any:
+        raise EngineOverloadedError("the engine has about 30 s of work queued", retry_after_s=20)
+
+    monkeypatch.setattr(tiny_engine, "submit_score_continuations", full)
+    app = create_app(tiny_settings, engine=tiny_engine)
+    serve(app, make_service(redis_url, tmp_path, tiny_engine, adapter="alpha"))
+    with TestClient(app, headers=KEYED) as c:
+        c.post("/v1/recommend/items", json={"items": catalogue()}, headers=ADMIN)
+        events(c, ("erin", "tea-0", "view"))
+        body = recommend(c, "erin", k=3)
+    assert body["model"] == "none" and len(body["items"]) == 3
