@@ -609,6 +609,11 @@ def main() -> None:
                 server.stop()
             text = log.read_text()
             report["server_log_tracebacks"] = text.count("Traceback")
+            report["server_log_errors"] = sorted(  # what each traceback ended with, and how often
+                {
+                    line: text.count(line) for line in re.findall(r"^\w[\w.]*(?:Error|Exception)\b.*$", text, re.M)
+                }.items()
+            )[:20]
         finally:
             redis.stop()
     report["wall_s"] = round(time.perf_counter() - started, 1)

@@ -28,8 +28,8 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,8 +42,19 @@ log = logging.getLogger(__name__)
 
 SOLO = "solo"
 SMOOTHING = 0.5  # weight of the newest batch in a kind's seconds-per-unit estimate
-# The piece of work the current code runs for (see ``one_admission``): {"admitted": bool}, or None.
-_WORK: ContextVar[dict[str, bool] | None] = ContextVar("domainllm_work", default=None)
+# The piece of work the current code runs for (see ``one_admission``): whether it was admitted, and
+# when it began (monotonic seconds); None outside one.
+_WORK: ContextVar[dict[str, float] | None] = ContextVar("domainllm_work", default=None)
+
+
+def settle(future: Future[Any], result: Any = None, *, error: BaseException | None = None) -> None:
+    """Give ``future`` its result or error, unless its caller cancelled it meanwhile (a caller may give
+    up at any moment, between the last check and this; the result then has nobody to go to)."""
+    with suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 @contextmanager
@@ -51,12 +62,20 @@ def one_admission() -> Iterator[None]:
     """One piece of work that makes several engine requests in a row (a support answer: embed the
     question, score the sentences, read the intent). Its first request is admitted or refused by the
     queue bound like any other; once admitted, the rest are not refused halfway, so work the engine
-    has started is finished rather than wasted. Holds for the thread (and the context) it runs in."""
-    token = _WORK.set({"admitted": False})
+    has started is finished rather than wasted. Its engine waits share one deadline, counted from
+    its start (``work_elapsed_s``), so the whole answer is bounded, not each call. Holds for the thread
+    (and the context) it runs in."""
+    token = _WORK.set({"admitted": 0.0, "started": time.monotonic()})
     try:
         yield
     finally:
         _WORK.reset(token)
+
+
+def work_elapsed_s() -> float:
+    """Seconds since the current piece of work began (0 outside one): its waits share one deadline."""
+    work = _WORK.get()
+    return 0.0 if work is None else time.monotonic() - work["started"]
 
 
 class JobFuture(Future[Any]):
@@ -169,7 +188,7 @@ class MicroBatcher:
                         retry_after_s=ahead - self._max_queue_s,
                     )
             if work is not None:
-                work["admitted"] = True
+                work["admitted"] = 1.0
             for job in jobs:
                 job.queued = True
                 self._queued_rows[kind] += job.rows
@@ -327,7 +346,7 @@ class MicroBatcher:
             if not getattr(exc, "message", None):
                 log.exception("engine batch of kind %s failed", kind)
             for job in live:
-                job.future.set_exception(exc)
+                settle(job.future, error=exc)
             return
         finally:
             seconds = time.perf_counter() - started
@@ -339,4 +358,4 @@ class MicroBatcher:
             metrics.RUNNING_ROWS.set(0)
             self._publish()
         for job, result in zip(live, results, strict=True):
-            job.future.set_result(result)
+            settle(job.future, result)

@@ -33,7 +33,7 @@ import torch
 
 from core import metrics
 from core.adapters import BASE, AdapterInfo, AdapterRegistry
-from core.batching import Job, MicroBatcher
+from core.batching import Job, MicroBatcher, settle, work_elapsed_s
 from core.config import DEFAULT_BASE_MODEL, Settings
 from core.decoding import DecodeRow, beam_search, decode_batch
 from core.embeddings import MiniLMEmbedder
@@ -244,8 +244,8 @@ class LocalEngine:
         """The job's result within the engine deadline (``DOMAINLLM_ENGINE_DEADLINE_S``); past it the
         job is cancelled (a queued one never runs, a running generation stops) and the caller gets a
         503 with Retry-After."""
-        try:
-            return future.result(timeout=self.settings.engine_deadline_s)
+        try:  # inside a piece of work (a support answer), its earlier waits count against the deadline
+            return future.result(timeout=max(0.0, self.settings.engine_deadline_s - work_elapsed_s()))
         except FutureTimeout:
             future.cancel()
             # retry once the queue, bounded at engine_max_queue_s of work, has had time to drain
@@ -470,7 +470,7 @@ class LocalEngine:
                     return
                 failed = next((f for f in inners if f.done() and not f.cancelled() and f.exception()), None)
                 if failed is not None:  # one chunk failed: the request fails, its other chunks are dropped
-                    outer.set_exception(failed.exception())
+                    settle(outer, error=failed.exception())
                     for f in inners:
                         f.cancel()
                     return
@@ -480,7 +480,7 @@ class LocalEngine:
                     outer.cancel()
                     return
                 scores = [p for f in inners for p in f.result()]
-                outer.set_result([dict(zip(labels, p, strict=True)) for p in scores])
+                settle(outer, [dict(zip(labels, p, strict=True)) for p in scores])
 
         for inner in inners:
             inner.add_done_callback(_done)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from core.batching import settle
 from core.errors import EngineOverloadedError
 from core.interface import Engine
 from core.sampling import ContinuationScore
@@ -56,9 +57,9 @@ class LLMScorer:
                 return
             exc = f.exception()
             if exc is not None:
-                outer.set_exception(exc)
+                settle(outer, error=exc)
             else:
-                outer.set_result([_positive(s, serving) for s in f.result()])
+                settle(outer, [_positive(s, serving) for s in f.result()])
 
         inner.add_done_callback(done)
         outer.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)  # a caller gave up

@@ -56,3 +56,25 @@ def test_many_texts_are_scored_in_micro_batch_chunks_with_the_same_result(tiny_s
     finally:
         whole.close()
         chunked.close()
+
+
+def test_the_waits_of_one_piece_of_work_share_one_deadline(
+    tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A support answer waits on the engine several times: together, not each, within the deadline."""
+    from concurrent.futures import Future
+
+    import core.engine
+    from core.batching import one_admission
+
+    engine = LocalEngine(tiny_settings.model_copy(update={"engine_deadline_s": 20.0}))
+    never: Future[str] = Future()  # a job that would never finish
+    monkeypatch.setattr(core.engine, "work_elapsed_s", lambda: 20.0)  # as if the work had used it all
+    with one_admission(), pytest.raises(EngineOverloadedError, match="within 20 s"):
+        engine._wait(never)
+    assert never.cancelled()
+    done: Future[str] = Future()
+    done.set_result("answered")
+    monkeypatch.setattr(core.engine, "work_elapsed_s", lambda: 5.0)
+    with one_admission():
+        assert engine._wait(done) == "answered"
