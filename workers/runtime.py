@@ -11,13 +11,20 @@ from apps.composition import Services, build_services
 from apps.sentiment.dispatch import CeleryDispatcher
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
-from apps.settings import get_settings
+from apps.settings import AppSettings, get_settings
 from apps.support.webhook import WebhookTarget
 from core.interface import Engine
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _services: Services | None = None
+
+
+def worker_settings(settings: AppSettings) -> AppSettings:
+    """A worker's engine serves only its own tasks, queued in Celery: it does not refuse them for an
+    interactive caller's queue bound or deadline; the tasks' own time limits bound them instead."""
+    limit = float(settings.sentiment.enrich_soft_time_limit_s)
+    return settings.model_copy(update={"engine_max_queue_s": 3600.0, "engine_deadline_s": min(3600.0, limit)})
 
 
 def services() -> Services:
@@ -27,7 +34,7 @@ def services() -> Services:
         if _services is None:
             from workers.celery_app import app
 
-            settings = get_settings()
+            settings = worker_settings(get_settings())
             _services = build_services(settings, dispatcher=CeleryDispatcher(app, settings.sentiment.enrich_batch_size))
         return _services
 

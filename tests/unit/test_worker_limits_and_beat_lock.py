@@ -172,3 +172,15 @@ def test_the_lock_renews_only_for_its_holder(redis_url: str) -> None:
     a.release()
     assert b.hold() and not a.hold()
     client.close()
+
+
+def test_a_workers_engine_never_refuses_its_own_tasks_for_the_apis_queue_bound() -> None:
+    """The API refuses past DOMAINLLM_ENGINE_MAX_QUEUE_S; a worker's engine serves only Celery's queue,
+    which is its backlog, so its tasks are bounded by their time limits instead."""
+    from apps.settings import AppSettings
+    from workers.runtime import worker_settings
+
+    api = AppSettings(environment="test", admin_key="k")
+    worker = worker_settings(api)
+    assert worker.engine_max_queue_s == 3600.0 and api.engine_max_queue_s == 10.0
+    assert worker.engine_deadline_s == api.sentiment.enrich_soft_time_limit_s
