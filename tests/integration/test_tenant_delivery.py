@@ -44,7 +44,7 @@ class Receiver:
         received = self.bodies
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append((dict(self.headers), body))
                 self.send_response(204)
@@ -107,7 +107,9 @@ def test_a_tenants_webhook_is_write_only_and_private_addresses_are_refused(
         assert r.status_code == 422, r.text
         # the default tenant's webhooks are the operator's settings
         r = c.put(
-            "/v1/tenant/delivery/alerts", json={"url": "https://8.8.8.8/x", "secret": SECRET}, headers=bearer("test-admin-key")
+            "/v1/tenant/delivery/alerts",
+            json={"url": "https://8.8.8.8/x", "secret": SECRET},
+            headers=bearer("test-admin-key"),
         )
         assert r.status_code == 409, r.text
         assert c.delete("/v1/tenant/delivery/handoffs", headers=admin).status_code == 404

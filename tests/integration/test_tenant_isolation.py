@@ -62,12 +62,9 @@ def _fill(tenant: dict[str, Any], word: str) -> dict[str, Any]:
     """One tenant's data under the shared ids; returns the ids that are its own (session, handoff)."""
     c: TestClient = tenant["client"]
     admin, server, widget = (bearer(tenant[s]) for s in ("admin", "server", "widget"))
-    r = c.post(
-        "/v1/support/kb/documents",
-        json={"documents": [{"doc_id": SAME["doc_id"], "title": f"Returns at {word}", "text": f"Returns of a "
-              f"{word} take 30 days. Send the {word} back in its box."}]},  # fmt: skip
-        headers=admin,
-    )
+    text = f"Returns of a {word} take 30 days. Send the {word} back in its box."
+    doc = {"doc_id": SAME["doc_id"], "title": f"Returns at {word}", "text": text}
+    r = c.post("/v1/support/kb/documents", json={"documents": [doc]}, headers=admin)
     assert r.status_code == 200, r.text
     r = c.post("/v1/recommend/items", json={"items": [{"id": SAME["item"], "title": f"{word} lamp"},
                {"id": "i2", "title": f"{word} shade"}]}, headers=admin)  # fmt: skip
@@ -172,7 +169,9 @@ def test_writes_with_the_other_tenants_ids_change_only_the_callers_data(client: 
     client.request("DELETE", "/v1/recommend/items", json={"ids": [SAME["item"], "i2"]}, headers=beta)
     # beta acts on alpha's session and handoff: unknown to it
     session, handoff = ids["session_id"], ids["handoff_id"]
-    assert client.post(f"/v1/support/sessions/{session}/messages", json={"message": "hi"}, headers=beta).status_code == 404
+    assert (
+        client.post(f"/v1/support/sessions/{session}/messages", json={"message": "hi"}, headers=beta).status_code == 404
+    )
     assert client.get(f"/v1/support/sessions/{session}/events", headers=beta).status_code == 404
     for action in ("take", "close"):
         r = client.post(f"/v1/support/handoffs/{handoff}/{action}", json={"agent": "mallory"}, headers=beta)
