@@ -4,6 +4,7 @@ integration tests use the real prepared base model under data/models (``make mod
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from tests.doubles.redis import RedisProcess
 # inherit it); tests/unit/test_rate_limits.py turns them on with its own settings.
 os.environ.setdefault("DOMAINLLM_RATE_LIMIT_PER_KEY", "")
 os.environ.setdefault("DOMAINLLM_RATE_LIMIT_PER_IP", "")
+# An app built with default settings must never read or write the developer's own knowledge base
+# (data/runtime/support/kb, filled by `make run`): the suite's default is an empty folder of its own.
+os.environ.setdefault("DOMAINLLM_SUPPORT_KB_DIR", tempfile.mkdtemp(prefix="domainllm-test-kb-"))
 
 
 @pytest.fixture(scope="session")
