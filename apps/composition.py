@@ -80,6 +80,9 @@ class Services:
         Nothing one tenant's apps store is under another's prefix or folder."""
         if tenant == DEFAULT_TENANT:
             return TenantApps(tenant, self.support, self.sentiment, self.recommend)
+        built = self._tenants.get(tenant)  # every request asks: no lock once a tenant's apps exist
+        if built is not None:
+            return built
         with self._lock:
             if tenant not in self._tenants:
                 settings = self.settings

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apps.http.middleware import HTTPMiddleware
+from apps.http.middleware import HTTPMiddleware, TrackedSend
 from core.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
@@ -298,19 +298,12 @@ class UnhandledErrorMiddleware(HTTPMiddleware):
     """
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:  # too late for a clean answer: let the server drop the connection
+            if tracked.started:  # too late for a clean answer: let the server drop the connection
                 raise
             await error_response(500, INTERNAL_ERROR_TYPE, INTERNAL_ERROR_MESSAGE)(scope, receive, send)
 

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apps.errors import error_response
-from apps.http.middleware import HTTPMiddleware
+from apps.http.middleware import HTTPMiddleware, TrackedSend
 from core.errors import ClientGoneError, EngineOverloadedError
 
 T = TypeVar("T")
@@ -96,7 +96,7 @@ class BodyReadTimeoutMiddleware(HTTPMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         give_up = asyncio.get_running_loop().time() + self.timeout_s
         body_done = False
-        started = False
+        tracked = TrackedSend(send)
 
         async def timed_receive() -> Message:
             nonlocal body_done
@@ -111,16 +111,10 @@ class BodyReadTimeoutMiddleware(HTTPMiddleware):
                 body_done = True
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, tracked)
         except _BodyTimedOut:
-            if started:
+            if tracked.started:
                 raise
             message = f"the request body was not received within {self.timeout_s:g} s (DOMAINLLM_BODY_READ_TIMEOUT_S)"
             # the rest of the body may still come: the connection cannot carry a next request

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class HTTPMiddleware:
@@ -19,3 +19,17 @@ class HTTPMiddleware:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One HTTP request; call ``self.app`` to pass it on."""
         raise NotImplementedError
+
+
+class TrackedSend:
+    """``send`` that remembers whether the response has started: past that, a middleware can no
+    longer answer with an error of its own and must let the server drop the connection."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import redis
 
+from apps.sentiment.store import TAKE_DUE
 from core.redis_client import NamespacedStore
 
 _FIRE = """
@@ -45,14 +46,6 @@ for i = 7, #ARGV do
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5] .. '|' .. ARGV[i])
 end
 return 1
-"""
-
-_TAKE_OUTBOX = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
-end
-return due
 """
 
 _RELEASE = """
@@ -94,7 +87,7 @@ class AlertStore(NamespacedStore):
         super().__init__(client, namespace)
         self._fire = client.register_script(_FIRE)
         self._release = client.register_script(_RELEASE)
-        self._take_outbox = client.register_script(_TAKE_OUTBOX)
+        self._take_outbox = client.register_script(TAKE_DUE)
 
     def fire(self, alert: Alert, cooldown_s: float, targets: Sequence[str] = ()) -> bool:
         """Store the alert, and an outbox entry for each of ``targets``, unless its (rule, scope) fired

@@ -67,12 +67,14 @@ end
 return 1
 """
 
-_TAKE_STALE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+# Take up to ARGV[3] members of the zset KEYS[1] scored at or below ARGV[1], re-scoring each ARGV[2]
+# in the same step, so two takers never take the same member (stale pending items, due outbox entries).
+TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
 end
-return ids
+return due
 """
 
 
@@ -97,7 +99,7 @@ class NewsStore(NamespacedStore):
         self.item_ttl_s = item_ttl_s
         self._ingest = client.register_script(_INGEST)
         self._commit = client.register_script(_COMMIT)
-        self._take_stale = client.register_script(_TAKE_STALE)
+        self._take_stale = client.register_script(TAKE_DUE)
 
     # ---- items -------------------------------------------------------------------------------
 

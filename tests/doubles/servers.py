@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,3 +58,15 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, client.get("/readyz").json()
         time.sleep(0.02)
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The ``Authorization`` header for an API key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def new_key(client: Any, admin: str, scope: str) -> str:
+    """A fresh key of ``scope`` for the tenant of the ``admin`` key (POST /v1/keys)."""
+    r = client.post("/v1/keys", json={"scope": scope}, headers=bearer(admin))
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])

@@ -25,15 +25,12 @@ from apps.sentiment.delivery import DeliveryError, deliver
 from apps.server import create_app
 from apps.settings import AppSettings
 from core.engine import LocalEngine
+from tests.doubles.servers import bearer
 
 pytestmark = pytest.mark.integration
 
 OPERATOR = "delivery-operator-key"
 SECRET = "acme-alert-secret-0123456789"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 class Receiver:

@@ -24,6 +24,7 @@ from apps.server import create_app
 from apps.settings import AppSettings
 from apps.support.settings import SupportSettings
 from core.engine import LocalEngine
+from tests.doubles.servers import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,6 @@ ALERT_ID = "same-alert"
 ENDLESS = {"/v1/support/inbox/events", "/v1/support/sessions/{session_id}/events"}
 # Reads that show no stored text of a tenant (the engine's models, the key's own tenant record).
 NO_STORED_TEXT = {"/v1/models", "/v1/adapters", "/v1/tenant", "/v1/keys", "/v1/tenants"}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from apps.tenants.auth import route_scope
 from apps.tenants.store import TenantStore, scope_admits
 from core.engine import LocalEngine
 from core.errors import ConflictError, InvalidRequestError, NotFoundError
+from tests.doubles.servers import bearer, new_key
 
 pytestmark = pytest.mark.unit
 
@@ -86,16 +87,6 @@ def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str) -> Iter
     settings = AppSettings.of(core, operator_key=SecretStr(OPERATOR), tenancy_namespace=f"t{uuid.uuid4().hex[:8]}")
     with TestClient(create_app(settings, engine=tiny_engine)) as c:
         yield c
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_key(c: TestClient, admin: str, scope: str) -> str:
-    r = c.post("/v1/keys", json={"scope": scope}, headers=bearer(admin))
-    assert r.status_code == 201, r.text
-    return str(r.json()["key"])
 
 
 def test_the_operator_creates_tenants_and_their_admins_manage_keys(client: TestClient) -> None:

@@ -30,6 +30,7 @@ from apps.tenants.store import SigningKey, TenantStore
 from core.engine import LocalEngine
 from core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from tests.doubles.recommend import HashEmbedder
+from tests.doubles.servers import bearer, new_key
 
 pytestmark = pytest.mark.unit
 
@@ -168,16 +169,6 @@ def client(tiny_settings: Any, tiny_engine: LocalEngine, redis_url: str, tmp_pat
     app.dependency_overrides[get_recommend_service] = lambda: service
     with TestClient(app) as c:
         yield c
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_key(c: TestClient, admin: str, scope: str) -> str:
-    r = c.post("/v1/keys", json={"scope": scope}, headers=bearer(admin))
-    assert r.status_code == 201, r.text
-    return str(r.json()["key"])
 
 
 def mint(c: TestClient, server: str, user_id: str, **body: Any) -> str:
