@@ -33,6 +33,41 @@ CARD_FILE = "adapter_card.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+VERSIONED_RE = re.compile(r"^(?P<tenant>[a-z0-9][a-z0-9_-]{0,31})/(?P<name>[a-z0-9][a-z0-9_-]{0,63})@v(?P<version>[1-9][0-9]{0,5})$")
+TENANTS_DIR = "tenants"  # under the adapters folder: tenants/<tenant>/<name>/v<N>/, the shared artefact store
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A served adapter's name taken apart: ``name`` (a shared adapter) or ``tenant/name@vN``."""
+
+    name: str
+    tenant: str | None = None
+    version: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.tenant is None else versioned_name(self.tenant, self.name, self.version or 0)
+
+
+def versioned_name(tenant: str, name: str, version: int) -> str:
+    """The served name of a tenant's adapter version: ``tenant/name@vN``."""
+    return f"{tenant}/{name}@v{version}"
+
+
+def parse_adapter_name(text: str) -> AdapterRef | None:
+    """``tenant/name@vN`` -> its parts; a plain adapter name -> ``AdapterRef(name)``; else None."""
+    m = VERSIONED_RE.match(text)
+    if m:
+        return AdapterRef(m["name"], m["tenant"], int(m["version"]))
+    return AdapterRef(text) if NAME_RE.match(text) and text not in (BASE, PEFT_BASE) else None
+
+
+def version_dir(adapters_root: Path, tenant: str, name: str, version: int) -> Path:
+    """Where a tenant's adapter version lives in the artefact store (read-only once written)."""
+    return adapters_root / TENANTS_DIR / tenant / name / f"v{version}"
+
+
 @dataclass
 class AdapterInfo:
     name: str
