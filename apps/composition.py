@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from apps.recommend.service import RecommendService
-from apps.sentiment.dispatch import CeleryDispatcher, Dispatcher, client_app
+from apps.sentiment.dispatch import QUEUE_OF, TRAIN, CeleryDispatcher, Dispatcher, client_app
+from apps.sentiment.enrich import ADAPTER as SENTIMENT_ADAPTER
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
 from apps.sentiment.settings import SentimentSettings
@@ -29,10 +30,13 @@ from apps.support.service import SupportService
 from apps.support.webhook import CeleryWebhookQueue, WebhookRejectedError, WebhookTarget, target_for
 from apps.tenants.delivery import DeliveryTargets
 from apps.tenants.limits import RateLimits
+from apps.tenants.models import ModelRouter
 from apps.tenants.store import DEFAULT_TENANT, TenantStore, tenant_of_namespace
 from core.engine import LocalEngine
 from core.interface import Engine
+from core.jobs import TrainingJobs
 from core.redis_client import RedisClients
+from core.versions import AdapterVersions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class Services:
     tenants: TenantStore
     limits: RateLimits
     delivery: DeliveryTargets
+    versions: AdapterVersions
+    jobs: TrainingJobs
     _enrichers: dict[str, Enricher] = field(default_factory=dict, repr=False)
     _contexts: dict[tuple[str | None, str | None], SentimentContext] = field(default_factory=dict, repr=False)
     _tenants: dict[str, TenantApps] = field(default_factory=dict, repr=False)
@@ -106,8 +112,37 @@ class Services:
                         settings.recommend.for_tenant(tenant), self.redis.raw, self.engine.embed, self.ready_engine
                     ),
                 )
+                self._attach_routers(self._tenants[tenant])
                 log.info("services built for tenant %s", tenant)
             return self._tenants[tenant]
+
+    def _attach_routers(self, apps: TenantApps) -> None:
+        """Each app asks its router, per request, which version of the tenant's adapter serves."""
+        apps.sentiment.router = self.model_router(apps.tenant, "sentiment")
+        apps.support.router = self.model_router(apps.tenant, "support")
+        apps.recommend.router = self.model_router(apps.tenant, "recommend")
+
+    def shared_adapter(self, domain: str) -> str:
+        """The suite's own adapter for ``domain``: what serves a tenant with no version of its own."""
+        shared = {
+            "support": self.settings.support.adapter,
+            "sentiment": SENTIMENT_ADAPTER,
+            "recommend": self.settings.recommend.adapter,
+        }
+        return shared[domain]
+
+    def model_router(self, tenant: str, domain: str) -> ModelRouter:
+        """Which version serves ``tenant`` in ``domain``, read per request (see ``apps.tenants.models``)."""
+        return ModelRouter(self.versions, self.engine, tenant, domain, self.shared_adapter(domain))
+
+    @property
+    def training_dir(self) -> Path:
+        """The artefact store's folder of uploaded training files (``<data_dir>/training/<tenant>/``)."""
+        return self.settings.data_dir / "training"
+
+    def queue_training(self, job_id: str) -> None:
+        """Hand a training job to the ``train`` queue (a worker consuming it runs one job at a time)."""
+        client_app(self.settings.effective_redis_url).send_task(TRAIN, kwargs={"job_id": job_id}, queue=QUEUE_OF[TRAIN])
 
     def _alert_settings(self, tenant: str, base: SentimentSettings) -> SentimentSettings:
         """A tenant's monitor settings with the alert webhook its admin set (read at each use)."""
@@ -208,7 +243,10 @@ def build_services(
         delivery=DeliveryTargets(
             clients.text, settings.tenancy_namespace, allow_private=settings.tenant_webhooks_allow_private
         ),
+        versions=AdapterVersions(clients.text, f"{settings.tenancy_namespace}:adapters"),
+        jobs=TrainingJobs(clients.text, f"{settings.tenancy_namespace}:train"),
     )
+    services._attach_routers(services.apps_of(DEFAULT_TENANT))
     BUILDS["count"] += 1
     log.info("services built (build %d in this process)", BUILDS["count"])
     return services

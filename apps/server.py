@@ -34,6 +34,7 @@ from apps.support.kb_routes import router as support_kb_router
 from apps.support.routes import pages as support_pages
 from apps.support.routes import router as support_router
 from apps.tenants.routes import router as tenants_router
+from apps.tenants.training import router as training_router
 from core.config import Settings
 from core.interface import Engine
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 ROUTERS: list[APIRouter] = [
     ops.router,
     tenants_router,
+    training_router,
     *llm.routers,
     support_router,
     support_kb_router,
@@ -67,7 +69,10 @@ TAGS = [
     {"name": "models", "description": "The base model and the adapters that can be named as `model`."},
     {"name": "generation", "description": "OpenAI-compatible chat and text completions, streamed or not."},
     {"name": "classification", "description": "Label texts by the model's probability for each label."},
-    {"name": "adapters", "description": "LoRA adapters: list (public), load and unload (admin key)."},
+    {
+        "name": "adapters",
+        "description": "LoRA adapters: list (public), load and unload (admin key); a tenant's own versions: train on its data, gate, promote, roll back, pin, split traffic, A/B report.",
+    },
     {
         "name": "support",
         "description": "Support bot: chat sessions (JSON or SSE), feedback, handoffs, the knowledge base.",

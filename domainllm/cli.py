@@ -11,6 +11,7 @@ import typer
 
 from core.config import get_settings
 from core.errors import DomainLLMError
+from domainllm import adapters as adapters_cli
 from domainllm import evals
 from domainllm import keys as keys_cli
 from domainllm import recommend as recommend_cli
@@ -25,6 +26,17 @@ app.add_typer(recommend_cli.app, name="recommend")
 app.add_typer(support_cli.app, name="support")
 app.add_typer(keys_cli.tenants_app, name="tenants")
 app.add_typer(keys_cli.keys_app, name="keys")
+app.add_typer(adapters_cli.adapters_app, name="adapters")
+app.add_typer(adapters_cli.ab_app, name="ab")
+
+
+@app.command("watch")
+def watch(job_id: Annotated[str, typer.Argument(help="A training job's id (job_...).")]) -> None:
+    """Follow a training job (queued by the API or `train --queue`) with a progress bar."""
+    try:
+        adapters_cli.watch_job(job_id)
+    except DomainLLMError as exc:
+        fail(exc)
 
 
 @app.callback()
@@ -163,13 +175,30 @@ def _task_module(task: str) -> Any:
 @app.command()
 def train(
     task: Annotated[str, typer.Argument(help="sentiment, support or recommend")],
-    config: Annotated[Path | None, typer.Option(help="Config file (default finetune/configs/TASK.yaml).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Config file of a public-data run (default finetune/configs/TASK.yaml).")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Your own data file(s) (docs/data-formats.md): trains TENANT/TASK@vN, gates and promotes it."
+        ),
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="With --data: the tenant whose adapter this is.")] = "default",
+    queue: Annotated[bool, typer.Option(help="With --data: run on the train queue (a worker) and watch it.")] = False,
+    budget_s: Annotated[
+        float | None, typer.Option(help="With --data: stop with an error past this many seconds.")
+    ] = None,
 ) -> None:
-    """Train a LoRA adapter from its config; writes data/adapters/<name>/ with its card."""
+    """Train a LoRA adapter: on your own data (--data: a new version of the tenant's adapter, gated
+    against the one serving), or on the public sets from a config (writes data/adapters/<name>/)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from finetune.config import config_for, load_config
 
+    if data:
+        adapters_cli.train_own(task, data, tenant, queue=queue, budget_s=budget_s)
+        return
     settings = get_settings()
     try:
         cfg = load_config(config or config_for(task), settings.shared_data_dir)

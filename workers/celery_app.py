@@ -82,6 +82,7 @@ def make_app() -> Celery:
             "sweep": _every(sentiment.sweep_interval_s, names.SWEEP),
             "retry-dead-letters": _every(sentiment.deadletter_retry_interval_s, names.RETRY_DEAD),
             "drain-outbox": _every(sentiment.outbox_interval_s, names.DRAIN_OUTBOX),
+            "reap-training-jobs": _every(60, names.REAP_TRAINING),
         },
     )
     return app

@@ -29,6 +29,7 @@ from apps.settings import get_settings
 from apps.support import webhook as support_webhook
 from apps.tenants.store import DEFAULT_TENANT
 from core.errors import EngineOverloadedError, ModelNotReadyError
+from finetune.own import TrainingSettings, reap_jobs, run_job
 from workers import runtime
 from workers.celery_app import app
 from workers.time_limits import LimitedTask
@@ -88,7 +89,11 @@ def enrich(**kwargs: Any) -> dict[str, Any]:
     args = EnrichArgs(**kwargs)
     ctx = runtime.context(args.namespace, args.config)
     stats = enrich_ids(
-        ctx.store, runtime.enricher(args.namespace, args.config), args.ids, delay_s=_settings.fault_enrich_delay_s
+        ctx.store,
+        runtime.enricher(args.namespace, args.config),
+        args.ids,
+        delay_s=_settings.fault_enrich_delay_s,
+        router=ctx.router,
     )
     log.info("enrich: %d counted, %d already, %d missing in %.2fs", stats.counted, stats.already, stats.missing,
              stats.seconds)  # fmt: skip
@@ -214,6 +219,45 @@ def retry_dead_letters(**kwargs: Any) -> int:
     args = Scoped(**kwargs)
     _fan_out(retry_dead_letters, args)
     return len(runtime.context(args.namespace, args.config).resend())
+
+
+class TrainArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_id: str = Field(pattern=r"^job_[0-9a-f]{16}$")
+
+
+_train_budget = TrainingSettings().budget_s
+
+
+@app.task(
+    name=names.TRAIN,
+    acks_late=False,  # a training outlasts the visibility timeout: taken once; a dead worker's job is reaped
+    base=LimitedTask,
+    soft_time_limit=_train_budget + 1800,  # the run stops itself at its budget; this bounds the gate after it
+    time_limit=_train_budget + 1860,
+)
+def train_adapter(**kwargs: Any) -> str:
+    """One tenant's adapter training job (queue ``train``): train, card, gate, promote (finetune.own)."""
+    args = TrainArgs(**kwargs)
+    services = runtime.services()
+    job = services.jobs.get(args.job_id)
+    record = run_job(
+        args.job_id,
+        settings=services.settings,
+        engine=runtime.engine(),
+        versions=services.versions,
+        jobs=services.jobs,
+        shared_adapter=services.shared_adapter(job["domain"]),
+    )
+    return "done" if record is not None else "failed"
+
+
+@app.task(name=names.REAP_TRAINING, **RETRY)
+def reap_training_jobs(**kwargs: Any) -> int:
+    """Fail the training jobs whose worker stopped beating (and the versions they trained)."""
+    Scoped(**kwargs)
+    services = runtime.services()
+    return len(reap_jobs(services.jobs, services.versions))
 
 
 @worker_ready.connect

@@ -22,6 +22,7 @@ from apps.recommend.catalogue import Catalogue
 from apps.recommend.settings import RecommendSettings
 from apps.recommend.signals import RedisSignals
 from apps.recommend.users import stored_user_id
+from apps.tenants.models import ModelRouter
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 from core.interface import Engine
 from domains.recommend.index import EmbedFn
@@ -91,6 +92,7 @@ class RecommendService:
             user_ttl_s=settings.user_ttl_s,
         )
         self._engine: Callable[[], Engine | None] = engine or (lambda: None)
+        self.router: ModelRouter | None = None  # the tenant's adapter route (set by the composition root)
         self._rankers: tuple[float, Rankers] | None = None
 
     def _key(self, *parts: str) -> str:
@@ -111,7 +113,7 @@ class RecommendService:
             self._rankers = (mtime, Rankers.load(path) or Rankers.fallback())
         return self._rankers[1]
 
-    def pipeline(self, use_llm: bool = True) -> Pipeline:
+    def pipeline(self, use_llm: bool = True, model: str | None = None) -> Pipeline:
         engine = self._engine() if (use_llm and self.settings.use_llm) else None
         rankers = self.rankers()
         cfg = PipelineConfig(
@@ -124,7 +126,7 @@ class RecommendService:
         if engine is not None:
             llm = LLMScorer(
                 engine,
-                self.settings.adapter,
+                model or self.settings.adapter,
                 history=self.settings.prompt_history,
                 deadline_s=self.settings.llm_deadline_s,
             )
@@ -151,13 +153,15 @@ class RecommendService:
             raise InvalidRequestError("price_min must not be above price_max")
         if mmr_lambda is not None and not 0 <= mmr_lambda <= 1:
             raise InvalidRequestError("mmr_lambda must be between 0 and 1")
-        pipeline = self.pipeline()
+        stored = self._user(user_id)
+        # a user stays on one version of the tenant's adapter (sticky) while a traffic split runs
+        route = self.router.route(sticky_key=stored) if self.router is not None else None
+        pipeline = self.pipeline(model=route.model if route else None)
         if mmr_lambda is not None:
             pipeline.config = PipelineConfig(**{**asdict(pipeline.config), "mmr_lambda": mmr_lambda})
         if context_item is not None and context_item not in pipeline.index:
             raise UnknownItemError(f"unknown context_item {context_item!r}")
         now = time.time()
-        stored = self._user(user_id)
         blocked = self.signals.excluded(stored)
         if self.settings.exclude_shown and self.settings.shown_ttl_s > 0:
             blocked |= self.signals.shown(stored, now - self.settings.shown_ttl_s)
@@ -180,22 +184,26 @@ class RecommendService:
                     "source": r.source,
                 }
             )
-        self._log_recommendation(rid, stored, result.items, result.cold_start, now)
+        model = result.llm_model or "none"
+        self._log_recommendation(rid, stored, result.items, result.cold_start, now, model)
+        if route is not None and self.router is not None and result.llm_model == route.model:
+            self.router.served(route)
         return {
             "recommendation_id": rid,
             "user_id": user_id,
             "items": items,
             "cold_start": result.cold_start,
-            "model": result.llm_model or "none",
+            "model": model,
             "ranker": result.ranker,
         }
 
-    def _log_recommendation(self, rid: str, user_id: str, ranked: list[Any], cold: bool, now: float) -> None:
+    def _log_recommendation(
+        self, rid: str, user_id: str, ranked: list[Any], cold: bool, now: float, model: str = "none"
+    ) -> None:
         key = self._key("rec", rid)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(
-            key, mapping={"user": user_id, "ts": repr(now), "items": json.dumps({r.item_id: r.source for r in ranked})}
-        )
+        items = json.dumps({r.item_id: r.source for r in ranked})
+        pipe.hset(key, mapping={"user": user_id, "ts": repr(now), "items": items, "model": model})
         pipe.expire(key, self.settings.recommendation_ttl_s)
         pipe.hincrby(self._key("stats"), "requests", 1)
         if cold:
@@ -296,6 +304,11 @@ class RecommendService:
             pipe.expire(self._key("rec", recommendation_id, "fb"), self.settings.recommendation_ttl_s)
             pipe.hincrby(self._key("stats"), f"{kind}s:{shown[item_id]}", 1)
             pipe.execute()
+            model = rec.get(b"model", b"none").decode()
+            # joined to the version that ranked it, once per recommendation and kind: a rate per list
+            per_list = self.client.sadd(self._key("rec", recommendation_id, "fb"), f"{kind}:*") == 1
+            if self.router is not None and model != "none" and per_list:
+                self.router.outcome(model, kind)
         if item_id in self.catalogue.sync():
             self._record([event])
         return {"attributed": first, "source": shown[item_id], "user_id": user}

@@ -19,6 +19,8 @@ MONITOR = "sentiment.monitor"
 DELIVER = "sentiment.deliver"
 RETRY_DEAD = "sentiment.retry_dead_letters"
 DRAIN_OUTBOX = "sentiment.drain_outbox"
+TRAIN = "adapters.train"  # a tenant's adapter training job (finetune.own), one at a time per worker
+REAP_TRAINING = "adapters.reap_jobs"  # fail the training jobs whose worker died
 
 QUEUE_OF = {
     POLL_FEEDS: "ingest",
@@ -29,6 +31,8 @@ QUEUE_OF = {
     DELIVER: "alerts",
     RETRY_DEAD: "alerts",
     DRAIN_OUTBOX: "alerts",
+    TRAIN: "train",  # model work too: only workers on model machines consume it
+    REAP_TRAINING: "ingest",
 }
 
 

@@ -13,6 +13,7 @@ from apps.sentiment.items import NewsItem
 from apps.sentiment.store import NewsStore
 from apps.sentiment.topics import TopicClassifier
 from apps.sentiment.watchlist import Watchlist
+from apps.tenants.models import ModelRouter
 from core.interface import Engine
 from domains import sentiment
 
@@ -50,28 +51,45 @@ class Enricher:
         """The sentiment adapter when it is loaded; the base model (said in every answer) until then."""
         return ADAPTER if self.engine.has_model(ADAPTER) else "base"
 
-    def serving(self) -> sentiment.SentimentServing:
+    def serving(self, model: str | None = None) -> sentiment.SentimentServing:
         """The labels and instruction the model is prompted with: its adapter card's (the domain's defaults
         for the base model)."""
-        return sentiment.read_serving(self.engine.serving_config(self.model))
+        return sentiment.read_serving(self.engine.serving_config(model or self.model))
 
-    def sentiment(self, texts: list[str]) -> list[dict[str, float]]:
+    def sentiment(self, texts: list[str], model: str | None = None) -> list[dict[str, float]]:
         """Label probabilities per text, in batches of the engine's per-request limit."""
-        serving, model = self.serving(), self.model
+        model = model or self.model
+        serving = self.serving(model)
         labels, step = list(serving.labels), self.engine.max_batch_texts
         out: list[dict[str, float]] = []
         for i in range(0, len(texts), step):
             out += self.engine.score_labels(texts[i : i + step], labels, model=model, instruction=serving.instruction)
         return out
 
-    def enrich(self, items: list[NewsItem]) -> list[dict[str, Any]]:
-        """One enrichment dict per item, in order; the model work is one batched call each."""
+    def _by_model(self, items: list[NewsItem], router: ModelRouter | None) -> tuple[list[dict[str, float]], list[str]]:
+        """Scores and the model that gave them, per item: each item goes where the tenant's route
+        sends it (sticky by item id: a candidate version under a traffic split), one call per model."""
+        if router is None:
+            return self.sentiment([i.text for i in items]), [self.model] * len(items)
+        routes = [router.route(sticky_key=i.id) for i in items]
+        scores: list[dict[str, float]] = [{} for _ in items]
+        for model in dict.fromkeys(r.model for r in routes):
+            idx = [k for k, r in enumerate(routes) if r.model == model]
+            for k, s in zip(idx, self.sentiment([items[k].text for k in idx], model=model), strict=True):
+                scores[k] = s
+        for route in routes:
+            router.served(route)
+        return scores, [r.model for r in routes]
+
+    def enrich(self, items: list[NewsItem], router: ModelRouter | None = None) -> list[dict[str, Any]]:
+        """One enrichment dict per item, in order; the model work is one batched call per model.
+        ``router``: the tenant's adapter route (its own versions); without it, the shared adapter."""
         texts = [i.text for i in items]
-        scores = self.sentiment(texts)
+        scores, models = self._by_model(items, router)
         topics = self.topics.classify(texts)
-        model, method = self.model, self.topics.method
+        method = self.topics.method
         out = []
-        for item, s, tops in zip(items, scores, topics, strict=True):
+        for item, s, tops, model in zip(items, scores, topics, models, strict=True):
             matches = self.watchlist.match(item.title)
             entities = [{"ticker": m.ticker, "name": m.name} for m in matches]
             out.append(
@@ -89,7 +107,7 @@ class Enricher:
             )
         return out
 
-    def explain(self, text: str) -> list[dict[str, Any]]:
+    def explain(self, text: str, model: str | None = None) -> list[dict[str, Any]]:
         """Occlusion: drop each word in turn and see how the predicted label's probability moves.
 
         A positive weight means the word pushed toward the label. One batched scoring call of
@@ -99,13 +117,15 @@ class Enricher:
         if not words:
             return []
         variants = [" ".join(words[:i] + words[i + 1 :]) or "." for i in range(len(words))]
-        scores = self.sentiment([" ".join(words), *variants])
+        scores = self.sentiment([" ".join(words), *variants], model=model)
         full = scores[0]
         label = max(full, key=full.__getitem__)
         return [{"word": w, "weight": round(full[label] - s[label], 5)} for w, s in zip(words, scores[1:], strict=True)]
 
 
-def enrich_ids(store: NewsStore, enricher: Enricher, ids: list[str], delay_s: float = 0.0) -> EnrichStats:
+def enrich_ids(
+    store: NewsStore, enricher: Enricher, ids: list[str], delay_s: float = 0.0, router: ModelRouter | None = None
+) -> EnrichStats:
     """Enrich and count the given items; items already counted are skipped, so a redelivered or
     duplicated batch changes nothing."""
     started = time.perf_counter()
@@ -121,7 +141,7 @@ def enrich_ids(store: NewsStore, enricher: Enricher, ids: list[str], delay_s: fl
             record.pop("enrichment")
             todo.append(NewsItem.from_dict(record))
     if todo:
-        enrichments = enricher.enrich(todo)
+        enrichments = enricher.enrich(todo, router)
         if delay_s:
             time.sleep(delay_s)  # fault injection: hold the batch so a test can kill the worker here
         for item, enrichment in zip(todo, enrichments, strict=True):

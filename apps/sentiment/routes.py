@@ -8,11 +8,12 @@ except for ``/classify``, which runs on the server's own engine.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from kombu.exceptions import OperationalError
 
 from apps.deps import AdminDep, EngineDep, SentimentDep, ServicesDep
@@ -93,7 +94,7 @@ async def push_news(
     responses=error_responses(400, 413, 422, 503),
 )
 async def classify(
-    body: SentimentClassifyRequest, engine: EngineDep, ctx: ContextDep, services: ServicesDep
+    request: Request, body: SentimentClassifyRequest, engine: EngineDep, ctx: ContextDep, services: ServicesDep
 ) -> SentimentClassifyResponse:
     enricher = services.enricher(ctx)
     if body.explain and len(body.texts) > MAX_EXPLAINED_TEXTS:
@@ -107,14 +108,19 @@ async def classify(
     def run() -> list[SentimentResult]:
         from apps.sentiment.items import NewsItem
 
-        items = [NewsItem(id=str(i), title=t, published_at=time.time()) for i, t in enumerate(body.texts)]
+        # sticky by the text: under a traffic split, the same headline always meets the same version
+        items = [
+            NewsItem(id=hashlib.sha256(t.encode()).hexdigest()[:16], title=t, published_at=time.time())
+            for t in body.texts
+        ]
         results = []
-        for item, e in zip(items, enricher.enrich(items), strict=True):
-            explanation = enricher.explain(item.title) if body.explain else None
+        for item, e in zip(items, enricher.enrich(items, ctx.router), strict=True):
+            explanation = enricher.explain(item.title, model=e["model"]) if body.explain else None
             results.append(
                 SentimentResult(
                     label=e["label"],
                     scores=e["scores"],
+                    model=e["model"],
                     entities=e["entities"],
                     topics=e["topics"],
                     explanation=explanation,
@@ -123,7 +129,13 @@ async def classify(
         return results
 
     results = await asyncio.to_thread(run)
-    return SentimentClassifyResponse(model=enricher.model, topic_method=enricher.topics.method, results=results)
+    models = list(dict.fromkeys(r.model for r in results))
+    request.state.adapter = models[0] if len(models) == 1 else "mixed"
+    return SentimentClassifyResponse(
+        model=models[0] if len(models) == 1 else "mixed",
+        topic_method=enricher.topics.method,
+        results=results,
+    )
 
 
 def _range(window: str, end: str | None, step: str | None, bucket_s: int) -> tuple[int, float, int]:

@@ -41,13 +41,20 @@ class WordWeight(BaseModel):
 class SentimentResult(BaseModel):
     label: str
     scores: dict[str, float]
+    model: str = Field(
+        description="The model that labelled this text: the tenant's `tenant/sentiment@vN`, or the shared one."
+    )
     entities: list[dict[str, str]]
     topics: list[dict[str, Any]]
     explanation: list[WordWeight] | None = None
 
 
 class SentimentClassifyResponse(BaseModel):
-    model: str = Field(description='"sentiment" (the adapter), or "base" while the adapter is not there.')
+    model: str = Field(
+        description="The model that labelled the texts: the tenant's own version (`tenant/sentiment@vN`), the shared "
+        '"sentiment" adapter, "base" while that is not there, or "mixed" when a traffic split sent texts to two versions '
+        "(each result names its own)."
+    )
     topic_method: str
     results: list[SentimentResult]
 

@@ -25,6 +25,7 @@ from apps.sentiment.ingest import IngestResult, ingest_file, normalize_all, stor
 from apps.sentiment.monitor import run_monitor
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
+from apps.tenants.models import ModelRouter
 from core.config import Settings
 from core.redis_client import connect
 
@@ -51,6 +52,8 @@ class SentimentContext:
     feed_client: httpx.Client | None = field(default=None, repr=False)
     # the settings deliveries go by, read at each send: a tenant's webhook is set over the API
     delivery_source: Callable[[], SentimentSettings] | None = field(default=None, repr=False)
+    # which version of the tenant's sentiment adapter labels each item (apps.tenants.models)
+    router: ModelRouter | None = field(default=None, repr=False)
 
     @classmethod
     def build(

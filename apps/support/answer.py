@@ -69,9 +69,11 @@ class Reply:
     reason: str | None = None  # why it handed off: "rule:fraud", "no_match", "low_confidence", ...
     question: str = ""  # the standalone (masked) question that was answered
     details: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # the model whose intent head screened the message (a tenant's version, or the shared one)
 
     def public(self) -> dict[str, Any]:
         return {
+            "model": self.model,
             "answer": self.answer,
             "citations": [c.__dict__ for c in self.citations],
             "confidence": round(self.confidence, 4),
@@ -198,15 +200,22 @@ class SupportBot:
             details=details,
         )
 
-    def plan(self, message: str, earlier_questions: list[str] | None = None) -> Plan:
-        """The reply to ``message`` (masked first), with the passages behind it."""
+    def plan(self, message: str, earlier_questions: list[str] | None = None, model: str | None = None) -> Plan:
+        """The reply to ``message`` (masked first), with the passages behind it. ``model``: the support
+        model that screens it (the tenant's routed version); by default the shared adapter."""
+        model = model or self.model
+        plan = self._plan(message, earlier_questions, model)
+        plan.reply.model = model
+        return plan
+
+    def _plan(self, message: str, earlier_questions: list[str] | None, model: str) -> Plan:
         masked = mask_pii(self.check_message(message))
         canned = self.rules.canned_answer(masked)
         if canned is not None:
             reply = Reply(canned.answer, [], 1.0, None, False, "canned", question=masked)
             return Plan(masked, None, reply=reply)
         question = standalone_question(masked, [mask_pii(q) for q in earlier_questions or []])
-        intent = self.intents.classify([masked])[0]
+        intent = self.intents.classify([masked], model=model)[0]
         sure = intent is not None and intent.confidence >= self.settings.intent_rule_confidence
         topic = self.rules.handoff_topic(masked, intent.name if sure and intent else None)
         if topic is not None:

@@ -321,6 +321,13 @@ class ConversationStore:
             raise UnknownSessionError(sid)
         return [json.loads(row) for row in rows]
 
+    def message_meta(self, session_id: str, message_id: str) -> dict[str, Any]:
+        """A message's meta (its model, intent, source...), {} when it has left the session's history."""
+        for row in reversed(self.history(session_id, limit=self.max_messages)):
+            if row.get("id") == message_id:
+                return dict(row.get("meta") or {})
+        return {}
+
     # ---- outcomes and feedback -------------------------------------------------------------------
 
     def record_outcome(

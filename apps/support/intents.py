@@ -28,43 +28,53 @@ class Intent:
 
 
 class IntentClassifier:
-    """``classify(texts)`` -> one ``Intent`` per text, or ``None`` per text when no head is loaded."""
+    """``classify(texts, model)`` -> one ``Intent`` per text, or ``None`` per text when that model has no
+    head. ``model``: the served support model (a tenant's ``tenant/support@vN`` carries its own head on
+    its own intents); without it, the adapter this classifier was built for. Heads are read once
+    per model (a version's files never change) and kept for the few most recent models."""
+
+    MAX_HEADS = 16
 
     def __init__(self, engine: Engine, adapter: str) -> None:
         self._engine = engine
         self._adapter = adapter
-        self._head: LinearHead | None = None
-        self._loaded = False
+        self._heads: dict[str, LinearHead | None] = {}
 
-    def _load(self) -> LinearHead | None:
-        if self._loaded:
-            return self._head
-        self._loaded = True
-        if not self._engine.has_model(self._adapter):
-            log.warning("no %r adapter: messages get no intent", self._adapter)
+    def _load(self, model: str) -> LinearHead | None:
+        if model in self._heads:
+            return self._heads[model]
+        head = self._read(model)
+        if len(self._heads) >= self.MAX_HEADS:
+            self._heads.pop(next(iter(self._heads)))
+        self._heads[model] = head
+        return head
+
+    def _read(self, model: str) -> LinearHead | None:
+        if not self._engine.has_model(model):
+            log.warning("no %r adapter: messages get no intent", model)
             return None
-        path = self._engine.adapter_file(self._adapter, INTENT_HEAD_FILE)
+        path = self._engine.adapter_file(model, INTENT_HEAD_FILE)
         if path is None:
-            log.warning("adapter %r has no %s: messages get no intent", self._adapter, INTENT_HEAD_FILE)
+            log.warning("adapter %r has no %s: messages get no intent", model, INTENT_HEAD_FILE)
             return None
         head = LinearHead.load(path)
         parts = [p["name"] for p in head.recipe.get("parts", [])]
         if parts != list(INTENT_FEATURES):
             log.warning("intent head %s wants features %s, which this version cannot build", path, parts)
             return None
-        self._head = head
         return head
 
     @property
     def available(self) -> bool:
-        return self._load() is not None
+        return self._load(self._adapter) is not None
 
-    def classify(self, texts: list[str]) -> list[Intent | None]:
-        head = self._load()
+    def classify(self, texts: list[str], model: str | None = None) -> list[Intent | None]:
+        model = model or self._adapter
+        head = self._load(model)
         if head is None or not texts:
             return [None] * len(texts)
         minilm = self._engine.embed(texts)  # [n, 384], unit-normalised
-        hidden = self._engine.hidden_states(texts, model=self._adapter)  # [n, hidden]
+        hidden = self._engine.hidden_states(texts, model=model)  # [n, hidden]
         probs = head.predict_proba(np.concatenate([minilm, hidden], axis=1))  # [n, classes]
         best = probs.argmax(axis=1)
         return [Intent(head.classes[int(i)], float(p[int(i)])) for i, p in zip(best, probs, strict=True)]

@@ -62,6 +62,9 @@ class CitationOut(BaseModel):
 
 class MessageReply(BaseModel):
     message_id: str
+    model: str = Field(
+        "", description="The model that screened the message: the tenant's `tenant/support@vN`, or the shared one."
+    )
     answer: str
     citations: list[CitationOut]
     confidence: float

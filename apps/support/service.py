@@ -20,6 +20,7 @@ from apps.support.kb import KnowledgeBase
 from apps.support.rules import Rules, load_rules
 from apps.support.settings import SupportSettings
 from apps.support.webhook import WebhookQueue
+from apps.tenants.models import ModelRouter
 from apps.tenants.store import DEFAULT_TENANT
 from core.batching import one_admission
 from core.interface import Engine
@@ -52,6 +53,7 @@ class SupportService:
         )
         self.kb.warm_up()
         self.intents = IntentClassifier(engine, settings.adapter)
+        self.router: ModelRouter | None = None  # the tenant's adapter route (set by the composition root)
         self.bot = SupportBot(engine, self.kb, self.rules, settings, self.intents)
         self._checked_at = time.monotonic()
 
@@ -93,8 +95,12 @@ class SupportService:
         """Check the session and the message, then plan the answer (nothing stored on bad input)."""
         self.store.require(session_id)
         self.fresh_kb()
+        route = self.router.route(sticky_key=session_id) if self.router is not None else None
         with one_admission():  # refused at its first engine call when the engine is full, never halfway
-            plan = self.bot.plan(message, self._earlier_questions(session_id))  # checks the message first
+            # checks the message first; a session stays on one version of the tenant's adapter
+            plan = self.bot.plan(message, self._earlier_questions(session_id), model=route.model if route else None)
+        if route is not None and self.router is not None:
+            self.router.served(route)
         self.store.add_message(session_id, "user", message.strip())
         self.inbox.remember_passages(session_id, plan.passages)  # what an agent sees if this turn hands off
         return plan
@@ -110,7 +116,10 @@ class SupportService:
             handoff=reply.handoff,
             confidence=round(reply.confidence, 4),
             intent=reply.intent or "unknown",
+            model=reply.model,
         )
+        if reply.handoff and self.router is not None:
+            self.router.outcome(reply.model, "handoff")
         unanswered = reply.handoff and not (reply.reason or "").startswith("rule:")
         counted = self.store.record_outcome(
             session_id,
@@ -138,7 +147,12 @@ class SupportService:
         return {"handoff": True, "handoff_id": record["id"], "message": self.rules.handoff_message}
 
     def feedback(self, session_id: str, message_id: str, rating: str, comment: str | None) -> dict[str, Any]:
-        self.store.feedback(session_id, message_id, rating, comment)
+        result = self.store.feedback(session_id, message_id, rating, comment)
+        if result["changed"] and self.router is not None:  # joined to the version that gave the answer
+            model = self.store.message_meta(session_id, message_id).get("model")
+            self.router.outcome(model, rating)
+            if result["previous"]:
+                self.router.outcome(model, result["previous"], -1)
         return {"ok": True}
 
     def stats(self) -> dict[str, Any]:
