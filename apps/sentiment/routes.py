@@ -23,6 +23,8 @@ from apps.sentiment.ingest import IngestResult
 from apps.sentiment.items import parse_time
 from apps.sentiment.schemas import (
     AlertsResponse,
+    FeedbackRecorded,
+    LabelFeedback,
     NewsAccepted,
     ResendResponse,
     SentimentClassifyRequest,
@@ -136,6 +138,41 @@ async def classify(
         topic_method=enricher.topics.method,
         results=results,
     )
+
+
+@router.post(
+    "/feedback",
+    response_model=FeedbackRecorded,
+    summary="An analyst's right label for an item or a classified text",
+    description="Counts as correct or incorrect for the model version that gave the label (the A/B report, "
+    "`/v1/tenants/{t}/adapters/sentiment/ab`) and keeps the labelled row for the next training "
+    "(`GET /v1/sentiment/feedback.csv`).",
+    responses=error_responses(400, 404, 409, 422, 503),
+)
+async def label_feedback(body: LabelFeedback, ctx: ContextDep) -> FeedbackRecorded:
+    result = await asyncio.to_thread(
+        lambda: ctx.label_feedback(
+            label=body.label,
+            item_id=body.item_id,
+            text=body.text,
+            model=body.model,
+            given=body.given,
+            entity=body.entity,
+        )
+    )
+    return FeedbackRecorded(**result)
+
+
+@router.get(
+    "/feedback.csv",
+    summary="The analysts' labelled rows, as a training file (admin)",
+    description="text,label,entity: the format `POST /v1/tenants/{t}/adapters/sentiment/train` reads.",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(401, 403, 503)},
+)
+async def feedback_csv(ctx: ContextDep, _admin: AdminDep) -> Response:
+    text = await asyncio.to_thread(ctx.corrections_csv)
+    return Response(text, media_type="text/csv; charset=utf-8")
 
 
 def _range(window: str, end: str | None, step: str | None, bucket_s: int) -> tuple[int, float, int]:

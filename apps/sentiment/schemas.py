@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -85,3 +85,20 @@ class AlertsResponse(BaseModel):
 
 class ResendResponse(BaseModel):
     queued: list[dict[str, str]]
+
+
+class LabelFeedback(RequestModel):
+    """An analyst's verdict on a label: the right label for a stored news item, or for a text that
+    /v1/sentiment/classify labelled (then say which model answered, as its response named it)."""
+
+    item_id: str | None = Field(None, min_length=1, max_length=64, description="A stored news item's id.")
+    text: str | None = Field(None, min_length=1, max_length=2000, json_schema_extra={"pattern": r"\S"})
+    model: str | None = Field(None, min_length=1, max_length=120, description="With text: the model that labelled it.")
+    given: str | None = Field(None, max_length=32, description="With text: the label the model gave.")
+    label: Literal["negative", "neutral", "positive"] = Field(description="The right label.")
+    entity: str | None = Field(None, max_length=64)
+
+
+class FeedbackRecorded(BaseModel):
+    correct: bool = Field(description="Whether the model's label was the right one.")
+    model: str = Field(description="The model version the verdict counts for (see the A/B report).")

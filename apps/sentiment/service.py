@@ -7,6 +7,10 @@ each way in and each scheduled job runs the same code. A namespace is a separate
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,11 +26,13 @@ from apps.sentiment.config import MonitorConfig, load_monitor_config
 from apps.sentiment.dispatch import Dispatcher
 from apps.sentiment.feeds import PollResult, poll_feed
 from apps.sentiment.ingest import IngestResult, ingest_file, normalize_all, store_items
+from apps.sentiment.items import NewsItem
 from apps.sentiment.monitor import run_monitor
 from apps.sentiment.settings import SentimentSettings
 from apps.sentiment.store import NewsStore
 from apps.tenants.models import ModelRouter
 from core.config import Settings
+from core.errors import ConflictError, InvalidRequestError, NotFoundError
 from core.redis_client import connect
 
 log = logging.getLogger(__name__)
@@ -191,6 +197,50 @@ class SentimentContext:
             for a, t in pairs:
                 self.dispatcher.deliver(a, t, namespace=self.namespace)
         return pairs
+
+    def label_feedback(
+        self,
+        *,
+        label: str,
+        item_id: str | None = None,
+        text: str | None = None,
+        model: str | None = None,
+        given: str | None = None,
+        entity: str | None = None,
+    ) -> dict[str, Any]:
+        """An analyst's right label for a stored item (or a classified text): counted as correct or
+        incorrect for the model version that gave its label (the A/B report), and kept as a labelled
+        row that ``corrections_csv`` hands back as a training file in the documented format."""
+        if (item_id is None) == (text is None):
+            raise InvalidRequestError("send either item_id (a stored news item) or text (with model and given)")
+        if item_id is not None:
+            (record,) = self.store.get([item_id])
+            if record is None:
+                raise NotFoundError(f"no news item {item_id!r}")
+            enrichment = record.get("enrichment")
+            if not enrichment:
+                raise ConflictError(f"news item {item_id!r} is not labelled yet; retry once it is enriched")
+            item = NewsItem.from_dict({k: v for k, v in record.items() if k != "enrichment"})
+            text, model, given = item.text, enrichment.get("model"), enrichment.get("label")
+        elif model is None or given is None:
+            raise InvalidRequestError("with text, say which model labelled it and the label it gave (model, given)")
+        correct = given == label
+        if self.router is not None:
+            self.router.outcome(model, "correct" if correct else "incorrect")
+        row = {"text": text, "label": label, "entity": entity or "", "model": model, "at": time.time()}
+        digest = hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:20]
+        self.store.r.hset(self.store.key("corrections"), digest, json.dumps(row))
+        return {"correct": correct, "model": str(model)}
+
+    def corrections_csv(self) -> str:
+        """The analysts' labelled rows as a training file (text,label,entity): feedback back into training."""
+        rows = [json.loads(v) for v in self.store.r.hvals(self.store.key("corrections"))]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["text", "label", "entity"])
+        for row in sorted(rows, key=lambda r: r["at"]):
+            writer.writerow([row["text"], row["label"], row.get("entity", "")])
+        return out.getvalue()
 
     def sweep(self, now: float | None = None) -> int:
         """Queue again the items pending for longer than the visibility timeout since they were last
