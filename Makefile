@@ -11,7 +11,7 @@ ADMIN_KEY_FILE := data/runtime/admin-key
 REDIS_PASSWORD_FILE := data/runtime/redis-password
 export DOMAINLLM_PORT ?= $(PORT)
 
-.PHONY: setup lock model browser run test test-unit test-integration lint format bench gpu-check clean
+.PHONY: train-samples setup lock model browser run test test-unit test-integration lint format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ run: setup model
 	@echo "domainllm: tenant 'default': demo widget key $$($(BIN)/python -c "from apps.support.settings import SupportSettings as S; print((S().public_keys or ['(none: DOMAINLLM_SUPPORT_PUBLIC_KEYS is empty)'])[0])") (the demo pages use it)"
 	@echo "domainllm: another tenant: .venv/bin/domainllm tenants create acme, then .venv/bin/domainllm keys create --tenant acme --scope widget (README, 'Tenants and keys')"
 	DOMAINLLM_ADMIN_KEY="$${DOMAINLLM_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))}" $(BIN)/honcho start
+
+# each domain's adapter trained on the repo's sample file (docs/data-formats.md) for the default tenant:
+# @v1 serves at once, @v2 goes through the gate (promoted or refused, with the report); ~10 min on 2 cores
+train-samples: setup model
+	$(BIN)/domainllm train-samples --tenant $${TENANT:-default}
 
 test: setup model browser
 	$(BIN)/python -m pytest -q

@@ -45,7 +45,53 @@ def _tenant(tenant: str) -> str:
         fail(exc)
 
 
-def train_own(domain: str, data: list[Path], tenant: str, *, queue: bool, budget_s: float | None) -> None:
+SAMPLES = {  # the documented formats, as the repo ships them (docs/data-formats.md)
+    "support": [Path("data/samples/train/support_faq.csv")],
+    "sentiment": [Path("data/samples/train/sentiment_headlines.csv")],
+    "recommend": [Path("data/samples/recommend/catalogue.jsonl"), Path("data/samples/recommend/events.jsonl")],
+}
+
+
+def train_samples(tenant: str, rounds: int, domains: list[str]) -> None:
+    """``domainllm train-samples``: each domain's sample file trained ``rounds`` times for ``tenant``
+    (@v1, then @v2 which the gate promotes or refuses), starting the embedded Redis if none runs."""
+    from core.config import get_settings
+    from core.redis_server import start_background
+
+    settings = get_settings()
+    redis_proc = None
+    if not settings.redis_url and not _answers(settings.redis_port):
+        console.print(f"starting the embedded Redis on port {settings.redis_port} for this run")
+        redis_proc = start_background(
+            settings.redis_port,
+            settings.data_dir / "redis",
+            password=settings.effective_redis_password,
+            maxmemory=settings.redis_maxmemory,
+        )
+    try:
+        svc = services()
+        for domain in domains:
+            for _ in range(rounds):
+                train_own(domain, SAMPLES[_domain(domain)], tenant, queue=False, budget_s=None, svc=svc)
+    finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=30)
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def train_own(
+    domain: str, data: list[Path], tenant: str, *, queue: bool, budget_s: float | None, svc: Any = None
+) -> None:
     """``domainllm train DOMAIN --data FILE``: a new version of the tenant's adapter from its files."""
     from finetune.own import read_and_split
 

@@ -30,6 +30,19 @@ app.add_typer(adapters_cli.adapters_app, name="adapters")
 app.add_typer(adapters_cli.ab_app, name="ab")
 
 
+@app.command("train-samples")
+def train_samples(
+    tenant: Annotated[str, typer.Option(help="The tenant whose adapters these become.")] = "default",
+    rounds: Annotated[
+        int, typer.Option(min=1, max=5, help="Trainings per domain: @v1, then @v2 through the gate.")
+    ] = 2,
+    domain: Annotated[list[str] | None, typer.Option(help="Only these domains (default: all three).")] = None,
+) -> None:
+    """Train each domain's adapter on the repo's sample file in the documented format (docs/data-formats.md),
+    for TENANT: @v1 serves at once, @v2 is gated against it (promoted or refused, with the report)."""
+    adapters_cli.train_samples(tenant, rounds, domain or ["support", "sentiment", "recommend"])
+
+
 @app.command("watch")
 def watch(job_id: Annotated[str, typer.Argument(help="A training job's id (job_...).")]) -> None:
     """Follow a training job (queued by the API or `train --queue`) with a progress bar."""

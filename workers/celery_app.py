@@ -2,10 +2,13 @@
 
     celery -A workers.celery_app worker -Q ingest,enrich,alerts     # everything, one process
     celery -A workers.celery_app worker -Q enrich                   # a model (GPU) worker
+    celery -A workers.celery_app worker -Q train -c 1              # tenants' adapter training, one job at a time
     celery -A workers.celery_app beat
 
-Queues: ``ingest`` (feeds, inbox, sweeper), ``enrich`` (the model work), ``alerts`` (monitor, outbox
-drain and delivery). Tasks are acknowledged after they finish (``acks_late``): a worker killed
+Queues: ``ingest`` (feeds, inbox, sweeper, the training-job reaper), ``enrich`` (the model work),
+``alerts`` (monitor, outbox drain and delivery), ``train`` (a tenant's adapter training: acknowledged
+on receipt, since a run outlasts the visibility timeout; a job whose worker dies is failed by the
+reaper, never left running). Tasks are acknowledged after they finish (``acks_late``): a worker killed
 mid-task leaves its message unacknowledged, and a live worker hands it out again once the visibility
 timeout has passed (checked every few seconds: the ``unacked_restore_*`` transport options, which
 need kombu >= 5.7.0; older kombu ignores them and checks every ~100 s); every task is idempotent, so
