@@ -1,0 +1,195 @@
+"""A/B of a tenant's adapter versions through the served stack (issue 16, line 4).
+
+    .venv/bin/python bench/ab_bench.py            # ~15 min on 2 CPU cores (two trainings, 2 x 800 requests)
+    .venv/bin/python bench/ab_bench.py --texts 300
+
+What runs: the real base model, the API in this process (FastAPI's TestClient: the same routes,
+auth and routing as uvicorn), a real redis-server, a temporary artefact store. Two tenants:
+
+* "better": v1 trained on the first 30 rows of the sample headline file, v2 on the whole file
+  (finetune.own.run_training, the code the train queue runs). v1 is promoted, v2 gets 50% of the
+  traffic (PUT .../split). Simulated analysts classify the FPB test headlines one request each and
+  post the right label to /v1/sentiment/feedback with the model the response named: each verdict
+  counts for the version that gave the label. The A/B report must say "better".
+* "same": v1 as above, and v2 an exact copy of it; the report must say "no difference".
+
+Next to each report: each version's true accuracy on the same texts (every text through every
+version), so the A/B estimate can be checked against the truth. Writes bench/results/ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fastapi.testclient import TestClient  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from apps.server import create_app  # noqa: E402
+from apps.settings import AppSettings  # noqa: E402
+from apps.support.settings import SupportSettings  # noqa: E402
+from core.adapters import version_dir  # noqa: E402
+from core.config import get_settings  # noqa: E402
+from core.engine import LocalEngine  # noqa: E402
+from domains.sentiment import read_fpb_test  # noqa: E402
+from finetune.own import TrainRequest, run_training  # noqa: E402
+from tests.doubles.redis import RedisProcess  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "ab.json"
+SAMPLE = ROOT / "data" / "samples" / "train" / "sentiment_headlines.csv"
+OPERATOR = "ab-bench-operator"
+SMALL_ROWS = 30
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def tenant_keys(client: TestClient, tenant: str) -> dict[str, dict[str, str]]:
+    op = bearer(OPERATOR)
+    r = client.post("/v1/tenants", json={"id": tenant}, headers=op)
+    r.raise_for_status()
+    keys = {"admin": bearer(r.json()["admin_key"]["key"])}
+    r = client.post("/v1/keys", json={"scope": "server"}, headers=keys["admin"])
+    r.raise_for_status()
+    keys["server"] = bearer(r.json()["key"])
+    return keys
+
+
+def run_arm(client: TestClient, keys: dict[str, dict[str, str]], texts: list[tuple[str, str]]) -> dict[str, Any]:
+    """Each text classified once (the route sends it to an arm), then the analyst's verdict posted."""
+    served: dict[str, int] = {}
+    started = time.perf_counter()
+    for text, gold in texts:
+        r = client.post("/v1/sentiment/classify", json={"texts": [text]}, headers=keys["server"])
+        r.raise_for_status()
+        result = r.json()["results"][0]
+        served[result["model"]] = served.get(result["model"], 0) + 1
+        fb = {"text": text, "model": result["model"], "given": result["label"], "label": gold}
+        client.post("/v1/sentiment/feedback", json=fb, headers=keys["server"]).raise_for_status()
+    return {"served": served, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def true_accuracy(engine: LocalEngine, model: str, texts: list[tuple[str, str]]) -> float:
+    from domains.sentiment import read_serving
+
+    serving = read_serving(engine.serving_config(model))
+    right = 0
+    for i in range(0, len(texts), 32):
+        part = texts[i : i + 32]
+        scores = engine.score_labels(
+            [t for t, _ in part], list(serving.labels), model=model, instruction=serving.instruction
+        )
+        right += sum(max(s, key=s.__getitem__) == gold for s, (_, gold) in zip(scores, part, strict=True))
+    return right / len(texts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=800, help="FPB test headlines per scenario")
+    args = parser.parse_args()
+    base = get_settings()
+    fpb = base.shared_data_dir / "finance" / "finlora_test" / "fpb_test.jsonl"
+    if not fpb.is_file():
+        raise SystemExit(f"the FPB test split is missing ({fpb}): this bench needs ../shared/data")
+    texts = [(r.text, r.label) for r in read_fpb_test(fpb)][: args.texts]
+    tmp = Path(tempfile.mkdtemp(prefix="ab-bench-"))
+    redis = RedisProcess(tmp / "redis").start()
+    run = uuid.uuid4().hex[:6]
+    core = base.model_copy(update={"redis_url": redis.url, "data_dir": tmp / "data", "adapters_dir": tmp / "adapters"})
+    # the shared adapters stay where they are: copy the one this bench compares against
+    shutil.copytree(base.adapters_path / "sentiment", tmp / "adapters" / "sentiment")
+    settings = AppSettings.of(
+        core,
+        operator_key=SecretStr(OPERATOR),
+        tenancy_namespace=f"ab-{run}",
+        support=SupportSettings(namespace=f"ab-support-{run}", kb_dir=tmp / "kb"),
+    )
+    settings.sentiment.namespace = f"ab-sentiment-{run}"
+    settings.sentiment.inbox_dir = None
+    settings.recommend.namespace = f"ab-recommend-{run}"
+    engine = LocalEngine(settings)
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    }
+    try:
+        with TestClient(create_app(settings, engine=engine)) as client:
+            deadline = time.monotonic() + 300
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the server was not ready"
+                time.sleep(0.5)
+            services = client.app.state.services  # type: ignore[attr-defined]
+            small = tmp / "sentiment_small.csv"
+            lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+            small.write_text("\n".join(lines[: SMALL_ROWS + 1]) + "\n", encoding="utf-8")
+
+            def train(tenant: str, path: Path) -> dict[str, Any]:
+                t0 = time.perf_counter()
+                record = run_training(TrainRequest(tenant, "sentiment", [path]), settings, engine, services.versions,
+                                      shared_model="sentiment")  # fmt: skip
+                print(
+                    f"{record['model']}: {record['state']} in {time.perf_counter() - t0:.0f} s; {record['gate']['reason']}"
+                )
+                return record
+
+            scenarios: dict[str, Any] = {}
+            for name in ("better", "same"):
+                tenant = f"ab-{name}-{run}"
+                keys = tenant_keys(client, tenant)
+                train(tenant, small)
+                if name == "better":
+                    train(tenant, SAMPLE)
+                else:  # v2 = v1's files exactly, recorded as a version that passed
+                    v2 = services.versions.allocate(tenant, "sentiment")
+                    shutil.copytree(
+                        version_dir(settings.adapters_path, tenant, "sentiment", 1),
+                        version_dir(settings.adapters_path, tenant, "sentiment", v2),
+                    )
+                    services.versions.update(tenant, "sentiment", v2, state="ready")
+                admin = f"/v1/tenants/{tenant}/adapters/sentiment"
+                client.post(
+                    f"{admin}/promote", json={"version": 1, "force": True}, headers=keys["admin"]
+                ).raise_for_status()
+                r = client.put(
+                    f"{admin}/split", json={"version": 2, "share": 0.5, "force": True}, headers=keys["admin"]
+                )
+                r.raise_for_status()
+                arm = run_arm(client, keys, texts)
+                ab = client.get(f"{admin}/ab", headers=keys["admin"]).json()
+                truth = {v: round(true_accuracy(engine, f"{tenant}/sentiment@{v}", texts), 4) for v in ("v1", "v2")}
+                scenarios[name] = {"traffic": arm, "report": ab, "true_accuracy": truth}
+                comp = ab["comparison"]
+                print(f"{name}: v2 - v1 = {comp['difference']:+.4f} (95% CI {comp['ci95']}) -> {comp['verdict']}; "
+                      f"true accuracy v1 {truth['v1']:.4f}, v2 {truth['v2']:.4f}")  # fmt: skip
+            report["scenarios"] = scenarios
+            report["texts"] = len(texts)
+    finally:
+        engine.close()
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    OUT.write_text(json.dumps(report, indent=2))
+    print("| scenario | v1 accuracy (A/B) | v2 accuracy (A/B) | v2 - v1 [95% CI] | verdict | true v1 | true v2 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, sc in report["scenarios"].items():
+        rows = {r["version"]: r for r in sc["report"]["versions"]}
+        comp = sc["report"]["comparison"]
+        print(
+            f"| {name} | {rows['v1']['accuracy']:.3f} (n={rows['v1']['n']}) | {rows['v2']['accuracy']:.3f} (n={rows['v2']['n']}) "
+            f"| {comp['difference']:+.3f} [{comp['ci95'][0]:+.3f}, {comp['ci95'][1]:+.3f}] | {comp['verdict']} "
+            f"| {sc['true_accuracy']['v1']:.3f} | {sc['true_accuracy']['v2']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
