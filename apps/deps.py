@@ -21,6 +21,7 @@ from apps.tenants.auth import AdminDep as AdminDep  # the key requirements, with
 from apps.tenants.auth import PrincipalDep as PrincipalDep
 from apps.tenants.auth import ServerDep as ServerDep
 from apps.tenants.auth import WidgetDep as WidgetDep
+from core.adapters import parse_adapter_name
 from core.errors import AdapterNotFoundError, ModelNotReadyError
 from core.interface import Engine
 
@@ -95,10 +96,20 @@ def select_model(request: Request, engine: Engine, name: str) -> str:
 
     Only served names become label values, so a client cannot grow the metrics without bound.
     """
-    if not engine.has_model(name):
-        raise AdapterNotFoundError(name, [m["id"] for m in engine.list_models()])
+    if not visible_to(request, name) or not engine.has_model(name):
+        raise AdapterNotFoundError(name, [m["id"] for m in engine.list_models() if visible_to(request, m["id"])])
     setattr(request.state, ADAPTER_STATE_KEY, name)
     return name
+
+
+def visible_to(request: Request, name: str) -> bool:
+    """A tenant's own adapter versions (``tenant/name@vN``) are its own: another tenant's key sees no
+    such model (404, as for a name that does not exist); the shared adapters and the base are for all."""
+    ref = parse_adapter_name(name)
+    if ref is None or ref.tenant is None:
+        return True
+    principal = getattr(request.state, "principal", None)
+    return principal is not None and (principal.operator or principal.tenant == ref.tenant)
 
 
 SettingsDep = Annotated[AppSettings, Depends(get_settings)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 
-from apps.deps import EngineDep, SettingsDep
+from apps.deps import EngineDep, SettingsDep, visible_to
 from apps.errors import error_responses
 from apps.llm.schemas import AdapterDeleted, AdapterList, AdapterLoadRequest, AdapterOut
 from apps.tenants.auth import SharedAdminDep, requirement
@@ -50,8 +50,9 @@ def adapter_folder(body: AdapterLoadRequest, settings: Settings) -> Path:
     description="The loaded adapters, and the folders found at start that failed to load (with why).",
     responses=error_responses(503),
 )
-async def list_adapters(engine: EngineDep) -> AdapterList:
-    return AdapterList(data=[adapter_out(i) for i in engine.adapters()], failed=dict(engine.adapter_failures))
+async def list_adapters(request: Request, engine: EngineDep) -> AdapterList:
+    mine = [adapter_out(i) for i in engine.adapters() if visible_to(request, i.name)]
+    return AdapterList(data=mine, failed=dict(engine.adapter_failures))
 
 
 @router.post(

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from apps.deps import EngineDep
+from apps.deps import EngineDep, visible_to
 from apps.errors import error_responses
 from apps.llm.schemas import ModelCard, ModelList
 from apps.tenants.auth import requirement
@@ -37,4 +37,5 @@ def model_card(entry: dict[str, Any], base_name: str, started: int) -> ModelCard
 )
 async def list_models(request: Request, engine: EngineDep) -> ModelList:
     started = int(getattr(request.app.state, "started_at", 0))
-    return ModelList(data=[model_card(m, engine.base_model_name, started) for m in engine.list_models()])
+    models = [m for m in engine.list_models() if visible_to(request, m["id"])]
+    return ModelList(data=[model_card(m, engine.base_model_name, started) for m in models])

@@ -161,4 +161,12 @@ def test_promote_and_roll_back_five_times_under_load_fails_no_request(
         late = [m for _, m, s in results if at < s < nxt[0]]
         assert all(m == want for m in late), (want, Counter(late))
     assert sum(models.values()) >= CLIENTS * SWAPS
+    # the versions are the tenant's own: another tenant's key cannot name them on the OpenAI routes
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    r = httpx.post(f"{base}/v1/tenants", json={"id": other}, headers=op)
+    other_admin = {"Authorization": f"Bearer {r.json()['admin_key']['key']}"}
+    body = {"model": v1, "texts": ["Globex shares plunge"], "labels": ["negative", "positive"]}
+    assert httpx.post(f"{base}/v1/classify", json=body, headers=other_admin).status_code == 404
+    assert v1 not in {m["id"] for m in httpx.get(f"{base}/v1/models", headers=other_admin).json()["data"]}
+    assert httpx.post(f"{base}/v1/classify", json=body, headers=keys["server"]).status_code == 200
     shutil.rmtree(services.settings.adapters_path / "tenants" / tenant, ignore_errors=True)
