@@ -44,9 +44,9 @@ from finetune.cards import data_hash
 log = logging.getLogger(__name__)
 
 DOMAINS = {
-    "support": "finetune.tasks.support",
-    "sentiment": "finetune.tasks.sentiment",
-    "recommend": "finetune.tasks.recommend",
+    "support": "finetune.tasks.support_own",
+    "sentiment": "finetune.tasks.sentiment_own",
+    "recommend": "finetune.tasks.recommend_own",
 }
 
 Progress = Callable[[int, int, float], None]
