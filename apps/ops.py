@@ -3,22 +3,29 @@
 /healthz answers as long as the process serves HTTP (restart me if not); /readyz answers 200 only
 once the engine has loaded (send me traffic). The base model loads in the background after start,
 so the two differ for the first seconds, and for good if loading failed.
+
+/metrics: this process's metrics (HTTP, engine, model versions) and the KPIs kept in Redis
+(``apps.kpis``, read at scrape time, the same on every replica). Every metric is explained in
+docs/operations.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.types import Message, Receive, Scope, Send
 
 from apps.deps import ADAPTER_STATE_KEY, not_ready_reason
 from apps.errors import error_responses
 from apps.http.middleware import HTTPMiddleware
+from apps.kpis import KpiCollector
+from apps.ops_settings import ops_settings
 from core.errors import ModelNotReadyError
 
 UNMATCHED_ROUTE = "unmatched"  # every unknown path shares one label value
@@ -78,16 +85,38 @@ async def readyz(request: Request) -> Readiness:
 metrics_router = APIRouter(tags=["operations"])  # mounted unless DOMAINLLM_EXPOSE_METRICS=false
 
 
+def kpi_registry(app: FastAPI) -> CollectorRegistry | None:
+    """The app's registry of KPIs read from Redis, made on the first scrape once the services exist;
+    None while they do not, or when ``DOMAINLLM_OPS_KPI_METRICS`` is off."""
+    registry: CollectorRegistry | None = getattr(app.state, "kpi_registry", None)
+    services = getattr(app.state, "services", None)
+    if registry is not None and getattr(app.state, "kpi_services", None) is services:
+        return registry
+    ops = ops_settings(app.state.settings)
+    if services is None or not ops.kpi_metrics:
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KpiCollector(services.redis.text, services.settings, ops))
+    app.state.kpi_registry, app.state.kpi_services = registry, services
+    return registry
+
+
 @metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
-    description="HTTP latency/requests by route and adapter, and the engine's batch sizes, queue wait, "
-    "tokens generated and adapters loaded, in the Prometheus text format.",
+    description="HTTP latency/requests by route and adapter; the engine's batch sizes, queue wait, tokens "
+    "generated and adapters; responses and feedback by model version; and the KPIs kept in Redis (support "
+    "deflection and thumbs, alerts and dead letters, recommendation clicks, Celery queues, live replicas), "
+    "in the Prometheus text format. docs/operations.md explains each.",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    body = generate_latest()
+    registry = kpi_registry(request.app)
+    if registry is not None:  # Redis reads: off the event loop
+        body += await asyncio.to_thread(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestMetricsMiddleware(HTTPMiddleware):

@@ -23,9 +23,12 @@ from apps.composition import Services, build_services
 from apps.errors import BodySizeLimitMiddleware, UnhandledErrorMiddleware, install_error_handlers
 from apps.http.cors import install_cors
 from apps.http.deadline import BodyReadTimeoutMiddleware
-from apps.http.pii import mask_pii_in_logs
+from apps.http.logging import configure_logging
+from apps.http.middleware import RequestIdMiddleware
 from apps.http.security import SecurityHeadersMiddleware
+from apps.ops_settings import ops_settings
 from apps.recommend.routes import router as recommend_router
+from apps.replicas import start_heartbeat
 from apps.sentiment.routes import router as sentiment_router
 from apps.settings import AppSettings, get_settings
 from apps.support.inbox_routes import pages as inbox_pages
@@ -110,10 +113,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.services = services
     app.state.started_at = time.time()
     app.state.warmup_error = None
+    ops = ops_settings(services.settings)  # this replica's heartbeat: doctor and the KPIs see it live
+    heartbeat = start_heartbeat(services.redis.text, "api", period_s=ops.heartbeat_s, namespace=ops.namespace)
     loading = asyncio.create_task(_warm_up(app))
     try:
         yield
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         await loading  # a loading thread cannot be cancelled; closing under it would leak its batcher
         if given is None:  # ours: close it, and let a next lifespan (a test client re-entered) build anew
             services.close(engine=app.state.given_engine is None)
@@ -143,7 +150,7 @@ def create_app(
     app.state.services = services
     app.state.warmup_error = None
     install_error_handlers(app)
-    mask_pii_in_logs()
+    configure_logging(ops_settings(settings).log_format, role="api", level=settings.log_level)
     # Added innermost first: metrics see every answer, including the 413s and 500s made below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyReadTimeoutMiddleware, timeout_s=settings.body_read_timeout_s)  # around the body reader
@@ -151,6 +158,7 @@ def create_app(
     app.add_middleware(ops.RequestMetricsMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     install_cors(app, settings.cors_origins, cache_s=settings.cors_cache_s)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries X-Request-ID, a preflight's too
     for router in ROUTERS:
         app.include_router(router)
     if settings.expose_metrics:

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from apps.ops_settings import OpsSettings
 from apps.recommend.settings import RecommendSettings
 from apps.sentiment.settings import SentimentSettings
 from apps.support.settings import SupportSettings
@@ -72,6 +73,7 @@ class AppSettings(Settings):
     support: SupportSettings = Field(default_factory=lambda: SupportSettings())
     sentiment: SentimentSettings = Field(default_factory=lambda: SentimentSettings())
     recommend: RecommendSettings = Field(default_factory=lambda: RecommendSettings())
+    ops: OpsSettings = Field(default_factory=lambda: OpsSettings())
 
     @field_validator("rate_limit_per_key", "rate_limit_per_ip")
     @classmethod
@@ -112,6 +114,7 @@ class AppSettings(Settings):
                     "support",
                     "sentiment",
                     "recommend",
+                    "ops",
                 )
             }
         return cls(**(values | sections))

@@ -33,7 +33,7 @@ def redis_command(port: int, data_dir: Path, *, password: str = "", maxmemory: s
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
         "--appendonly", "yes",
-        "--save", "60 1",
+        "--save", "60", "1",  # one word per argument: "60 1" reaches redis-server 6.2 as save ''
         "--protected-mode", "yes",
         "--maxmemory", maxmemory,
         "--maxmemory-policy", "noeviction",

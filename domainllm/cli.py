@@ -93,6 +93,18 @@ def serve(
 
 
 @app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per finding, for scripts.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only what is not ok.")] = False,
+) -> None:
+    """Check this deployment and name what is wrong: the model, Redis and its persistence, the adapters,
+    disk, the queues, clock skew between replicas (docs/operations.md). Exit status 1 on a fault."""
+    from domainllm.doctor import main as run_doctor
+
+    raise typer.Exit(run_doctor(as_json=as_json, quiet=quiet))
+
+
+@app.command()
 def redis(
     port: Annotated[int | None, typer.Option(help="Port (default DOMAINLLM_REDIS_PORT).")] = None,
 ) -> None:

@@ -28,21 +28,75 @@ from typing import Any
 
 import kombu
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+)
 
-from apps.http.pii import mask_pii_in_logs
+from apps.http.logging import configure_logging, install_task_request_ids, set_process_role
+from apps.ops_settings import ops_settings
+from apps.replicas import HeartbeatThread, start_heartbeat
 from apps.sentiment import dispatch as names
 from apps.settings import get_settings
+from core.redis_client import connect
+from workers import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 KOMBU_RESTORE_OPTIONS = (5, 7)  # unacked_restore_interval / _throttle first shipped in kombu 5.7.0
+
+# observability: the request id rides in each task's headers and is bound while it runs; task metrics
+install_task_request_ids()
+worker_metrics.install()
+_heartbeat: dict[str, HeartbeatThread | None] = {"thread": None}
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _mask_pii(**_: Any) -> None:
-    """Celery sets up its own handlers: mask personal data in the worker's and beat's logs too."""
-    mask_pii_in_logs()
+    """Celery sets up its own handlers: mask personal data in the worker's and beat's logs too, and
+    write JSON lines when ``DOMAINLLM_OPS_LOG_FORMAT=json``."""
+    configure_logging(ops_settings(get_settings()).log_format)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """A worker serves its own metrics (``workers.metrics``): its tasks, and its engine's counters."""
+    set_process_role("worker")
+    worker_metrics.start_exporter(ops_settings(get_settings()))
+
+
+def _beat(role: str, queues: list[str]) -> None:
+    settings = get_settings()
+    ops = ops_settings(settings)
+    if _heartbeat["thread"] is None:
+        client = connect(settings.effective_redis_url, decode=True)
+        _heartbeat["thread"] = start_heartbeat(
+            client, role, period_s=ops.heartbeat_s, namespace=ops.namespace, queues=queues,
+            metrics_port=worker_metrics.exporter_port(),
+        )  # fmt: skip
+
+
+@worker_ready.connect
+def _worker_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Heartbeats name the queues this worker consumes: doctor finds a queue nobody does."""
+    _beat("worker", sorted(q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])))
+
+
+@beat_init.connect
+def _beat_heartbeat(**_: Any) -> None:
+    set_process_role("beat")
+    _beat("beat", [])
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    thread, _heartbeat["thread"] = _heartbeat["thread"], None
+    if thread is not None:
+        thread.stop()
 
 
 def _every(seconds: float, task: str) -> dict[str, object]:

@@ -232,6 +232,7 @@ _train_budget = TrainingSettings().budget_s
 @app.task(
     name=names.TRAIN,
     acks_late=False,  # a training outlasts the visibility timeout: taken once; a dead worker's job is reaped
+    max_retries=0,  # a failed run is recorded on its job with the reason, not run again behind the tenant's back
     base=LimitedTask,
     soft_time_limit=_train_budget + 1800,  # the run stops itself at its budget; this bounds the gate after it
     time_limit=_train_budget + 1860,

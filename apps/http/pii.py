@@ -216,12 +216,17 @@ def mask_pii(text: str) -> str:
     return _BARE_NUMBER_RE.sub(_mask_bare, text)
 
 
+MASKED_ATTR = "_pii_masked"  # set on a record once masked: a second handler's filter or formatter skips it
+
+
 class PiiLogFilter(logging.Filter):
     """Masks each record's message (with its args merged in) and any formatted traceback, so user
     text that reaches a log line leaves no personal data there. Attach it to a handler (to cover
     every logger that propagates to it) or to a logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, MASKED_ATTR, False):
+            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # args that do not fit the format: keep both, masked
@@ -232,6 +237,7 @@ class PiiLogFilter(logging.Filter):
             record.exc_text = mask_pii(logging.Formatter().formatException(record.exc_info))
         if record.stack_info:
             record.stack_info = mask_pii(record.stack_info)
+        setattr(record, MASKED_ATTR, True)
         return True
 
 

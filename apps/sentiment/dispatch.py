@@ -2,6 +2,8 @@
 
 The names and queues are defined here once; ``workers/tasks.py`` registers its tasks under them.
 The API process and the CLI send with a bare client app (``client_app``) that knows only the broker.
+Every task a process that imports this module sends, with any Celery app, carries the request id
+bound where it is sent and its send time (``apps.http.logging.stamp_task``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from celery import Celery
+
+from apps.http.logging import install_task_request_ids
 
 POLL_FEEDS = "sentiment.poll_feeds"
 SCAN_INBOX = "sentiment.scan_inbox"
@@ -21,6 +25,8 @@ RETRY_DEAD = "sentiment.retry_dead_letters"
 DRAIN_OUTBOX = "sentiment.drain_outbox"
 TRAIN = "adapters.train"  # a tenant's adapter training job (finetune.own), one at a time per worker
 REAP_TRAINING = "adapters.reap_jobs"  # fail the training jobs whose worker died
+
+install_task_request_ids()  # Celery's signals are per process: once here covers every sender
 
 QUEUE_OF = {
     POLL_FEEDS: "ingest",

@@ -67,7 +67,10 @@ class ModelRouter:
 
     def outcome(self, model: str | None, kind: str, n: int = 1) -> None:
         """Feedback on an answer that ``model`` gave (as named in the response or stored with it)."""
-        OUTCOMES.labels(self.domain, model or "unknown", kind).inc(n)
+        if n > 0:  # a retracted rating (up, then down) is taken back in Redis; a Prometheus counter only grows
+            OUTCOMES.labels(self.domain, model or "unknown", kind).inc(n)
+        else:
+            OUTCOMES.labels(self.domain, model or "unknown", f"{kind}_retracted").inc(-n)
         self._count(version_of(model), kind, n)
 
     def _count(self, version: int | None, kind: str, n: int) -> None:

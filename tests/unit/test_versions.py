@@ -183,3 +183,16 @@ def test_the_ab_verdict_needs_the_interval_to_exclude_zero() -> None:
     support = ab_report("support", {0: {"served": 10, "up": 3, "down": 1, "handoff": 2}}, {})
     row = support["versions"][0]
     assert (row["version"], row["n"], row["helpful_rate"], row["deflection_rate"]) == ("shared", 4, 0.75, 0.8)
+
+
+def test_a_retracted_rating_is_taken_back_without_an_error(versions: AdapterVersions) -> None:
+    from types import SimpleNamespace
+
+    from apps.tenants.models import ModelRouter
+
+    engine = SimpleNamespace(has_model=lambda name: True)
+    router = ModelRouter(versions, engine, "acme", "support", "support")  # type: ignore[arg-type]
+    router.outcome("acme/support@v2", "up")
+    router.outcome("acme/support@v2", "down")
+    router.outcome("acme/support@v2", "up", -1)  # the customer changed their mind: up, then down
+    assert versions.outcomes("acme", "support") == {2: {"up": 0, "down": 1}}
