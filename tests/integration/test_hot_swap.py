@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 OPERATOR = "hot-swap-operator-key"
 CLIENTS = 20
 SWAPS = 5
-LIMIT_S = 30.0
+LIMIT_S = 60.0
 HEADLINES = ["Globex shares plunge after probe", "Initech beats estimates", "Acme holds its dividend"]
 
 
@@ -52,6 +52,10 @@ def live(tiny_model_dir: Path, redis_url: str, tmp_path: Path) -> Iterator[tuple
         admin_key="test-admin-key",
         redis_url=redis_url,
         batch_wait_ms=2,
+        # this test is about swaps, not overload: on a loaded 2-core machine 20 clients' work can pass
+        # the default queue bound (10 s), and its 503s (tests/integration/test_abuse.py) would hide a failed swap
+        engine_max_queue_s=300.0,
+        engine_deadline_s=300.0,
     )
     settings = AppSettings.of(
         core,
@@ -122,7 +126,7 @@ def test_promote_and_roll_back_five_times_under_load_fails_no_request(
             while not stop.is_set() and n < 2000:
                 started = time.monotonic()
                 r = http.post("/v1/sentiment/classify", json={"texts": [HEADLINES[(i + n) % len(HEADLINES)]]})
-                model = r.json().get("model") if r.status_code == 200 else None
+                model = r.json().get("model") if r.status_code == 200 else r.text[:300]
                 with lock:
                     results.append((r.status_code, model, started))
                 n += 1
@@ -153,7 +157,7 @@ def test_promote_and_roll_back_five_times_under_load_fails_no_request(
             t.join(timeout=60)
 
     statuses = Counter(s for s, _, _ in results)
-    assert statuses == {200: len(results)}, statuses
+    assert statuses == {200: len(results)}, (statuses, [m for s, m, _ in results if s != 200][:3])
     models = Counter(m for _, m, _ in results)
     assert set(models) == {v1, v2}, models  # every response names the version that served it
     # a request sent after a change (the API answered) runs on the version the change put in force
