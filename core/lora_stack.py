@@ -3,21 +3,32 @@
 With ``adapter_names=[...]`` PEFT loops over the adapters present in the batch inside every LoRA
 layer (gather the rows, two small matmuls, scale, scatter back): about six kernel launches per
 adapter per layer, plus Python. At batch 32 on 2 CPU cores that made a decode step 66% slower than
-the base model. Here every plain LoRA adapter's A and scaled B are stacked once per layer, PEFT's
-own layers are switched off, and a forward hook adds ``((x @ A_all) * row_mask) @ B_all``, where
-``row_mask`` [batch, 1, sum of ranks] keeps each row's own adapter's columns (base rows: none). The
-waste is every row computing every adapter's rank-r projection, a few percent of a Linear's FLOPs.
+the base model. Here PEFT's own layers are switched off and a forward hook on each LoRA layer adds
+the batch's adapters: ``((x @ A_mix) * row_mask) @ B_mix``, where ``A_mix`` [in, R] and ``B_mix``
+[R, out] hold the A and scaled B of a set of adapters side by side (those present in the batch, or
+all resident ones when the batch holds half of them or more) and ``row_mask`` [batch, 1, R] keeps
+each row's own adapter's columns (base rows: none). The waste is every row computing the other
+adapters' rank-r projections: a few percent of a Linear's FLOPs with three rank-16 adapters, more
+with twenty (bench/adapters_bench.py measures it).
+
+Adapters come and go between batches (an admin loads one; the registry pages them in and out by
+LRU, ``core.adapters``), so the stacks are kept per adapter, not per set: ``sync`` prepares an
+adapter's A and scaled B for each layer once when it becomes resident and drops them when it
+leaves (work proportional to that adapter alone; the registry's slot reuse shows up as a new
+config object for the slot), and a mixed batch concatenates its set's tensors (``_Mix``, cached
+for the last few sets: a steady set builds its stacks once).
 
 ``LoraRouter`` picks the cheapest correct path per batch:
 
     base        every row on the base: all adapter layers off, no hook work
-    single      one stacked adapter for every row: ``(x @ A) @ B`` with that adapter's slices
+    single      one stacked adapter for every row: ``(x @ A) @ B`` with that adapter's tensors
     stacked     mixed stacked adapters (and base rows): the row mask
     peft_active one adapter that cannot be stacked (DoRA, ...) for every row: PEFT's own forward
     peft_names  mixed, with an adapter that cannot be stacked: PEFT's ``adapter_names``
 
 PEFT refuses ``adapter_names`` for DoRA, so ``groups`` splits a batch that mixes a DoRA adapter with
-others into batches that each take one of the paths above.
+others into batches that each take one of the paths above. The router speaks served names
+(``sentiment``, ``acme/support@v3``); the stacks and PEFT speak the registry's internal keys.
 
 State lives on the model (layer switches, the current row mask), so the row contexts assume what
 the engine guarantees: one thread runs every forward (``core.batching``), and nothing else uses the
@@ -28,7 +39,8 @@ PEFT's ``adapter_names`` path and plain forwards outside a context never get the
 from __future__ import annotations
 
 import functools
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -36,123 +48,191 @@ from typing import Any
 
 import torch
 
-from core.adapters import BASE, AdapterRegistry
+from core.adapters import BASE, PEFT_BASE, AdapterRegistry
+
+MIX_CACHE = 2  # stacks of the last mixed sets kept: each holds a copy of its adapters' weights
 
 
 @dataclass
-class _LayerStack:
-    """One LoRA layer's stacked adapters (in adapter order; the layer may hold only some of them)."""
+class _Layer:
+    """One LoRA layer's stacked adapters, each ready to add: ``a`` [in, r] (lora_A transposed) and
+    ``b`` [r, out] (lora_B times its scaling, transposed), in the dtype PEFT computes them in."""
 
-    a: torch.Tensor  # [in, R]: every adapter's lora_A, transposed, side by side
-    b: torch.Tensor  # [R, out]: their lora_B times scaling, transposed
-    layout: int  # index of the row mask that fits these columns
-    single: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> views of a, b
+    module: Any
+    handle: Any
+    own: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # key -> (a, b)
+
+
+@dataclass
+class _Mix:
+    """The stacks of one set of adapters, for its mixed batches: per layer ``a`` [in, R], ``b`` [R, out]
+    and the row-mask layout that fits their columns."""
+
+    index: dict[str, int]  # key -> adapter index (the column owners below)
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor, int]]  # id(_Layer) -> (a, b, layout)
+    owners: list[torch.Tensor]  # per layout: [R], the adapter index of each column
+    dtypes: list[torch.dtype]  # per layout: the dtype its layers compute the adapters in
 
 
 class StackedLora:
-    """The stacks and hooks for one ``PeftModel`` as loaded; rebuilt (by ``LoraRouter``) on any change.
+    """The per-adapter stacks and the hooks for one ``PeftModel``, kept in step with the adapters it
+    holds by ``sync`` (the router calls it before each batch).
 
-    Memory: a second copy of each stacked adapter's weights (a few MB per adapter).
+    Memory: a second copy of each resident stackable adapter's weights, plus the cached mixes.
     """
 
     def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+        # held, not just their ids: a reloaded adapter gets a new config object, which is how we notice
+        self._configs: dict[str, Any] = {}
+        self._layers: dict[int, _Layer] = {}  # id(module) -> its stacks
+        self._switches: list[Any] = []  # every module with an adapter on/off switch (off while hooks work)
+        self.stackable: frozenset[str] = frozenset()
+        self.unmixable: frozenset[str] = frozenset()
+        self._mixes: OrderedDict[tuple[str, ...], _Mix] = OrderedDict()
+        self._mix: _Mix | None = None  # set, with _masks, while a mixed batch runs
+        self._masks: list[torch.Tensor] | None = None  # per layout: [batch, 1, R]
+        self._single: str | None = None  # set when one stacked adapter serves every row
+        self.sync_seconds = 0.0  # time spent in sync and in building mixes (for benches)
+        self.sync()
+
+    def matches(self, model: Any) -> bool:
+        """Whether this was built on ``model`` (a new PeftModel, after every adapter left, is not)."""
+        return model is self.model
+
+    def sync(self) -> bool:
+        """Bring the stacks in line with the adapters the model holds now: prepare the new ones, drop
+        the ones that left (work for those adapters only). Returns whether anything changed."""
+        current = dict(self.model.peft_config)
+        gone = [k for k, cfg in self._configs.items() if current.get(k) is not cfg]
+        new = [k for k, cfg in current.items() if self._configs.get(k) is not cfg]
+        if not gone and not new:
+            return False
+        started = time.perf_counter()
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import AuxiliaryTrainingWrapper
 
-        self.model = peft_model
-        # held, not just their ids: a reloaded adapter gets a new config object, which is how we notice
-        self._configs = list(peft_model.peft_config.items())
-        # every module with an adapter on/off switch: all of them are off while the hooks do the work
-        self._switches = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper)]
+        for key in gone:
+            del self._configs[key]
+            for layer in self._layers.values():
+                layer.own.pop(key, None)
+        self._switches = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper)]
         tuner_layers = [m for m in self._switches if isinstance(m, BaseTunerLayer)]
-        self.stackable = frozenset(n for n, cfg in self._configs if _stackable(n, cfg, tuner_layers))
-        self.unmixable = frozenset(n for n, cfg in self._configs if getattr(cfg, "use_dora", False))
-        self._index = {name: i for i, name in enumerate(sorted(self.stackable))}
-        self._owners: list[torch.Tensor] = []  # per layout: [R], the adapter index of each column
-        self._dtypes: list[torch.dtype] = []  # per layout: the dtype its layers compute the adapters in
-        self._layers: list[_LayerStack] = []
-        self._handles: list[Any] = []
-        self._masks: list[torch.Tensor] | None = None  # per layout: [batch, 1, R]; set for mixed batches
-        self._single: str | None = None  # set when one stacked adapter serves every row
-        self._build(tuner_layers)
+        stackable = set(self.stackable) - set(gone)
+        for key in new:
+            self._configs[key] = current[key]
+            if _stackable(key, current[key], tuner_layers):
+                self._prepare(key, tuner_layers)
+                stackable.add(key)
+        self.stackable = frozenset(stackable)
+        self.unmixable = frozenset(k for k, cfg in self._configs.items() if getattr(cfg, "use_dora", False))
+        self._mixes.clear()
+        self.sync_seconds += time.perf_counter() - started
+        return True
 
     @torch.no_grad()
-    def _build(self, tuner_layers: list[Any]) -> None:
+    def _prepare(self, key: str, tuner_layers: list[Any]) -> None:
         from peft.tuners.lora import Linear as LoraLinear
 
-        layouts: dict[tuple[Any, ...], int] = {}
         with torch.inference_mode(False):  # plain tensors, usable in and out of inference mode
             for module in tuner_layers:
-                names = [n for n in self._index if type(module) is LoraLinear and n in module.lora_A]
-                if not names:
+                if type(module) is not LoraLinear or key not in module.lora_A:
                     continue
-                dtype = functools.reduce(torch.promote_types, [module.lora_A[n].weight.dtype for n in names])
-                a = torch.cat([module.lora_A[n].weight.to(dtype) for n in names], 0).t().contiguous()  # [in, R]
-                b = torch.cat([(module.lora_B[n].weight * module.scaling[n]).to(dtype) for n in names], 1)
-                b = b.t().contiguous()  # [R, out]
-                ranks = [module.lora_A[n].weight.shape[0] for n in names]
-                key = (tuple(zip(names, ranks, strict=True)), dtype, a.device)
-                if key not in layouts:
-                    layouts[key] = len(self._owners)
-                    owner = [self._index[n] for n, r in zip(names, ranks, strict=True) for _ in range(r)]
-                    self._owners.append(torch.tensor(owner, device=a.device))
-                    self._dtypes.append(dtype)
-                layer = _LayerStack(a, b, layouts[key])
-                start = 0
-                for n, r in zip(names, ranks, strict=True):
-                    layer.single[n] = (a[:, start : start + r], b[start : start + r])  # [in, r], [r, out]
-                    start += r
-                self._layers.append(layer)
-                self._handles.append(module.register_forward_hook(functools.partial(self._hook, layer)))
-
-    def matches(self, model: Any) -> bool:
-        """Whether this was built from ``model`` with the adapters it holds now."""
-        current = getattr(model, "peft_config", {})
-        return (
-            model is self.model
-            and len(current) == len(self._configs)
-            and all(current.get(name) is cfg for name, cfg in self._configs)
-        )
+                layer = self._layers.get(id(module))
+                if layer is None or layer.module is not module:
+                    layer = _Layer(module, None)
+                    layer.handle = module.register_forward_hook(functools.partial(self._hook, layer))
+                    self._layers[id(module)] = layer
+                lora: Any = module  # PEFT's ModuleDicts type their entries as Module
+                a_weight: torch.Tensor = lora.lora_A[key].weight  # [r, in]
+                b_weight: torch.Tensor = lora.lora_B[key].weight  # [out, r]
+                dtype = torch.promote_types(a_weight.dtype, b_weight.dtype)
+                a = a_weight.to(dtype).t().contiguous()  # [in, r]
+                b = (b_weight * lora.scaling[key]).to(dtype).t().contiguous()  # [r, out]
+                layer.own[key] = (a, b)
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles, self._layers = [], []
+        for layer in self._layers.values():
+            layer.handle.remove()
+        self._layers, self._mixes = {}, OrderedDict()
 
-    def _hook(self, layer: _LayerStack, module: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
-        if self._masks is not None:
-            x = args[0].to(layer.a.dtype)  # adapters may be float32 under a bf16 base, as in PEFT
-            return out + (((x @ layer.a) * self._masks[layer.layout]) @ layer.b).to(out.dtype)  # [batch, seq, out]
-        pair = layer.single.get(self._single) if self._single is not None else None
+    def _hook(self, layer: _Layer, module: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
+        if self._mix is not None:
+            entry = self._mix.layers.get(id(layer))
+            if entry is None:  # none of the batch's adapters has this layer
+                return None
+            a, b, layout = entry
+            x = args[0].to(a.dtype)  # adapters may be float32 under a bf16 base, as in PEFT
+            return out + (((x @ a) * self._masks[layout]) @ b).to(out.dtype)  # type: ignore[index]  # [batch, seq, out]
+        pair = layer.own.get(self._single) if self._single is not None else None
         if pair is not None:
             a, b = pair
             return out + ((args[0].to(a.dtype) @ a) @ b).to(out.dtype)
         return None  # no context open, or this layer lacks the adapter: PEFT's result as it is
 
+    def _mix_of(self, keys: tuple[str, ...]) -> _Mix:
+        """The stacks for the adapters ``keys`` (sorted), built on first use and cached."""
+        mix = self._mixes.get(keys)
+        if mix is not None:
+            self._mixes.move_to_end(keys)
+            return mix
+        started = time.perf_counter()
+        index = {k: i for i, k in enumerate(keys)}
+        mix = _Mix(index, {}, [], [])
+        layouts: dict[tuple[Any, ...], int] = {}
+        with torch.no_grad(), torch.inference_mode(False):
+            for layer in self._layers.values():
+                names = [k for k in keys if k in layer.own]
+                if not names:
+                    continue
+                pairs = [layer.own[k] for k in names]
+                dtype = functools.reduce(torch.promote_types, [a.dtype for a, _ in pairs])
+                a = torch.cat([a.to(dtype) for a, _ in pairs], 1)  # [in, R]
+                b = torch.cat([b.to(dtype) for _, b in pairs], 0)  # [R, out]
+                ranks = tuple(p[0].shape[1] for p in pairs)
+                layout_key = (tuple(names), ranks, dtype, a.device)
+                if layout_key not in layouts:
+                    layouts[layout_key] = len(mix.owners)
+                    owner = [index[n] for n, r in zip(names, ranks, strict=True) for _ in range(r)]
+                    mix.owners.append(torch.tensor(owner, device=a.device))
+                    mix.dtypes.append(dtype)
+                mix.layers[id(layer)] = (a, b, layouts[layout_key])
+        self._mixes[keys] = mix
+        while len(self._mixes) > MIX_CACHE:
+            self._mixes.popitem(last=False)
+        self.sync_seconds += time.perf_counter() - started
+        return mix
+
     @contextmanager
-    def apply(self, names: list[str]) -> Iterator[None]:
-        """Every forward in the block adds row i's adapter ``names[i]`` (``BASE``: none) through the hooks."""
+    def apply(self, keys: list[str]) -> Iterator[None]:
+        """Every forward in the block adds row i's adapter ``keys[i]`` (``PEFT_BASE``: none) through
+        the hooks; every key is stackable."""
         # PEFT's private switch: its public toggles also walk the whole model and flip requires_grad
         # on every adapter weight (on, when re-enabling), and all we want here is the switch
         flags = [m._disable_adapters for m in self._switches]
         try:
             for m in self._switches:
                 m._disable_adapters = True
-            adapters = set(names) - {BASE}
-            if len(set(names)) == 1 and adapters:
-                self._single = names[0]
+            adapters = sorted(set(keys) - {PEFT_BASE})
+            if len(set(keys)) == 1 and adapters:
+                self._single = keys[0]
             elif adapters:
-                self._masks = self._row_masks(names)
+                # half or more of the resident adapters in the batch: stack them all, a set that stays
+                # the same from batch to batch while the resident set does (built once, no copies)
+                every = sorted(self.stackable)
+                self._mix = self._mix_of(tuple(every if 2 * len(adapters) >= len(every) else adapters))
+                self._masks = self._row_masks(self._mix, keys)
             yield
         finally:
-            self._masks, self._single = None, None
+            self._mix, self._masks, self._single = None, None, None
             for m, flag in zip(self._switches, flags, strict=True):
                 m._disable_adapters = flag
 
-    def _row_masks(self, names: list[str]) -> list[torch.Tensor]:
+    @staticmethod
+    def _row_masks(mix: _Mix, keys: list[str]) -> list[torch.Tensor]:
         masks = []
-        for owner, dtype in zip(self._owners, self._dtypes, strict=True):
-            rows = torch.tensor([self._index.get(n, -1) for n in names], device=owner.device)  # [batch]
+        for owner, dtype in zip(mix.owners, mix.dtypes, strict=True):
+            rows = torch.tensor([mix.index.get(k, -1) for k in keys], device=owner.device)  # [batch]
             masks.append((rows[:, None] == owner[None, :]).to(dtype)[:, None, :])  # [batch, 1, R]
         return masks
 
@@ -163,7 +243,7 @@ class StackedLora:
             self._masks = [m[idx] for m in self._masks]
 
 
-def _stackable(name: str, cfg: Any, tuner_layers: list[Any]) -> bool:
+def _stackable(key: str, cfg: Any, tuner_layers: list[Any]) -> bool:
     """Plain LoRA on ``nn.Linear`` layers only: anything else needs PEFT's own forward."""
     from peft import LoraConfig
     from peft.tuners.lora import Linear as LoraLinear
@@ -172,8 +252,8 @@ def _stackable(name: str, cfg: Any, tuner_layers: list[Any]) -> bool:
         return False
     if cfg.use_dora or cfg.lora_bias or cfg.modules_to_save or cfg.trainable_token_indices:
         return False
-    holding = [m for m in tuner_layers if any(name in getattr(m, attr, {}) for attr in m.adapter_layer_names)]
-    return all(type(m) is LoraLinear and name not in m.lora_variant for m in holding)
+    holding = [m for m in tuner_layers if any(key in getattr(m, attr, {}) for attr in m.adapter_layer_names)]
+    return all(type(m) is LoraLinear and key not in m.lora_variant for m in holding)
 
 
 class RowAdapters:
@@ -196,9 +276,9 @@ class RowAdapters:
 
 
 @contextmanager
-def _active_adapter(peft_model: Any, name: str) -> Iterator[None]:
+def _active_adapter(peft_model: Any, key: str) -> Iterator[None]:
     previous = peft_model.active_adapter
-    peft_model.set_adapter(name, inference_mode=True)
+    peft_model.set_adapter(key, inference_mode=True)
     try:
         yield
     finally:
@@ -206,8 +286,9 @@ def _active_adapter(peft_model: Any, name: str) -> Iterator[None]:
 
 
 class LoraRouter:
-    """Per-batch LoRA for the registry's model: the path for each batch, stacks rebuilt lazily when
-    the loaded adapters change. ``paths`` counts the paths taken (for tests, benches, debugging)."""
+    """Per-batch LoRA for the registry's model: makes the batch's adapters resident (``acquire``),
+    keeps the stacks in step with them, and picks the path for each batch. ``paths`` counts the
+    paths taken (for tests, benches, debugging)."""
 
     def __init__(self, registry: AdapterRegistry) -> None:
         self._registry = registry
@@ -215,20 +296,30 @@ class LoraRouter:
         self._open = False
         self.paths: Counter[str] = Counter()
 
+    @property
+    def sync_seconds(self) -> float:
+        """Seconds spent keeping the stacks in step with the resident adapters, this stack's life."""
+        return self._stack.sync_seconds if self._stack is not None else 0.0
+
     def _current(self) -> StackedLora | None:
         model = self._registry.model if self._registry.has_adapters else None
         if self._stack is not None and (model is None or not self._stack.matches(model)):
             self._stack.close()
             self._stack = None
-        if model is not None and self._stack is None:
-            self._stack = StackedLora(model)
+        if model is not None:
+            if self._stack is None:
+                self._stack = StackedLora(model)
+            else:
+                self._stack.sync()
         return self._stack
 
     def groups(self, names: list[str]) -> list[list[int]]:
         """Row indices of the batches to run instead of one: a single group unless an adapter that
-        PEFT cannot mix (DoRA) shares the batch with others; then it goes alone."""
+        PEFT cannot mix (DoRA) shares the batch with others; then it goes alone. The adapters must be
+        resident (the engine acquires each group's before asking)."""
         stack = self._current()
-        apart = set(names) & stack.unmixable if stack is not None else set()
+        keys = {n: self._registry.resolve(n) for n in set(names)}
+        apart = {n for n, k in keys.items() if stack is not None and k in stack.unmixable}
         if not apart or len(set(names)) == 1:
             return [list(range(len(names)))]
         groups: dict[str | None, list[int]] = {}
@@ -239,11 +330,15 @@ class LoraRouter:
     @contextmanager
     def rows(self, names: list[str]) -> Iterator[RowAdapters]:
         """Open for the forwards of one batch whose row i uses adapter ``names[i]`` (``BASE``: none).
-        Unknown names raise ``AdapterNotFoundError``; contexts do not nest."""
-        peft_names = [self._registry.resolve(n) for n in names]
+        The adapters are made resident first (cold loads, LRU evictions); one that cannot be served
+        raises (``AdapterNotFoundError``, ``AdapterLoadError``). Contexts do not nest."""
         if self._open:
             raise RuntimeError("LoraRouter.rows() contexts do not nest")
-        path, context, rows = self._plan(self._current(), names, peft_names)
+        failures = self._registry.acquire(names)
+        if failures:
+            raise next(iter(failures.values()))
+        keys = [self._registry.resolve(n) for n in names]
+        path, context, rows = self._plan(self._current(), keys)
         self._open = True
         try:
             with context:
@@ -253,17 +348,18 @@ class LoraRouter:
             self._open = False
 
     @staticmethod
-    def _plan(
-        stack: StackedLora | None, names: list[str], peft_names: list[str]
-    ) -> tuple[str, AbstractContextManager[Any], RowAdapters]:
-        adapters = set(names) - {BASE}
-        if stack is None:  # no adapter loaded: the registry's model is the plain base
+    def _plan(stack: StackedLora | None, keys: list[str]) -> tuple[str, AbstractContextManager[Any], RowAdapters]:
+        adapters = set(keys) - {PEFT_BASE}
+        if stack is None:  # no adapter resident: the registry's model is the plain base
             return "base", nullcontext(), RowAdapters()
         if adapters <= stack.stackable:
-            path = "base" if not adapters else "single" if len(set(names)) == 1 else "stacked"
-            return path, stack.apply(names), RowAdapters(stack=stack)
-        if len(set(names)) == 1:
-            return "peft_active", _active_adapter(stack.model, names[0]), RowAdapters()
+            path = "base" if not adapters else "single" if len(set(keys)) == 1 else "stacked"
+            return path, stack.apply(keys), RowAdapters(stack=stack)
+        if len(set(keys)) == 1:
+            return "peft_active", _active_adapter(stack.model, keys[0]), RowAdapters()
         if adapters & stack.unmixable:
-            raise ValueError(f"adapters {sorted(adapters & stack.unmixable)} cannot share a batch: use groups()")
-        return "peft_names", nullcontext(), RowAdapters(peft_names=peft_names)
+            raise ValueError("adapters that PEFT cannot mix (DoRA) cannot share a batch: use groups()")
+        return "peft_names", nullcontext(), RowAdapters(peft_names=keys)
+
+
+__all__ = ["BASE", "LoraRouter", "RowAdapters", "StackedLora"]

@@ -23,4 +23,22 @@ RUNNING_ROWS = Gauge("domainllm_engine_running_rows", "Rows of the batch the eng
 TOKENS_GENERATED = Counter("domainllm_tokens_generated_total", "Completion tokens generated", ["adapter"])
 PROMPT_TOKENS = Counter("domainllm_prompt_tokens_total", "Prompt tokens processed", ["adapter"])
 ENGINE_REQUESTS = Counter("domainllm_engine_requests_total", "Engine jobs by kind and adapter", ["kind", "adapter"])
-ADAPTERS_LOADED = Gauge("domainllm_adapters_loaded", "LoRA adapters currently loaded")
+ADAPTERS_LOADED = Gauge(
+    "domainllm_adapters_loaded", "LoRA adapters registered (servable; see domainllm_adapters_resident)"
+)
+ADAPTERS_RESIDENT = Gauge("domainllm_adapters_resident", "LoRA adapters whose weights are in memory")
+ADAPTER_COLD_LOADS = Counter(
+    "domainllm_adapter_cold_loads_total",
+    "Adapters loaded into memory for a request (not at start or by an admin)",
+    ["adapter"],
+)
+ADAPTER_EVICTIONS = Counter(
+    "domainllm_adapter_evictions_total",
+    "Resident adapters evicted to stay within DOMAINLLM_ADAPTER_MAX_RESIDENT (still registered)",
+    ["adapter"],
+)
+ADAPTER_COLD_LOAD_SECONDS = Histogram(
+    "domainllm_adapter_cold_load_seconds",
+    "Wall time of one cold load (read the folder, add the LoRA layers)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -9,6 +9,7 @@ model; only ``show --llm`` and ``train-ranker --llm`` load it.
     domainllm recommend train-ranker      fit the blenders on the logged events (finetune/ranker.py)
     domainllm recommend sample-data       rewrite data/samples/recommend (finetune/samples/recommend.py)
     domainllm eval recommend-ranking      the MovieLens ranking evaluation (finetune/evals/recommend.py)
+    domainllm eval recommend-games        the Amazon Games ranking evaluation (finetune/evals/games.py)
 """
 
 from __future__ import annotations
@@ -193,3 +194,31 @@ def eval_ranking(users: int | None, llm_candidates: int, out: Path, adapter: str
     except DomainLLMError as exc:
         fail(exc)
     print_report(report, console)
+
+
+def eval_games(
+    out: Path,
+    *,
+    report_users: int = 5000,
+    llm_users: int = 300,
+    shortlist: int = 20,
+    adapter: str | None = None,
+    sasrec_minutes: float = 45.0,
+) -> None:
+    """``domainllm eval recommend-games``: Games-6k, every system side by side on the same report
+    users, full ranking and LLMRank's 20 candidates, the LLM's contribution with its 95% interval;
+    prints the tables, writes ``quality_games.json``."""
+    from finetune.evals.games import GAMES_ADAPTER, GamesRun, evaluate, print_report
+
+    built = services()
+    try:
+        run = GamesRun(
+            report_users=report_users, llm_users=llm_users, shortlist=shortlist, sasrec_minutes=sasrec_minutes
+        )
+        with console.status("loading the engine"):
+            built.engine.warm_up()
+        report = evaluate(built.settings, engine=built.engine, run=run, adapter=adapter or GAMES_ADAPTER, out_dir=out)
+    except (DomainLLMError, ValueError) as exc:
+        fail(exc)
+    print_report(report, console)
+    console.print(f"report: {out}/quality_games.json")

@@ -13,7 +13,8 @@ Readers: the public sets in the shared data folder (Financial PhraseBank, the Fi
 TFNS, SEntFiN, the gold commodity news) and the format in which a user brings their own data,
 *labelled headlines*: a .csv with a header row or a .jsonl file, one headline a row, with fields
 ``text``, ``label`` (one of LABELS, any case) and optionally ``entity`` (the company or asset the
-label is about).
+label is about): ``read_labelled_headlines`` one file, ``read_own_headlines`` a training's files,
+checked as a whole (docs/data-formats.md).
 """
 
 from __future__ import annotations
@@ -22,14 +23,23 @@ import ast
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.prompts import classification_prompt
-from domains.records import read_rows, require_file, row_error
+from domains.records import (
+    MIN_ROWS_PER_CLASS,
+    DataFileError,
+    check_classes,
+    content_key,
+    count_limit,
+    read_rows,
+    require_file,
+    row_error,
+)
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 INSTRUCTION = "Financial news sentiment for investors: negative, neutral or positive?"
@@ -196,14 +206,58 @@ def read_gold_news(path: Path) -> list[DatedHeadline]:
 
 # ---- the user's own data ------------------------------------------------------------------------------
 
+MAX_TEXT_CHARS = 2_000
+MAX_ENTITY_CHARS = 200
 
-def read_labelled_headlines(path: Path, labels: tuple[str, ...] = LABELS) -> list[LabelledText]:
-    """*Labelled headlines* (.csv or .jsonl): ``text``, ``label`` and optionally ``entity``. Raises
-    ``DataFileError`` naming the file and line of the first row that cannot be used."""
-    rows = []
+
+def _headline_rows(path: Path, labels: tuple[str, ...]) -> Iterator[tuple[int, LabelledText]]:
     for line, row in read_rows(path, required=("text", "label"), optional=("entity",)):
         label = row["label"].lower()
         if label not in labels:
             raise row_error(path, line, f"label {row['label']!r} is not one of {', '.join(labels)}")
-        rows.append(LabelledText(row["text"], label, path.name, row["entity"] or None))
+        if len(row["text"]) > MAX_TEXT_CHARS:
+            raise row_error(path, line, f"text longer than {MAX_TEXT_CHARS:,} characters")
+        if len(row["entity"]) > MAX_ENTITY_CHARS:
+            raise row_error(path, line, f"entity longer than {MAX_ENTITY_CHARS} characters")
+        yield line, LabelledText(row["text"], label, path.name, row["entity"] or None)
+
+
+def read_labelled_headlines(path: Path, labels: tuple[str, ...] = LABELS) -> list[LabelledText]:
+    """*Labelled headlines* (.csv or .jsonl): ``text``, ``label`` and optionally ``entity``. Raises
+    ``DataFileError`` naming the file and line of the first row that cannot be used."""
+    return [row for _, row in _headline_rows(path, labels)]
+
+
+def read_own_headlines(paths: Sequence[Path], labels: tuple[str, ...] = LABELS) -> list[LabelledText]:
+    """Every row of ``paths`` for training the sentiment adapter, checked as a whole: no text twice
+    with two labels (the adapter reads the text alone; ``entity`` is kept, not used), and ``MIN_ROWS_PER_CLASS`` distinct texts of every label,
+    so each label can be learned and held out. Raises ``DataFileError`` naming the file and line."""
+    if not paths:
+        raise DataFileError("no data file given")
+    rows: list[LabelledText] = []
+    first_seen: dict[str, tuple[str, Path, int]] = {}  # content key -> label, where
+    per_label: dict[str, dict[str, tuple[Path, int]]] = {label: {} for label in labels}
+    for path in paths:
+        for line, row in _headline_rows(path, labels):
+            rows.append(row)
+            count_limit(path, line, len(rows))
+            key = content_key(row.text)
+            if key in first_seen and first_seen[key][0] != row.label:
+                label, where, at = first_seen[key]
+                raise row_error(
+                    path,
+                    line,
+                    f"the text of {where}, line {at} again, labelled {row.label!r} here and {label!r} there "
+                    "(the adapter reads the text alone, not the entity)",
+                )
+            first_seen.setdefault(key, (row.label, path, line))
+            per_label[row.label].setdefault(key, (path, line))
+    missing = [label for label in labels if not per_label[label]]
+    if missing:
+        raise DataFileError(
+            f"{', '.join(str(p) for p in paths)}: no row labelled {' or '.join(missing)}; the adapter is scored "
+            f"on every label ({', '.join(labels)}), so each needs at least {MIN_ROWS_PER_CLASS} rows",
+            path=str(paths[0]),
+        )
+    check_classes({label: list(places.values()) for label, places in per_label.items()}, "label")
     return rows

@@ -17,26 +17,39 @@ the model's tokenizer, so both sides hand in a ``Truncate``: training
 reads it back with ``read_serving``.
 
 The intent head is a ``core.heads.LinearHead`` saved as ``INTENT_HEAD_FILE`` in the adapter folder,
-fitted on the features ``INTENT_FEATURES`` in that order (the card's recipe says how each is built).
+fitted on the features ``INTENT_FEATURES`` in that order (the card's recipe says how each is built);
+``intent_features`` builds them through the engine, for the app and the own-data evaluation alike.
 
 Readers: the public sets in the shared data folder (Bitext, banking77, BankFAQs, the ABCD agent
 guidelines) and the format in which a user brings their own data, *FAQ pairs or past
 conversations*: a .csv with a header row or a .jsonl file, one exchange a row, with fields
 ``question`` (what the customer asked), ``answer`` (what the agent replied) and optionally
-``intent``.
+``intent`` (``read_faq_pairs`` one file; ``read_own_faq`` a training's files, checked as a whole;
+docs/data-formats.md).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from core.prompts import Message, truncate_tokens
-from domains.records import read_rows, require_file
+from domains.records import (
+    DataFileError,
+    check_classes,
+    content_key,
+    count_limit,
+    read_rows,
+    require_file,
+    row_error,
+)
 
 INSTRUCTION = (
     "You are a customer support agent. Answer the customer in a warm, clear support voice, using only "
@@ -46,6 +59,9 @@ PASSAGE_TOKENS = 96
 METHOD = "generate"
 INTENT_HEAD_FILE = "intent_head.npz"
 INTENT_FEATURES: tuple[str, ...] = ("minilm", "hidden")  # the head's feature parts, in order
+
+if TYPE_CHECKING:  # the Protocol's module loads torch; reading a file must not
+    from core.interface import Engine
 
 Truncate = Callable[[str, int], str]  # (text, max_tokens) -> the text cut to max_tokens tokens
 
@@ -89,6 +105,23 @@ def prompt(
         {"role": "system", "content": serving.instruction},
         {"role": "user", "content": f"Passages:\n{numbered}\n\nCustomer: {question.strip()}"},
     ]
+
+
+def intent_features(engine: Engine, texts: list[str], model: str, chunk: int = 32) -> np.ndarray:
+    """[n, 384 + hidden]: the ``INTENT_FEATURES`` of ``texts`` in order, through the engine: the
+    unit-normalised MiniLM embedding, then the mean final hidden state with ``model``'s adapter on.
+    What the support app classifies with and the own-data evaluation scores with; in chunks of at
+    most ``chunk`` texts, so that no engine call is long."""
+    step = max(1, min(chunk, engine.max_batch_texts))
+    parts = []
+    for start in range(0, len(texts), step):
+        part = texts[start : start + step]
+        minilm = engine.embed(part)  # [n, 384], unit-normalised
+        hidden = engine.hidden_states(part, model=model)  # [n, hidden]
+        parts.append(np.concatenate([minilm, hidden], axis=1))
+    if not parts:
+        raise ValueError("no texts to build intent features for")
+    return np.concatenate(parts, axis=0)
 
 
 def intent_head_section(classes: int, recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,11 +245,87 @@ def read_abcd_guidelines(path: Path) -> list[Article]:
 
 # ---- the user's own data ------------------------------------------------------------------------------
 
+MAX_QUESTION_CHARS = 2_000
+MAX_ANSWER_CHARS = 8_000
+MAX_INTENTS = 200
+INTENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+
+
+def intent_name(raw: str) -> str:
+    """An intent as the head and the rules file name it: lower case, spaces and hyphens as ``_``
+    ("Order Status" -> "order_status")."""
+    return re.sub(r"[\s-]+", "_", raw.strip().lower())
+
+
+def _faq_rows(path: Path) -> Iterator[tuple[int, FaqPair]]:
+    for line, row in read_rows(path, required=("question", "answer"), optional=("intent",)):
+        if len(row["question"]) > MAX_QUESTION_CHARS:
+            raise row_error(path, line, f"question longer than {MAX_QUESTION_CHARS:,} characters")
+        if len(row["answer"]) > MAX_ANSWER_CHARS:
+            raise row_error(path, line, f"answer longer than {MAX_ANSWER_CHARS:,} characters")
+        intent = intent_name(row["intent"]) if row["intent"] else None
+        if intent is not None and not INTENT_NAME.match(intent):
+            raise row_error(
+                path,
+                line,
+                f"intent {row['intent']!r} is not a usable name: up to 64 letters, digits and _ . : -, "
+                "starting with a letter or digit",
+            )
+        yield line, FaqPair(row["question"], row["answer"], intent)
+
 
 def read_faq_pairs(path: Path) -> list[FaqPair]:
     """*FAQ pairs or past conversations* (.csv or .jsonl): ``question``, ``answer`` and optionally
-    ``intent``. Raises ``DataFileError`` naming the file and line of the first row that cannot be used."""
-    return [
-        FaqPair(row["question"], row["answer"], row["intent"] or None)
-        for _, row in read_rows(path, required=("question", "answer"), optional=("intent",))
-    ]
+    ``intent`` (normalised by ``intent_name``). Raises ``DataFileError`` naming the file and line of
+    the first row that cannot be used."""
+    return [pair for _, pair in _faq_rows(path)]
+
+
+def read_own_faq(paths: Sequence[Path]) -> list[FaqPair]:
+    """Every row of ``paths`` for training the support adapter and its intent head, checked as a
+    whole: no question twice with two intents, at least one row with an intent, two intents or
+    more, and ``MIN_ROWS_PER_CLASS`` distinct questions for each (so each can be held out too).
+    Rows without an intent train the adapter only. Raises ``DataFileError`` naming the file and line."""
+    if not paths:
+        raise DataFileError("no data file given")
+    rows: list[FaqPair] = []
+    first_seen: dict[str, tuple[str | None, Path, int]] = {}  # content key -> intent, where
+    per_intent: dict[str, list[tuple[Path, int]]] = {}
+    for path in paths:
+        for line, pair in _faq_rows(path):
+            rows.append(pair)
+            count_limit(path, line, len(rows))
+            key = content_key(pair.question)
+            if key in first_seen:
+                intent, where, at = first_seen[key]
+                if pair.intent and intent and pair.intent != intent:
+                    raise row_error(
+                        path,
+                        line,
+                        f"the question of {where}, line {at} again, with intent {pair.intent!r} here and "
+                        f"{intent!r} there; give one question one intent",
+                    )
+                if pair.intent and not intent:
+                    first_seen[key] = (pair.intent, path, line)
+                    per_intent.setdefault(pair.intent, []).append((path, line))
+                continue
+            first_seen[key] = (pair.intent, path, line)
+            if pair.intent:
+                per_intent.setdefault(pair.intent, []).append((path, line))
+    names = ", ".join(str(p) for p in paths)
+    if not per_intent:
+        raise DataFileError(
+            f"{names}: no row has an intent. The support adapter serves an intent head, which learns from "
+            "the intent column; label at least two intents",
+            path=str(paths[0]),
+        )
+    if len(per_intent) < 2:
+        (only,) = per_intent
+        raise DataFileError(
+            f"{names}: every intent given is {only!r}; the intent head tells intents apart, so it needs two or more",
+            path=str(paths[0]),
+        )
+    if len(per_intent) > MAX_INTENTS:
+        raise DataFileError(f"{names}: {len(per_intent)} intents; at most {MAX_INTENTS}", path=str(paths[0]))
+    check_classes(per_intent, "intent")
+    return rows

@@ -61,6 +61,74 @@ def fit_blender(x: np.ndarray, y: np.ndarray, features: Sequence[str], meta: dic
     )
 
 
+def fit_listwise_blender(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    features: Sequence[str],
+    l2: float = 1e-3,
+    meta: dict[str, Any] | None = None,
+) -> Blender:
+    """Weights that rank each user's held-out item first among that user's candidates: the softmax
+    over one user's candidates of sum_f w_f * z_f, maximised for the positive (a conditional logit,
+    the ranking loss of one relevant item per list), with an L2 penalty; L-BFGS over numpy.
+
+    x: [n, len(FEATURES)], y: [n] in {0, 1}, groups: [n] the user of each row. Users whose item is
+    not among their candidates teach nothing and are left out. Pointwise logistic regression
+    (``fit_blender``) weighs every candidate row alike, and on Games-6k blended worse than its best
+    single feature; this fits the order within each list, which is what NDCG@10 counts."""
+    import sklearn
+    from scipy.optimize import minimize
+
+    cols = [FEATURES.index(f) for f in features]
+    keep = np.isin(groups, np.unique(groups[y == 1]))
+    xs, ys, gs = x[keep][:, cols], y[keep], groups[keep]
+    if not len(ys):
+        raise InvalidRequestError("no user's held-out item is among its candidates: nothing to fit a ranking on")
+    order = np.argsort(gs, kind="stable")
+    xs, ys, gs = xs[order], ys[order], gs[order]
+    mean = xs.mean(axis=0)
+    scale = xs.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = (xs - mean) / scale  # [n, f]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])  # first row of each user
+    sizes = np.diff(np.r_[starts, len(gs)])
+    lists = len(starts)
+    positive_sum = np.add.reduceat(z * ys[:, None], starts)  # [users, f]: the positive's z (one per user)
+    positives = np.add.reduceat(ys, starts).astype(np.float64)  # [users]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = z @ w  # [n]
+        top = np.maximum.reduceat(s, starts)  # [users]
+        e = np.exp(s - np.repeat(top, sizes))
+        total = np.add.reduceat(e, starts)  # [users]
+        log_norm = top + np.log(total)
+        soft = e / np.repeat(total, sizes)  # [n] softmax within each user's list
+        expected = np.add.reduceat(z * soft[:, None], starts)  # [users, f]
+        value = float((positives * log_norm - positive_sum @ w).sum()) / lists + l2 * float(w @ w)
+        grad = (positives[:, None] * expected - positive_sum).sum(axis=0) / lists + 2 * l2 * w
+        return value, grad
+
+    result = minimize(loss, np.zeros(len(cols)), jac=True, method="L-BFGS-B")
+    return Blender(
+        features=tuple(features),
+        weights=np.asarray(result.x, dtype=np.float64),
+        mean=mean,
+        scale=scale,
+        intercept=0.0,
+        kind="trained",
+        meta={
+            "sklearn": sklearn.__version__,  # the format's field; the fit itself is scipy's L-BFGS
+            "method": "listwise: softmax over each user's candidates (conditional logit), L-BFGS",
+            "rows": len(ys),
+            "lists": int(lists),
+            "l2": l2,
+            "converged": bool(result.success),
+            **(meta or {}),
+        },
+    )
+
+
 LLM_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(31))  # 0.0 .. 3.0
 
 

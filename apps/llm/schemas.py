@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from dataclasses import replace
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -19,15 +20,18 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     StrictBool,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from apps.http.requests import RequestModel
 from core.adapters import NAME_RE
 from core.config import Settings
 from core.errors import InvalidRequestError
+from core.logprobs import MAX_TOP_LOGPROBS
 from core.prompts import Message
 from core.sampling import Completion, SamplingParams
 
@@ -276,11 +280,54 @@ class ChatCompletionChunk(BaseModel):
 
 # ---- text completions --------------------------------------------------------------------------
 
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+TokenId = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
 
 class CompletionRequest(SamplingRequest):
     # single_prompt's rule (a 400 naming the length), stated for clients: a list holds exactly one string
-    prompt: NonBlankText | Annotated[list[NonBlankText], Field(json_schema_extra={"minItems": 1, "maxItems": 1})] = (
-        Field(description="The text to continue, as is (no chat template). A list must hold exactly one string.")
+    prompt: (
+        NonBlankText
+        | Annotated[list[NonBlankText], Field(json_schema_extra={"minItems": 1, "maxItems": 1})]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(
+        description="The text to continue, as is (no chat template). A list must hold exactly one string. "
+        "Token ids (one prompt as a list of ids, or several as a list of lists) are taken for scoring only: "
+        "with `echo: true` and `max_tokens: 0`."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description=f"Most tokens to generate. Default {DEFAULT_MAX_TOKENS}; at most the server's "
+        "DOMAINLLM_MAX_NEW_TOKENS (a larger value is a 400). 0 (with `echo`) scores the prompt and generates nothing.",
+    )
+    echo: StrictBool = Field(
+        default=False,
+        description="Return the prompt before the completion; with `logprobs`, the prompt's tokens get "
+        "log-probabilities too (the first token's is null).",
+    )
+    logprobs: TopLogprobs | None = Field(
+        default=None,
+        description=f"Return each token's log-probability and, per token, the `logprobs` most likely tokens "
+        f"(0-{MAX_TOP_LOGPROBS}). Raw model log-probabilities (no temperature), as vLLM's.",
+    )
+    prompt_logprobs: TopLogprobs | None = Field(
+        default=None,
+        description="vLLM extension: each prompt token's log-probability, rank and the `prompt_logprobs` most "
+        "likely tokens at its position, keyed by token id (`choices[].prompt_logprobs`; the first is null).",
+    )
+    return_token_ids: StrictBool | None = Field(
+        default=None,
+        description="vLLM extension: also return `prompt_token_ids` and the completion's `token_ids` (streamed: "
+        "in the last chunk).",
+    )
+    return_tokens_as_token_ids: StrictBool | None = Field(
+        default=None, description='vLLM extension: in `logprobs`, name tokens "token_id:<id>" instead of their text.'
+    )
+    ignore_eos: StrictBool = Field(
+        default=False, description="vLLM extension: keep generating past the end-of-sequence token."
     )
 
     model_config = ConfigDict(
@@ -288,19 +335,94 @@ class CompletionRequest(SamplingRequest):
         json_schema_extra={"examples": [{"model": "base", "prompt": "The capital of France is", "max_tokens": 8}]},
     )
 
+    @field_validator("logprobs", "prompt_logprobs", mode="before")
+    @classmethod
+    def _a_count(cls, value: Any) -> Any:
+        # OpenAI's chat API takes `logprobs: true`; here (the legacy completions API) it is a count
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON number: how many most likely tokens to list per position")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 generates nothing: it needs echo: true (the prompt is scored)")
+        if self.token_rows() is not None and not self.scores_only:
+            raise ValueError(
+                "a prompt of token ids is scored, not continued, here: send it with echo: true and "
+                "max_tokens: 0, or send the prompt as text"
+            )
+        if self.stream and (self.echo or self.logprobs is not None or self.prompt_logprobs is not None):
+            raise ValueError("echo, logprobs and prompt_logprobs are not available with stream: true")
+        return self
+
+    @property
+    def scores_only(self) -> bool:
+        """The prompt is scored and nothing is generated (``echo`` with ``max_tokens: 0``)."""
+        return self.echo and self.max_tokens == 0
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.echo or self.logprobs is not None or self.prompt_logprobs is not None
+
+    @property
+    def prompt_top(self) -> int | None:
+        """How many alternatives per prompt position ``choices[].prompt_logprobs`` lists, None for none:
+        ``prompt_logprobs``, else (with ``echo``) ``logprobs``, as vLLM."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo else None
+
+    def token_rows(self) -> list[list[int]] | None:
+        """The prompts given as token ids, or None for a text prompt."""
+        if isinstance(self.prompt, str) or not self.prompt or isinstance(self.prompt[0], str):
+            return None
+        if isinstance(self.prompt[0], int):
+            return [cast(list[int], self.prompt)]
+        return cast(list[list[int]], self.prompt)
+
     def single_prompt(self) -> str:
         if isinstance(self.prompt, str):
             return self.prompt
-        if len(self.prompt) != 1:
+        if len(self.prompt) != 1 or not isinstance(self.prompt[0], str):
             raise InvalidRequestError(f"prompt must be one string (or a list of one); got a list of {len(self.prompt)}")
         return self.prompt[0]
+
+    def sampling_params(self, settings: Settings) -> SamplingParams:
+        return replace(super().sampling_params(settings), ignore_eos=self.ignore_eos)
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's (legacy) completion log-probabilities, one entry per token, in vLLM's shape."""
+
+    text_offset: list[int] = Field(description="Where each token starts in the choice's text.")
+    token_logprobs: list[float | None] = Field(description="Each token's log-probability (null: a first token).")
+    tokens: list[str] = Field(description='Each token, decoded (or "token_id:<id>").')
+    top_logprobs: list[dict[str, float] | None] = Field(
+        description="Per token: the token itself and the `logprobs` most likely tokens at its position."
+    )
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's ``Logprob``: one token's log-probability at a prompt position."""
+
+    logprob: float
+    rank: int | None = Field(default=None, description="1: the most likely token at this position.")
+    decoded_token: str | None = None
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        default=None,
+        description="vLLM extension (with `prompt_logprobs`, or `echo` and `logprobs`): per prompt token, keyed "
+        "by token id, its own log-probability and the most likely tokens at its position; the first is null.",
+    )
+    prompt_token_ids: list[int] | None = Field(default=None, description="vLLM extension (`return_token_ids`).")
+    token_ids: list[int] | None = Field(default=None, description="vLLM extension (`return_token_ids`).")
 
 
 class TextCompletion(BaseModel):

@@ -1,10 +1,13 @@
 """The intent of each customer message, from the head fitted next to the support adapter.
 
-``finetune`` fits a banking77 logistic-regression head on [MiniLM embedding, mean hidden state with
-the adapter on] and saves it as ``domains.support.INTENT_HEAD_FILE`` in the adapter folder, with a
-recipe naming its feature parts in order (``domains.support.INTENT_FEATURES``). This module finds it
-through the engine (``Engine.adapter_file``), rebuilds those features through the engine and applies
-the head. Without the adapter or its head there is no intent (``None``), and the bot says so in stats.
+``finetune`` fits a logistic-regression head on [MiniLM embedding, mean hidden state with the
+adapter on] and saves it as ``domains.support.INTENT_HEAD_FILE`` in the adapter folder, with a
+recipe naming its feature parts in order (``domains.support.INTENT_FEATURES``). The shared adapter's
+head names the demo store's intents (``data/samples/train/support_faq.csv``); a tenant's own version
+names the tenant's. This module finds the head through the engine (``Engine.adapter_file``),
+rebuilds those features through the engine (``domains.support.intent_features``, as the own-data
+evaluation does) and applies the head. Without the adapter or its head there is no intent
+(``None``), and the bot says so in stats.
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from core.heads import LinearHead
 from core.interface import Engine
-from domains.support import INTENT_FEATURES, INTENT_HEAD_FILE
+from domains.support import INTENT_FEATURES, INTENT_HEAD_FILE, intent_features
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ class IntentClassifier:
         head = self._load(model)
         if head is None or not texts:
             return [None] * len(texts)
-        minilm = self._engine.embed(texts)  # [n, 384], unit-normalised
-        hidden = self._engine.hidden_states(texts, model=model)  # [n, hidden]
-        probs = head.predict_proba(np.concatenate([minilm, hidden], axis=1))  # [n, classes]
+        probs = head.predict_proba(intent_features(self._engine, texts, model))  # [n, classes]
         best = probs.argmax(axis=1)
         return [Intent(head.classes[int(i)], float(p[int(i)])) for i, p in zip(best, probs, strict=True)]

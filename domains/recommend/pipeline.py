@@ -26,7 +26,7 @@ import numpy as np
 
 from core.errors import EngineOverloadedError, ModelNotReadyError
 from domains.recommend.index import VectorIndex
-from domains.recommend.prompt import split_window
+from domains.recommend.prompt import item_text, split_window
 from domains.recommend.ranking import FEATURES, Blender, log_norm, price_gap
 from domains.recommend.records import Event
 from domains.recommend.rules import LIKED_VERBS, Evidence, Filters, allowed, mmr, reason_for
@@ -55,7 +55,7 @@ class Profile:
     """What the ranking needs from a user's history (newest first)."""
 
     seeds: list[tuple[str, float]]  # (item, weight by recency and like), newest first
-    window: list[tuple[str, float | None]]  # (title, rating or None) per distinct item, oldest first
+    window: list[tuple[str, float | None]]  # (item id, rating or None) per distinct item, oldest first
     seen: set[str]
     verbs: dict[str, str]
     prices: list[float]
@@ -101,7 +101,7 @@ def build_profile(history: Sequence[Event], index: VectorIndex) -> Profile:
             seeds.append((e.item_id, RECENCY_DECAY ** len(seeds) * (DISLIKED_SEED if is_disliked(e) else 1.0)))
     # each item's latest event, oldest first as the prompt lists them; the scorer cuts it to the
     # adapter's trained history length
-    window = [(index.items[e.item_id].title, e.value if e.type == "rating" else None) for e in best.values()][::-1]
+    window = [(e.item_id, e.value if e.type == "rating" else None) for e in best.values()][::-1]
     prices = [p for e in known[:20] if (p := index.items[e.item_id].price) is not None]
     vector = last = None
     if seeds:
@@ -190,6 +190,10 @@ class Pipeline:
             x[:, col("sim")] = vecs @ profile.vector
             x[:, col("recency")] = vecs @ profile.last
         x[:, col("covis")] = log_norm(self.signals.covis_with(profile.seeds, ids))
+        if profile.seeds:
+            seed_pop = self.signals.popularity([s for s, _ in profile.seeds], now)
+            idf = [(s, w / float(np.sqrt(1.0 + p))) for (s, w), p in zip(profile.seeds, seed_pop, strict=True)]
+            x[:, col("covis_idf")] = log_norm(self.signals.covis_with(idf, ids))
         pop = self.signals.popularity(ids, now)
         top = self.signals.popular(1, now)
         top_pop = top[0][1] if top else 0.0
@@ -203,14 +207,19 @@ class Pipeline:
         self, llm: LLMScorer, profile: Profile, context_item: str | None
     ) -> tuple[list[str], list[str]] | None:
         """(liked, disliked) for the prompt, as the scorer's adapter was trained to read them (its
-        history length and like threshold), or None when there is nothing to condition on."""
+        history length, like threshold and item fields), or None when there is nothing to condition on."""
         serving = llm.serving()
         liked, disliked = split_window(profile.window, serving.history, serving.liked_above)
         if context_item and context_item in self.index:
-            liked = [*liked, self.index.items[context_item].title][-serving.history :]
+            liked = [*liked, context_item][-serving.history :]
         if not liked and not disliked:
             return None
-        return liked, disliked
+        return self.item_texts(liked, serving.item_fields), self.item_texts(disliked, serving.item_fields)
+
+    def item_texts(self, ids: Sequence[str], fields: Sequence[str]) -> list[str]:
+        """How the prompt names each item: the catalogue fields the adapter was trained with."""
+        items = [self.index.items[i] for i in ids]
+        return [item_text(it.title, it.category, it.price, fields) for it in items]
 
     def score(
         self, profile: Profile, ids: list[str], now: float, context_item: str | None = None, use_llm: bool = True
@@ -226,8 +235,9 @@ class Pipeline:
         if titles is None:
             return pre, x, None
         short = np.argsort(-pre, kind="stable")[:m]
+        fields = self.llm.serving().item_fields
         try:
-            probs = self.llm.score(titles[0], titles[1], [self.index.items[ids[i]].title for i in short])
+            probs = self.llm.score(titles[0], titles[1], self.item_texts([ids[i] for i in short], fields))
         except (EngineOverloadedError, ModelNotReadyError) as exc:  # a busy engine: rank without it, at once
             log.warning("recommend: ranking without the LLM this time (%s)", exc.message)
             return pre, x, None

@@ -6,6 +6,8 @@ Features (one row per candidate, all roughly in [0, 1] or [-1, 1] so hand-set we
     sim        cosine of the item to the user's recency-weighted profile vector
     recency    cosine of the item to the user's most recent item (the order of the history matters)
     covis      log co-visitation with the user's recent items, over the largest in this request
+    covis_idf  the same with each recent item's weight divided by the square root of its popularity:
+               being bought after a rarely bought item says more than after a best-seller
     pop        log decayed popularity, over the most popular item's
     price_gap  |log price - the user's mean log price|, scaled to [0, 1]
     context    cosine to the page's item, when the request names one
@@ -29,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("llm", "sim", "recency", "covis", "pop", "price_gap", "context")
+FEATURES = ("llm", "sim", "recency", "covis", "pop", "price_gap", "context", "covis_idf")
 NO_LLM_FEATURES = tuple(f for f in FEATURES if f != "llm")
 RANKER_FORMAT = 1
 
@@ -100,7 +102,16 @@ def fallback_blender(with_llm: bool = True) -> Blender:
     """Hand-set weights for when no ranker has been trained: behaviour first, then the LLM's view.
 
     The LLM weight is moderate: an untrained base model's P("Yes") is close to noise."""
-    weights = {"llm": 2.0, "sim": 2.0, "recency": 2.0, "covis": 3.0, "pop": 1.5, "price_gap": -0.5, "context": 2.5}
+    weights = {
+        "llm": 2.0,
+        "sim": 2.0,
+        "recency": 2.0,
+        "covis": 3.0,
+        "pop": 1.5,
+        "price_gap": -0.5,
+        "context": 2.5,
+        "covis_idf": 0.0,  # added after the hand-set weights: a trained blend finds its weight
+    }
     feats = FEATURES if with_llm else NO_LLM_FEATURES
     n = len(feats)
     return Blender(

@@ -2,8 +2,9 @@
 prefix runs once; each candidate's target sentence is a continuation over its cache.
 
 The prompt follows the adapter card's ``serving`` section (instruction, labels, which label means
-yes, how many titles of history and where a rating starts to count as liked): the adapter is asked
-exactly what it was trained on. Without a card (the base model) the TALLRec defaults apply.
+yes, how many titles of history and where a rating starts to count as liked, the wording and which
+catalogue fields name an item): the adapter is asked exactly what it was trained on. The base model
+has no card: it is asked in ``wording`` (the product wording unless the caller names another).
 """
 
 from __future__ import annotations
@@ -16,31 +17,43 @@ from core.batching import settle
 from core.errors import EngineOverloadedError
 from core.interface import Engine
 from core.sampling import ContinuationScore
-from domains.recommend.prompt import HISTORY, SplitPrompt, split_prompt
+from domains.recommend.prompt import HISTORY, MOVIE, PRODUCT, SplitPrompt, Wording, split_prompt
 from domains.recommend.serving import RecommendServing, read_serving
+
+BASE = "base"
 
 
 class LLMScorer:
     def __init__(
-        self, engine: Engine, adapter: str, *, history: int = HISTORY, deadline_s: float | None = None
+        self,
+        engine: Engine,
+        adapter: str,
+        *,
+        history: int = HISTORY,
+        deadline_s: float | None = None,
+        wording: Wording = PRODUCT,
     ) -> None:
-        """``history``: titles in the prompt when the model's card does not say (the base model).
+        """``history`` and ``wording``: titles in the prompt and the words around them for a model
+        with no card (the base model); an adapter without the keys was trained with TALLRec's.
         ``deadline_s``: ``score`` waits this long at most, then cancels and raises ``EngineOverloadedError``."""
         self.engine = engine
         self.adapter = adapter
         self.deadline_s = deadline_s
         self.history = history
+        self.wording = wording
 
     def model(self) -> str:
         """The adapter when it is loaded, else the base model."""
-        return self.adapter if self.engine.has_model(self.adapter) else "base"
+        return self.adapter if self.engine.has_model(self.adapter) else BASE
 
     def serving(self, model: str | None = None) -> RecommendServing:
         """How ``model`` (default: the one ``model()`` picks) is prompted, from its card."""
-        return read_serving(self.engine.serving_config(model or self.model()), history=self.history)
+        model = model or self.model()
+        wording = self.wording if model == BASE else MOVIE
+        return read_serving(self.engine.serving_config(model), history=self.history, wording=wording)
 
     def _split(self, serving: RecommendServing, liked: Sequence[str], disliked: Sequence[str]) -> SplitPrompt:
-        return split_prompt(self.engine.render, liked, disliked, serving.instruction)
+        return split_prompt(self.engine.render, liked, disliked, serving.instruction, serving.wording)
 
     def submit(self, liked: Sequence[str], disliked: Sequence[str], titles: Sequence[str]) -> Future[list[float]]:
         model = self.model()

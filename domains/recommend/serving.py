@@ -2,34 +2,36 @@
 (``serving_section``), the scorer reads it back (``read_serving``) and prompts the adapter exactly so.
 
 A card written before a key existed (the first adapters carry only instruction and labels) reads
-as the defaults below, which are what those adapters were trained with.
+as the defaults below, which are what those adapters were trained with: TALLRec's movie wording
+and titles alone. A model with no card at all (the base model) is asked in the wording its caller
+names (the storefront's scorer: the product wording).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from domains.recommend.prompt import HISTORY, INSTRUCTION, LABELS, LIKED_ABOVE, POSITIVE, TARGET_LEAD
+from domains.recommend.prompt import HISTORY, ITEM_FIELDS, LABELS, LIKED_ABOVE, MOVIE, POSITIVE, Wording
 
 RANKING_ADAPTER = "recommend-next"  # the adapter whose P("Yes") ranks the storefront's shortlist (finetune/configs)
 METHOD = "score_continuations(split_prompt(...), answer_labels=labels) or score_labels(text, labels)"
-PROMPT_SHAPE = (
-    f'User Preference: <quoted liked titles>\\nUser Unpreference: <quoted disliked titles>\\n{TARGET_LEAD} "<title>"?'
-)
 
 
 @dataclass(frozen=True)
 class RecommendServing:
     """How to prompt one recommend adapter: the instruction, the answer labels and which of them
-    means "recommend", and the history window (titles, and where a rating starts to count as liked)."""
+    means "recommend", the history window (titles, and where a rating starts to count as liked),
+    the wording around the titles, and which catalogue fields name an item."""
 
-    instruction: str = INSTRUCTION
+    instruction: str = MOVIE.instruction
     labels: tuple[str, ...] = field(default_factory=lambda: tuple(LABELS))
     positive: str = POSITIVE
     history: int = HISTORY
     liked_above: float = LIKED_ABOVE
+    wording: Wording = MOVIE
+    item_fields: tuple[str, ...] = ("title",)
 
     def __post_init__(self) -> None:
         if not self.instruction.strip():
@@ -40,6 +42,16 @@ class RecommendServing:
             raise ValueError(f"the positive label {self.positive!r} is not one of {list(self.labels)}")
         if not 1 <= self.history <= 100:
             raise ValueError(f"history must be between 1 and 100 titles, got {self.history}")
+        if "title" not in self.item_fields or set(self.item_fields) - set(ITEM_FIELDS):
+            raise ValueError(f"item_fields must hold title and only {', '.join(ITEM_FIELDS)}, got {self.item_fields}")
+
+    def prompt_shape(self) -> str:
+        w = self.wording
+        shape = f"{w.liked_lead} <quoted titles>\\n"
+        shape += (
+            f"{w.disliked_lead} <quoted titles>\\n" if w.always_disliked else f"[{w.disliked_lead} <quoted titles>\\n]"
+        )
+        return shape + f'{w.target_lead} "<title>"{w.target_end}'
 
 
 def serving_section(serving: RecommendServing, *, objective: str = "like") -> dict[str, Any]:
@@ -52,13 +64,18 @@ def serving_section(serving: RecommendServing, *, objective: str = "like") -> di
         "positive": serving.positive,
         "history": serving.history,
         "liked_above": serving.liked_above,
-        "prompt": PROMPT_SHAPE,
+        "wording": asdict(serving.wording),
+        "item_fields": list(serving.item_fields),
+        "prompt": serving.prompt_shape(),
     }
 
 
-def read_serving(section: Mapping[str, Any] | None, *, history: int = HISTORY) -> RecommendServing:
-    """The section read back; a key the card lacks takes its default (``history``: the caller's,
-    for a model with no card at all, such as the base model). Raises ``ValueError`` on a section
+def read_serving(
+    section: Mapping[str, Any] | None, *, history: int = HISTORY, wording: Wording = MOVIE
+) -> RecommendServing:
+    """The section read back; a key the card lacks takes its default (``history`` and ``wording``:
+    the caller's, for a model with no card at all, such as the base model; an adapter whose card
+    predates the key was trained with TALLRec's movie wording). Raises ``ValueError`` on a section
     that names impossible values."""
     section = section or {}
 
@@ -71,12 +88,24 @@ def read_serving(section: Mapping[str, Any] | None, *, history: int = HISTORY) -
         if isinstance(raw_labels, str) or not isinstance(raw_labels, list | tuple):
             raise ValueError(f"labels must be a list, got {raw_labels!r}")
         labels = tuple(str(label) for label in raw_labels)
+        raw_wording = section.get("wording")
+        if raw_wording is not None:
+            if not isinstance(raw_wording, Mapping):
+                raise ValueError(f"wording must be an object, got {raw_wording!r}")
+            wording = Wording(**{k: raw_wording[k] for k in raw_wording})
+        elif section:  # a card from before the product wording: TALLRec's, as those adapters were trained
+            wording = MOVIE
+        raw_fields = get("item_fields", ["title"])
+        if isinstance(raw_fields, str) or not isinstance(raw_fields, list | tuple):
+            raise ValueError(f"item_fields must be a list, got {raw_fields!r}")
         return RecommendServing(
-            instruction=str(get("instruction", INSTRUCTION)),
+            instruction=str(get("instruction", wording.instruction)),
             labels=labels,
             positive=str(get("positive", POSITIVE if POSITIVE in labels else labels[0] if labels else POSITIVE)),
             history=int(get("history", history)),
             liked_above=float(get("liked_above", LIKED_ABOVE)),
+            wording=wording,
+            item_fields=tuple(str(f) for f in raw_fields),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"the adapter card's serving section is not usable: {exc}") from exc

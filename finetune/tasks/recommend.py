@@ -20,7 +20,17 @@ import torch
 from core.config import Settings
 from core.prompts import Message, render_chat
 from domains.recommend.movielens import read_movielens
-from domains.recommend.prompt import INSTRUCTION, PreferencePrompt, Render, read_tallrec, render_prompt, split_prompt
+from domains.recommend.prompt import (
+    INSTRUCTION,
+    MOVIE,
+    WORDINGS,
+    PreferencePrompt,
+    Render,
+    Wording,
+    read_tallrec,
+    render_prompt,
+    split_prompt,
+)
 from domains.recommend.serving import RecommendServing, serving_section
 from finetune.cards import write_card
 from finetune.config import TrainConfig, config_for, load_config
@@ -41,12 +51,21 @@ def renderer(tokenizer: Any) -> Render:
     return render
 
 
+def wording_of(config: TrainConfig) -> Wording:
+    """The prompt's wording a config trains with (``options.wording``: movie, TALLRec's, by default)."""
+    name = str(config.options.get("wording", MOVIE.name))
+    if name not in WORDINGS:
+        raise ValueError(f"options.wording must be one of {', '.join(WORDINGS)}, got {name!r}")
+    return WORDINGS[name]
+
+
 def to_examples(tokenizer: Any, rows: list[PreferencePrompt], config: TrainConfig) -> list[Example]:
-    instruction = config.instruction or INSTRUCTION
+    wording = wording_of(config)
+    instruction = config.instruction or wording.instruction
     render = renderer(tokenizer)
     out = []
     for r in rows:
-        ids = tokenizer.encode(render_prompt(render, r, instruction), add_special_tokens=False)
+        ids = tokenizer.encode(render_prompt(render, r, instruction, wording), add_special_tokens=False)
         out.append(Example(prompt_ids=ids[-config.max_length :], label=config.labels.index(r.label)))
     return out
 
@@ -59,13 +78,14 @@ def to_group_examples(
     prefix, the rest (target, end of turn, assistant header) each row's continuation. Returns the
     examples and the share of rows whose split tokens equal the whole prompt's tokens (the served
     ``score_labels`` path tokenises the whole prompt)."""
-    instruction = config.instruction or INSTRUCTION
+    wording = wording_of(config)
+    instruction = config.instruction or wording.instruction
     render = renderer(tokenizer)
     out, same, total = [], 0, 0
     for group in groups:
         if len({(r.liked, r.disliked) for r in group}) != 1:
             raise ValueError("rows of a group must share their history")
-        split = split_prompt(render, group[0].liked, group[0].disliked, instruction)
+        split = split_prompt(render, group[0].liked, group[0].disliked, instruction, wording)
         prefix_ids = tokenizer.encode(split.prefix, add_special_tokens=False)
         if len(prefix_ids) > config.max_length - 48:
             continue
@@ -73,7 +93,7 @@ def to_group_examples(
         for r in group:
             conts.append(tokenizer.encode(split.continuation(r.target), add_special_tokens=False))
             if total < 200:
-                whole = render_prompt(render, r, instruction)
+                whole = render_prompt(render, r, instruction, wording)
                 same += int(tokenizer.encode(whole, add_special_tokens=False) == prefix_ids + conts[-1])
                 total += 1
         out.append(
@@ -83,6 +103,10 @@ def to_group_examples(
 
 
 def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict[str, Any]:
+    if config.options.get("dataset") == "games":  # Amazon Games, the product wording (finetune/configs)
+        from finetune.tasks.games import train_games
+
+        return train_games(config, settings, progress)
     shared = settings.shared_data_dir
     history = read_movielens(config.path("ratings", shared), config.path("movies", shared)).title_ratings()
     data = assemble(history, config)
@@ -185,3 +209,30 @@ def evaluate(settings: Settings, adapter: str = "recommend", out_dir: Path = RES
     plot_roc({n: (gold, s) for n, s in scores.items()}, "TALLRec movie valid: like?", out_dir / "recommend_roc.png")
     (out_dir / "quality_recommend.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+# ---- a store's own data: the orchestrator's contract (finetune/tasks/recommend_own.py) ---------------
+
+from finetune.tasks.recommend_own import (  # noqa: E402  (re-exported under the contract's names)
+    HeldOutCase,
+    RecommendHeldOut,
+    RecommendOwnData,
+    evaluate_own,
+    guard_rows,
+    read_own,
+    split_own,
+    train_own,
+)
+
+__all__ = [
+    "HeldOutCase",
+    "RecommendHeldOut",
+    "RecommendOwnData",
+    "evaluate",
+    "evaluate_own",
+    "guard_rows",
+    "read_own",
+    "split_own",
+    "train",
+    "train_own",
+]

@@ -4,6 +4,9 @@ Train: FPB 50Agree minus the standard test rows + TFNS train minus a fixed 15% h
 Evaluate (same run): the adapter and the zero-shot base, both through ``LocalEngine.score_labels`` (the
 served path), and TF-IDF + logistic regression trained on the same rows, on the FPB test split and
 the TFNS held-out split.
+
+A tenant's own data (``finetune.own``): ``read_own``, ``split_own``, ``train_own``, ``evaluate_own`` and
+``guard_rows`` live in ``finetune.tasks.sentiment_own`` and are named here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from finetune.config import TrainConfig
 from finetune.data.sentiment import SentimentSplits, build_splits, stratified_split
 from finetune.metrics import RESULTS_DIR, classification_report, plot_confusion, plot_roc
 from finetune.progress import track
+from finetune.tasks.sentiment_own import evaluate_own, guard_rows, read_own, split_own, train_own
+
+__all__ = ["evaluate_own", "guard_rows", "read_own", "split_own", "train_own"]
 from finetune.trainer import Example, LoraTrainer
 
 

@@ -10,6 +10,9 @@ Evaluate: ROUGE-L (rouge-score), BLEU-4 (sacreBLEU) and reference perplexity on 
 same retrieved-snippet prompts (and the retrieved answer itself as a no-model baseline); banking77
 intent accuracy on a held-out 15% for zero-shot MiniLM, MiniLM + logistic regression, the base
 model's hidden states + logistic regression, and ours.
+
+A tenant's own data (``finetune.own``): ``read_own``, ``split_own``, ``train_own``, ``evaluate_own`` and
+``guard_rows`` live in ``finetune.tasks.support_own`` and are named here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import json
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,11 @@ from finetune.metrics import (
     word_tokens,
 )
 from finetune.progress import track
+from finetune.tasks.intent_head import feature_recipe, fit_logreg
+from finetune.tasks.support_own import evaluate_own, guard_rows, read_own, split_own, train_own
 from finetune.trainer import Example, LoraTrainer, load_base
+
+__all__ = ["evaluate_own", "feature_recipe", "fit_logreg", "guard_rows", "read_own", "split_own", "train_own"]
 
 
 @dataclass
@@ -153,54 +159,6 @@ def to_examples(
         room = max(config.max_length - len(prompt_ids), 16)
         out.append(Example(prompt_ids=prompt_ids, target_ids=target_ids[:room]))
     return out
-
-
-# ---- intent features and head ---------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def fit_logreg(
-    features: np.ndarray, labels: list[str], grid: list[float], dev_share: float, seed: int, recipe: dict[str, Any]
-) -> tuple[LinearHead, dict[str, float]]:
-    """Standardise, pick C by accuracy on a stratified dev part of ``features``, refit on all of them.
-    Only the training rows are seen here: the held-out rows never choose anything."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0) + 1e-6
-    x = (features - mean) / scale
-    fit_idx, dev_idx = stratified_split(list(range(len(labels))), lambda i: labels[i], dev_share, seed)
-    y = np.asarray(labels)
-
-    def fit(c: float, idx: list[int]) -> Any:
-        # max_iter bounds the CPU time of a fit; a weakly regularised C may stop there, and dev accuracy judges it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return LogisticRegression(C=c, max_iter=300).fit(x[idx], y[idx])
-
-    dev_accuracy = {c: float((fit(c, fit_idx).predict(x[dev_idx]) == y[dev_idx]).mean()) for c in grid}
-    best_c = max(grid, key=lambda c: (dev_accuracy[c], -c))  # ties: the stronger regularisation
-    model = fit(best_c, list(range(len(labels))))
-    head = LinearHead(
-        coef=model.coef_,
-        intercept=model.intercept_,
-        classes=[str(c) for c in model.classes_],
-        mean=mean,
-        scale=scale,
-        recipe={**recipe, "C": best_c},
-    )
-    return head, {"C": best_c, "dev_accuracy": dev_accuracy[best_c]}
-
-
-def feature_recipe(parts: list[str], dims: list[int], base_model: str, adapter: str | None) -> dict[str, Any]:
-    """How the support app rebuilds the features, in order, before ``LinearHead.predict``."""
-    described = {
-        "minilm": "all-MiniLM-L6-v2 sentence embedding of the raw text, unit-normalised",
-        "hidden": f"mean over the raw text's tokens (no template, no special tokens) of {base_model}'s final "
-        f"normed hidden state, {'adapter ' + repr(adapter) if adapter else 'no adapter'} active",
-    }
-    return {"parts": [{"name": p, "dim": d, "how": described[p]} for p, d in zip(parts, dims, strict=True)]}
 
 
 # ---- train ----------------------------------------------------------------------------------------
