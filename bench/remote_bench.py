@@ -1,24 +1,24 @@
 """The remote engine's overhead against the local engine, for the same requests (issue 17).
 
-    .venv/bin/python bench/remote_bench.py            # ~4 min on 2 quiet CPU cores
-    .venv/bin/python bench/remote_bench.py --quick    # ~2 min
+    .venv/bin/python bench/remote_bench.py                    # 2 rounds, full sizes
+    .venv/bin/python bench/remote_bench.py --quick --rounds 2 # what bench/results/remote.json holds
 
 What runs: the real base model (SmolLM2-135M-Instruct, fp32 on CPU) and the suite's adapters
 (data/adapters), twice: a ``LocalEngine`` in this process, and a second instance of this project's
 server (uvicorn in a subprocess on a loopback port, the same model files) behind a ``RemoteEngine``.
-Each workload runs on both, alternating round by round (the idle one sleeps), and answers are
-compared (greedy tokens identical, label probabilities and continuation scores within float
-tolerance). Writes bench/results/remote.json; prints a table.
+Every call runs on both engines one right after the other (which goes first alternates), so load
+from elsewhere on the machine hits both alike; answers are compared (greedy tokens identical, label
+probabilities and continuation scores within float tolerance). Writes bench/results/remote.json
+(every call's seconds, the remote traffic) and prints a table.
 
-What the ratios mean. The remote engine speaks vLLM's protocol, so it pays two kinds of cost:
-* transport: HTTP, JSON, a second process (the 1-token generation row isolates it);
-* protocol: exact scores from ``prompt_logprobs`` need one prompt row per candidate token (label
-  scoring: 18 rows per text for negative/neutral/positive with SmolLM2's tokenizer; continuation
-  scoring with Yes/No answers: 12 rows per candidate), each a full prompt pass, where the local
-  engine reads all candidates from one pass (and shares a prefix's KV cache across continuations).
-  On vLLM these rows are batched on the GPU (without its prefix cache: vLLM skips it for requests
-  with prompt log-probabilities); here they run on the same 2 CPU cores, so the ratio is an upper
-  bound of what the protocol costs.
+What the ratios hold. Transport: HTTP and JSON on loopback, a second process, and, for concurrent
+generations, requests that reach the remote's micro-batcher spread out rather than at once. Protocol:
+vLLM's ``prompt_logprobs`` return every prompt position, so a scoring answer repeats the prompt's
+log-probabilities once per row (a label's 18 candidate first tokens are 18 rows; continuation
+scoring with Yes/No answers, 12 rows per candidate); this server computes each shared prompt once
+(``core.logprobs``), so the model work is about the local engine's and the rest is serialisation.
+On vLLM the rows are batched on a GPU without its prefix cache (vLLM skips it for requests with
+prompt log-probabilities): that cost is not measured here (no GPU).
 """
 
 from __future__ import annotations
@@ -295,14 +295,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and one round")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per engine (default 2; 1 quick)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny random Llama (core.tiny) with random adapters named as the suite's: the model work is "
+        "milliseconds, so what is left is the transport (writes remote_tiny.json)",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 2)
     started = time.time()
     base = get_settings()
+    model_path, adapters_path = base.base_model_path, base.adapters_path
+    out = OUT
+    if args.tiny:
+        from core.tiny import build_random_lora, build_tiny_model
+
+        scratch = Path(tempfile.mkdtemp(prefix="remote-bench-tiny-"))
+        model_path, adapters_path = build_tiny_model(scratch / "model"), scratch / "adapters"
+        for seed, name in enumerate(["support", "sentiment", "recommend"], start=1):
+            build_random_lora(model_path, adapters_path / name, rank=8, seed=seed)
+        out = OUT.with_name("remote_tiny.json")
     settings = Settings(
         environment="test",
-        base_model=str(base.base_model_path),
-        adapters_dir=base.adapters_path,
+        base_model=str(model_path),
+        adapters_dir=adapters_path,
         data_dir=Path(tempfile.mkdtemp(prefix="remote-bench-")) / "data",
         admin_key=KEY,
         engine_deadline_s=600,
@@ -379,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_call": times,
             "table": text,
         }
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\nwrote {OUT.relative_to(ROOT)} in {result['seconds']:.0f} s")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"\nwrote {out.relative_to(ROOT)} in {result['seconds']:.0f} s")
     finally:
         remote.close()
         http.close()

@@ -120,6 +120,11 @@ LAYOUT_FREE_FIELDS = frozenset(
 )
 
 
+def _target_modules(cfg: dict[str, Any]) -> list[str]:
+    targets = cfg.get("target_modules") or []
+    return [targets] if isinstance(targets, str) else sorted(targets)  # a string is one regular expression
+
+
 def slot_layout(cfg: dict[str, Any]) -> str | None:
     """What a PEFT slot must have been built from to take this adapter's weights in place (its
     config without the fields in ``LAYOUT_FREE_FIELDS``, as canonical JSON); None for adapters whose
@@ -423,7 +428,7 @@ class AdapterRegistry:
             path=path,
             rank=int(cfg.get("r", 0)),
             alpha=float(cfg.get("lora_alpha", 0)),
-            target_modules=sorted(cfg.get("target_modules") or []),
+            target_modules=_target_modules(cfg),
             size_bytes=estimate,
             card=read_card(path),
             layout=slot_layout(cfg),

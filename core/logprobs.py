@@ -49,7 +49,7 @@ class RowLogprobs:
     token_ids: list[int]
     positions: list[PositionLogprobs | None]  # one per token; None for the first (nothing precedes it)
     text: str = ""  # the row decoded (what ``echo`` returns)
-    pieces: dict[int, str] = field(default_factory=dict)  # each token id above, decoded on its own
+    pieces: dict[int, str] = field(default_factory=dict)  # (at least) each token id above, decoded alone
 
     def logprob_sum(self, start: int, stop: int | None = None) -> float:
         """Sum of the row's own token log-probabilities over positions ``start:stop`` (start >= 1)."""
@@ -155,10 +155,11 @@ def prompt_logprobs(
     continuation``, ``shared_prefixes``) run it once and repeat its KV cache over their own tokens,
     as ``core.scoring.score_continuations`` does; the rest run batched, right-padded."""
     results: list[RowLogprobs | None] = [None] * len(rows)
+    pieces: dict[int, str] = {}
     by_base: dict[tuple[int, ...], list[int]] = {}  # a row without its last token -> the rows of that base
     for i, row in enumerate(rows):
         if len(row) == 1:
-            results[i] = _result(row, [None], tokenizer)
+            results[i] = _result(row, [None], tokenizer, pieces)
         else:
             by_base.setdefault(tuple(row[:-1]), []).append(i)
     bases = [list(base) for base in by_base]
@@ -188,7 +189,7 @@ def prompt_logprobs(
         assert following is not None  # every base was scored above
         lasts = _positions(following.expand(len(members), -1), [rows[i][-1] for i in members], top_k)
         for i, last in zip(members, lasts, strict=True):
-            results[i] = _result(rows[i], [None, *heads[b], last], tokenizer)
+            results[i] = _result(rows[i], [None, *heads[b], last], tokenizer, pieces)
     return [r for r in results if r is not None]
 
 
@@ -266,7 +267,11 @@ def _positions(logits: torch.Tensor, targets: list[int], top_k: int, slice_len: 
     return out
 
 
-def _result(row: list[int], positions: list[PositionLogprobs | None], tokenizer: Any) -> RowLogprobs:
-    seen = set(row) | {t.token_id for p in positions if p is not None for t in p.top}
-    pieces = {t: tokenizer.decode([t]) for t in seen}
+def _result(
+    row: list[int], positions: list[PositionLogprobs | None], tokenizer: Any, pieces: dict[int, str]
+) -> RowLogprobs:
+    """The row's result; ``pieces`` (token id -> its text) is shared by every row of one call and
+    filled as tokens first appear: rows that share a prefix decode it once."""
+    for t in {*row, *(a.token_id for p in positions if p is not None for a in p.top)} - pieces.keys():
+        pieces[t] = tokenizer.decode([t])
     return RowLogprobs(token_ids=list(row), positions=positions, text=tokenizer.decode(row), pieces=pieces)

@@ -5,18 +5,21 @@ layer (gather the rows, two small matmuls, scale, scatter back): about six kerne
 adapter per layer, plus Python. At batch 32 on 2 CPU cores that made a decode step 66% slower than
 the base model. Here PEFT's own layers are switched off and a forward hook on each LoRA layer adds
 the batch's adapters: ``((x @ A_mix) * row_mask) @ B_mix``, where ``A_mix`` [in, R] and ``B_mix``
-[R, out] hold the A and scaled B of a set of adapters side by side (those present in the batch, or
-all resident ones when the batch holds half of them or more) and ``row_mask`` [batch, 1, R] keeps
-each row's own adapter's columns (base rows: none). The waste is every row computing the other
-adapters' rank-r projections: a few percent of a Linear's FLOPs with three rank-16 adapters, more
-with twenty (bench/adapters_bench.py measures it).
+[R, out] hold the A and scaled B of a set of adapters side by side (the batch's own, or every
+resident one: ``StackedLora._mix_keys``) and ``row_mask`` [batch, 1, R] keeps each row's own
+adapter's columns (base rows: none). The waste is every row computing the other adapters' rank-r
+projections: a few percent of a Linear's FLOPs with three rank-16 adapters, more with twenty
+(bench/adapters_bench.py measures what it costs in throughput).
 
 Adapters come and go between batches (an admin loads one; the registry pages them in and out by
 LRU, ``core.adapters``), so the stacks are kept per adapter, not per set: ``sync`` prepares an
 adapter's A and scaled B for each layer once when it becomes resident and drops them when it
-leaves (work proportional to that adapter alone; the registry's slot reuse shows up as a new
-config object for the slot), and a mixed batch concatenates its set's tensors (``_Mix``, cached
-for the last few sets: a steady set builds its stacks once).
+leaves, work for that adapter alone. When the registry writes another adapter's weights into a
+slot in place (its cold load under a full budget), ``sync`` sees a new config object for the same
+key and writes the new tensors over the old ones, in the per-adapter tensors and in the cached
+mixes (``_refill``): churn costs a copy of the incoming adapter, not a rebuild. A mixed batch
+concatenates its set's tensors once (``_Mix``, the last few cached). Memory: a second copy of each
+resident adapter's weights, plus the cached mixes (a third, for the adapters they hold).
 
 ``LoraRouter`` picks the cheapest correct path per batch:
 
@@ -51,6 +54,7 @@ import torch
 from core.adapters import BASE, PEFT_BASE, AdapterRegistry
 
 MIX_CACHE = 2  # stacks of the last mixed sets kept: each holds a copy of its adapters' weights
+SEEN_SETS = 8  # the adapter sets of the last mixed batches remembered (a set seen again gets its own mix)
 
 
 @dataclass
@@ -72,14 +76,12 @@ class _Mix:
     layers: dict[int, tuple[torch.Tensor, torch.Tensor, int]]  # id(_Layer) -> (a, b, layout)
     owners: list[torch.Tensor]  # per layout: [R], the adapter index of each column
     dtypes: list[torch.dtype]  # per layout: the dtype its layers compute the adapters in
+    columns: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # key -> id(_Layer) -> cols
 
 
 class StackedLora:
     """The per-adapter stacks and the hooks for one ``PeftModel``, kept in step with the adapters it
-    holds by ``sync`` (the router calls it before each batch).
-
-    Memory: a second copy of each resident stackable adapter's weights, plus the cached mixes.
-    """
+    holds by ``sync`` (the router calls it before each batch)."""
 
     def __init__(self, peft_model: Any) -> None:
         self.model = peft_model
@@ -90,6 +92,7 @@ class StackedLora:
         self.stackable: frozenset[str] = frozenset()
         self.unmixable: frozenset[str] = frozenset()
         self._mixes: OrderedDict[tuple[str, ...], _Mix] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()  # the last sets of mixed batches
         self._mix: _Mix | None = None  # set, with _masks, while a mixed batch runs
         self._masks: list[torch.Tensor] | None = None  # per layout: [batch, 1, R]
         self._single: str | None = None  # set when one stacked adapter serves every row
@@ -109,6 +112,14 @@ class StackedLora:
         if not gone and not new:
             return False
         started = time.perf_counter()
+        refilled = {k for k in set(gone) & set(new) if self._refill(k, current[k])}
+        gone, new = [k for k in gone if k not in refilled], [k for k in new if k not in refilled]
+        if gone or new:
+            self._rebuild(current, gone, new)
+        self.sync_seconds += time.perf_counter() - started
+        return True
+
+    def _rebuild(self, current: dict[str, Any], gone: list[str], new: list[str]) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import AuxiliaryTrainingWrapper
 
@@ -127,7 +138,31 @@ class StackedLora:
         self.stackable = frozenset(stackable)
         self.unmixable = frozenset(k for k, cfg in self._configs.items() if getattr(cfg, "use_dora", False))
         self._mixes.clear()
-        self.sync_seconds += time.perf_counter() - started
+
+    @torch.no_grad()
+    def _refill(self, key: str, cfg: Any) -> bool:
+        """The same slot with new weights of the same shapes (the registry's slot reuse): prepare them
+        from the layers that held the old ones and write them into the cached mixes in place, with no
+        walk over the model and no new stacks. False when that does not fit (the caller rebuilds)."""
+        holders = [layer for layer in self._layers.values() if key in layer.own]
+        if key not in self.stackable or not holders or not _stackable(key, cfg, [h.module for h in holders]):
+            return False
+        with torch.inference_mode(False):
+            pairs = {id(h): _pair(h.module, key) for h in holders}
+            if any(
+                (a.shape, b.shape, a.dtype) != (h.own[key][0].shape, h.own[key][1].shape, h.own[key][0].dtype)
+                for h in holders
+                for a, b in [pairs[id(h)]]
+            ):
+                return False
+            for h in holders:
+                h.own[key] = pairs[id(h)]
+            for mix in self._mixes.values():
+                for layer_id, (start, end) in mix.columns.get(key, {}).items():
+                    a_mix, b_mix, _ = mix.layers[layer_id]
+                    a_mix[:, start:end].copy_(pairs[layer_id][0])
+                    b_mix[start:end].copy_(pairs[layer_id][1])
+        self._configs[key] = cfg
         return True
 
     @torch.no_grad()
@@ -143,13 +178,7 @@ class StackedLora:
                     layer = _Layer(module, None)
                     layer.handle = module.register_forward_hook(functools.partial(self._hook, layer))
                     self._layers[id(module)] = layer
-                lora: Any = module  # PEFT's ModuleDicts type their entries as Module
-                a_weight: torch.Tensor = lora.lora_A[key].weight  # [r, in]
-                b_weight: torch.Tensor = lora.lora_B[key].weight  # [out, r]
-                dtype = torch.promote_types(a_weight.dtype, b_weight.dtype)
-                a = a_weight.to(dtype).t().contiguous()  # [in, r]
-                b = (b_weight * lora.scaling[key]).to(dtype).t().contiguous()  # [r, out]
-                layer.own[key] = (a, b)
+                layer.own[key] = _pair(module, key)
 
     def close(self) -> None:
         for layer in self._layers.values():
@@ -197,6 +226,10 @@ class StackedLora:
                     mix.owners.append(torch.tensor(owner, device=a.device))
                     mix.dtypes.append(dtype)
                 mix.layers[id(layer)] = (a, b, layouts[layout_key])
+                start = 0
+                for n, r in zip(names, ranks, strict=True):
+                    mix.columns.setdefault(n, {})[id(layer)] = (start, start + r)
+                    start += r
         self._mixes[keys] = mix
         while len(self._mixes) > MIX_CACHE:
             self._mixes.popitem(last=False)
@@ -217,16 +250,31 @@ class StackedLora:
             if len(set(keys)) == 1 and adapters:
                 self._single = keys[0]
             elif adapters:
-                # half or more of the resident adapters in the batch: stack them all, a set that stays
-                # the same from batch to batch while the resident set does (built once, no copies)
-                every = sorted(self.stackable)
-                self._mix = self._mix_of(tuple(every if 2 * len(adapters) >= len(every) else adapters))
+                self._mix = self._mix_of(self._mix_keys(tuple(adapters)))
                 self._masks = self._row_masks(self._mix, keys)
             yield
         finally:
             self._mix, self._masks, self._single = None, None, None
             for m, flag in zip(self._switches, flags, strict=True):
                 m._disable_adapters = flag
+
+    def _mix_keys(self, present: tuple[str, ...]) -> tuple[str, ...]:
+        """Which set to stack for a batch of the adapters ``present``: every resident stackable adapter
+        when the batch holds half of them or more; else their own set when it is cached or came
+        before (a steady mix, worth its copy); else every one when that mix is cached (it stays valid
+        while the resident set does, and a slot that takes new weights is refilled in place, so churn
+        copies nothing per batch); else their own."""
+        every = tuple(sorted(self.stackable))
+        seen = present in self._seen
+        self._seen[present] = None
+        self._seen.move_to_end(present)
+        while len(self._seen) > SEEN_SETS:
+            self._seen.popitem(last=False)
+        if 2 * len(present) >= len(every):
+            return every
+        if present in self._mixes or seen:
+            return present
+        return every if every in self._mixes else present
 
     @staticmethod
     def _row_masks(mix: _Mix, keys: list[str]) -> list[torch.Tensor]:
@@ -241,6 +289,17 @@ class StackedLora:
         if self._masks:
             idx = torch.tensor(keep, device=self._masks[0].device)
             self._masks = [m[idx] for m in self._masks]
+
+
+def _pair(module: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LoRA layer's adapter ``key`` ready to add: A transposed [in, r], B times its scaling
+    transposed [r, out], in the dtype PEFT computes them in."""
+    a_weight: torch.Tensor = module.lora_A[key].weight  # [r, in]
+    b_weight: torch.Tensor = module.lora_B[key].weight  # [out, r]
+    dtype = torch.promote_types(a_weight.dtype, b_weight.dtype)
+    a = a_weight.to(dtype).t().contiguous()  # [in, r]
+    b = (b_weight * module.scaling[key]).to(dtype).t().contiguous()  # [r, out]
+    return a, b
 
 
 def _stackable(key: str, cfg: Any, tuner_layers: list[Any]) -> bool:

@@ -27,7 +27,7 @@ from core.config import PROJECT_ROOT
 from core.errors import DomainLLMError
 from domainllm.common import console, err_console, fail, services
 from domains.recommend.records import Event, format_of, parse_events_text, read_events, read_text
-from domains.recommend.serving import RANKING_ADAPTER
+from domains.recommend.serving import MOVIELENS_ADAPTER
 
 app = typer.Typer(help="Storefront recommendations.", no_args_is_help=True)
 SAMPLES = PROJECT_ROOT / "data" / "samples" / "recommend"
@@ -175,7 +175,7 @@ def sample_data() -> None:
     console.print(f"wrote {c} and {e}")
 
 
-def eval_ranking(users: int | None, llm_candidates: int, out: Path, adapter: str = RANKING_ADAPTER) -> None:
+def eval_ranking(users: int | None, llm_candidates: int, out: Path, adapter: str = MOVIELENS_ADAPTER) -> None:
     """``domainllm eval recommend-ranking``: every system side by side; prints the tables, writes JSON."""
     from finetune.evals.recommend import evaluate, print_report
 

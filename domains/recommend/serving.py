@@ -15,7 +15,11 @@ from typing import Any
 
 from domains.recommend.prompt import HISTORY, ITEM_FIELDS, LABELS, LIKED_ABOVE, MOVIE, POSITIVE, Wording
 
-RANKING_ADAPTER = "recommend-next"  # the adapter whose P("Yes") ranks the storefront's shortlist (finetune/configs)
+# the adapter whose P("Yes") ranks the storefront's shortlist: a shop sells products, so the one
+# trained on products in the product wording (Amazon Games, finetune/configs/recommend-games.yaml)
+RANKING_ADAPTER = "recommend-games"
+# the MovieLens ranking evaluation's adapter (TALLRec's movie wording, finetune/configs/recommend-next.yaml)
+MOVIELENS_ADAPTER = "recommend-next"
 METHOD = "score_continuations(split_prompt(...), answer_labels=labels) or score_labels(text, labels)"
 
 

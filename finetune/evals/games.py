@@ -140,7 +140,9 @@ class Scores:
         }
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = BOOTSTRAP, seed: int = SEED) -> dict[str, float]:
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, n: int = BOOTSTRAP, seed: int = SEED
+) -> dict[str, float]:
     """Mean of a - b over users and its 95% percentile interval over ``n`` resamples of the users."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if not len(diff):

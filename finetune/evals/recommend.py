@@ -42,7 +42,7 @@ from domains.recommend.pipeline import Pipeline, PipelineConfig, Profile, build_
 from domains.recommend.ranking import FEATURES, NO_LLM_FEATURES, Blender, fallback_blender
 from domains.recommend.records import Event, Item
 from domains.recommend.scoring import LLMScorer
-from domains.recommend.serving import RANKING_ADAPTER
+from domains.recommend.serving import MOVIELENS_ADAPTER
 from domains.recommend.signals import MemorySignals
 from finetune.progress import track
 from finetune.ranker import fit_blender, ndcg_at_k, residual_blender
@@ -361,7 +361,7 @@ def evaluate(
     out_dir: Path = RESULTS_DIR,
     users: int | None = None,
     llm_candidates: int = 50,
-    adapter: str = RANKING_ADAPTER,
+    adapter: str = MOVIELENS_ADAPTER,
     engine: Engine | None = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -471,7 +471,7 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "quality_recommend_ranking" + ("" if adapter == RANKING_ADAPTER else f"_{adapter}")
+    name = "quality_recommend_ranking" + ("" if adapter == MOVIELENS_ADAPTER else f"_{adapter}")
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -91,6 +91,29 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def freeze_below(model: Any, start: int) -> int:
+    """Stop the gradient of every trainable weight in a decoder layer below ``start`` (the LoRA of a
+    warm start keeps its lower layers as they are); returns how many weights were frozen."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad and ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) < start:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """A copy of the trainable weights."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+
+
 class _Captured(Exception):
     """Raised by the pre-hook once it has the input of the first trained layer: the rest is not run."""
 
@@ -118,12 +141,7 @@ class TopLayers:
 
     def freeze_below(self, model: Any) -> int:
         """Stop the gradient of every LoRA weight below the top layers; returns how many were frozen."""
-        frozen = 0
-        for name, p in model.named_parameters():
-            if p.requires_grad and ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) < self.start:
-                p.requires_grad_(False)
-                frozen += p.numel()
-        return frozen
+        return freeze_below(model, self.start)
 
     @torch.no_grad()
     def inputs(

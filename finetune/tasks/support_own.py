@@ -51,8 +51,10 @@ from finetune.tasks.own_lora import (
     TopLayers,
     lora_of,
     phased,
+    restore,
     right_padded,
     shared_adapter,
+    snapshot,
     wilson,
 )
 from finetune.trainer import Example, TrainResult
@@ -230,13 +232,10 @@ class SupportOwnTrainer(OwnLoraTrainer):
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the trainable weights (the LoRA's top layers; the probe once attached)."""
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return snapshot(self.model)
 
     def restore(self, weights: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                if name in weights:
-                    p.copy_(weights[name])
+        restore(self.model, weights)
 
     def drop_probe(self) -> None:
         del self.model.intent_probe

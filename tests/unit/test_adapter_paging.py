@@ -218,6 +218,30 @@ def test_stacks_follow_the_resident_set_as_it_changes(paged: LocalEngine) -> Non
     assert router.paths["stacked"] >= len(batches) and registry.slot_reuses > reuses
 
 
+def test_a_slot_taking_new_weights_is_refilled_in_place(paged: LocalEngine) -> None:
+    """Churn under a full budget costs a copy of the incoming adapter: the stacks and the cached mix
+    of every resident adapter are updated in place, not rebuilt, and still give PEFT's numbers."""
+    registry, router = _registry(paged), paged.lora
+    assert router is not None
+    ids = torch.randint(3, 400, (3, 5), generator=torch.Generator().manual_seed(1))  # [rows, seq]
+
+    def check(names: list[str]) -> None:
+        with torch.inference_mode(), router.rows(names) as rows:
+            stacked = registry.model(input_ids=ids, **rows.kwargs).logits  # [rows, seq, vocab]
+        with torch.inference_mode():
+            peft = registry.model(input_ids=ids, adapter_names=[registry.resolve(n) for n in names]).logits
+        torch.testing.assert_close(stacked, peft, atol=1e-4, rtol=0)
+
+    check(["alpha", "beta", "base"])  # alpha least recently used after this
+    stack = router._stack
+    assert stack is not None and stack._mixes
+    mixes, reuses = dict(stack._mixes), registry.slot_reuses
+    check(["epsilon", "beta", "base"])  # epsilon into alpha's slot
+    assert registry.slot_reuses == reuses + 1 and router._stack is stack
+    assert stack._mixes.keys() == mixes.keys() and all(stack._mixes[k] is m for k, m in mixes.items())
+    check(["beta", "epsilon", "epsilon"])
+
+
 def test_register_checks_the_folder_without_loading_it(
     paged: LocalEngine, many_adapters: Path, tmp_path: Path, reference: dict[str, dict[str, object]]
 ) -> None:

@@ -129,6 +129,7 @@ def test_train_own_writes_an_adapter_served_with_the_labels_it_learned(trained: 
     }
     training = result["training"]
     assert training["started_from"] == "a fresh LoRA" and training["rows"] == len(trained["train"])
+    assert isinstance(training["training_kept"], bool) and "macro_f1_at_start" in result["metrics"]["dev"]
     assert [s for s, _, _ in trained["seen"]] == list(range(1, training["steps"] + 1))
     assert 0 <= result["metrics"]["dev"]["macro_f1"] <= 1
 
