@@ -36,6 +36,7 @@ from core.engine import LocalEngine
 from core.interface import Engine
 from core.jobs import TrainingJobs
 from core.redis_client import RedisClients
+from core.remote_engine import RemoteEngine
 from core.versions import AdapterVersions
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,14 @@ def support_webhooks(settings: AppSettings) -> CeleryWebhookQueue | None:
     return CeleryWebhookQueue(settings.effective_redis_url) if settings.support.webhook_url else None
 
 
+def default_engine(settings: AppSettings) -> Engine:
+    """The engine the settings choose (DOMAINLLM_ENGINE_BACKEND): the model in this process, or a
+    remote OpenAI-compatible server (DOMAINLLM_REMOTE_*). Cheap: nothing loads before warm_up."""
+    if settings.engine_backend == "remote":
+        return RemoteEngine(settings)
+    return LocalEngine(settings)
+
+
 def build_services(
     settings: AppSettings,
     engine: Engine | None = None,
@@ -224,9 +233,9 @@ def build_services(
     dispatcher: Dispatcher | None = None,
 ) -> Services:
     """Every app's service, once. ``engine``: one the caller owns (tests, a remote engine); by
-    default a ``LocalEngine`` that the caller warms up. ``dispatcher``: how new news items reach
-    the enrich queue (default: Celery on the settings' Redis)."""
-    engine = engine if engine is not None else LocalEngine(settings)
+    default the one the settings choose (``default_engine``; the caller warms it up). ``dispatcher``:
+    how new news items reach the enrich queue (default: Celery on the settings' Redis)."""
+    engine = engine if engine is not None else default_engine(settings)
     clients = RedisClients(settings.effective_redis_url)
     if dispatcher is None:
         dispatcher = CeleryDispatcher(client_app(settings.effective_redis_url), settings.sentiment.enrich_batch_size)

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8"] = "none"
+    engine_backend: Literal["local", "remote"] = Field(
+        "local",
+        description="Where the model runs: `local`, in this process; `remote`, on an OpenAI-compatible multi-LoRA "
+        "server (vLLM with --enable-lora, or another instance of this server) set by DOMAINLLM_REMOTE_* "
+        "(core.remote_client.RemoteSettings; docs/remote-engine.md).",
+    )
     load_adapters_on_start: bool = True
     adapter_max_resident: int = Field(
         32,

@@ -46,6 +46,7 @@ from core.errors import (
     ModelNotReadyError,
 )
 from core.interface import DeltaCallback, Prompt
+from core.logprobs import RowLogprobs, check_token_rows, prompt_logprobs
 from core.lora_stack import LoraRouter
 from core.model_store import is_prepared, prepare_default_model
 from core.prompts import classification_prompt, render_chat, truncate_tokens
@@ -627,6 +628,40 @@ class LocalEngine:
             answer_labels=answer_labels,
             chunk_size=self.settings.max_batch_size,
         )
+
+    # ---- prompt log-probabilities ----------------------------------------------------------------
+
+    def submit_prompt_logprobs(
+        self, rows: list[list[int]], *, model: str = BASE, top_k: int = 0
+    ) -> Future[list[RowLogprobs]]:
+        """Per row of token ids, each token's log-probability given the ones before it, with the
+        ``top_k`` most likely tokens at each position (raw log-probabilities, as vLLM's
+        ``prompt_logprobs``): the server's ``logprobs``/``echo``/``prompt_logprobs``, which a
+        ``core.remote_engine.RemoteEngine`` scores labels and continuations with. A row may be as
+        long as a prompt and its completion."""
+        self._check_model(model)
+        check_token_rows(
+            rows,
+            vocab_size=len(self.tokenizer),
+            max_rows=self.settings.max_batch_texts,
+            max_tokens=self.settings.max_prompt_tokens + self.settings.max_new_tokens,
+            top_k=top_k,
+        )
+        metrics.ENGINE_REQUESTS.labels("logprobs", model).inc(len(rows))
+
+        def run() -> list[RowLogprobs]:
+            return prompt_logprobs(
+                self._model_for(model),
+                self.tokenizer,
+                rows,
+                model,
+                self._router().rows,
+                self.tokenizer.pad_token_id,
+                self.device,
+                top_k=top_k,
+            )
+
+        return self._batcher.submit_solo(run, kind="logprobs", cost=len(rows))
 
     # ---- embeddings ------------------------------------------------------------------------------
 
