@@ -1,7 +1,7 @@
 """Many adapters on one engine: throughput as the adapter set grows past the resident budget.
 
-    .venv/bin/python bench/adapters_bench.py            # about 4 minutes on 2 CPU cores
-    .venv/bin/python bench/adapters_bench.py --quick    # fewer requests and repeats, about 2 minutes
+    .venv/bin/python bench/adapters_bench.py            # about 5 minutes on 2 quiet CPU cores
+    .venv/bin/python bench/adapters_bench.py --quick    # fewer requests and repeats
 
 One process, the real base model (SmolLM2-135M-Instruct, fp32 on CPU), 100 random LoRA adapters
 (rank 8 on all seven projections, saved in fp16; throughput does not depend on training) built in
@@ -72,13 +72,14 @@ QUESTIONS = [
 
 @dataclass(frozen=True)
 class Sizes:
-    requests: int = 96  # three micro-batches of 32
+    requests: int = 64  # two micro-batches of 32
     new_tokens: int = 16
     repeats: int = 3
-    cold_loads: int = 30
+    cold_loads: int = 24  # timed cold loads into a reused slot
+    new_slots: int = 6  # timed evictions and loads into a free slot (PEFT: slow, so fewer)
 
 
-FULL, QUICK = Sizes(), Sizes(requests=64, new_tokens=12, repeats=2, cold_loads=16)
+FULL, QUICK = Sizes(), Sizes(requests=32, new_tokens=8, repeats=2, cold_loads=12, new_slots=4)
 
 
 @dataclass
@@ -184,8 +185,8 @@ def warm(engine: LocalEngine, working_set: list[str]) -> None:
         f.result(timeout=600)
 
 
-def cold_load_ms(engine: LocalEngine, names: list[str], count: int) -> dict[str, dict[str, Any]]:
-    """Cold loads timed on the engine thread, ``count`` of each kind: with the budget full, a
+def cold_load_ms(engine: LocalEngine, names: list[str], sizes: Sizes) -> dict[str, dict[str, Any]]:
+    """Cold loads timed on the engine thread: with the budget full, a
     non-resident adapter made resident (``acquire``: the least recently used one leaves and its slot
     takes the new weights), and the same after an eviction (a free slot: PEFT adds the adapter's
     layers); plus that eviction (PEFT deletes the layers)."""
@@ -205,8 +206,9 @@ def cold_load_ms(engine: LocalEngine, names: list[str], count: int) -> dict[str,
         assert registry.is_resident(name)
 
     pool = [n for n in names if not registry.is_resident(n)]
-    for i in range(2 * count):
-        engine._batcher.submit_solo(partial(one, pool[i % len(pool)], i % 2 == 1), bounded=False).result()
+    plan = [False] * sizes.cold_loads + [True] * sizes.new_slots
+    for i, free_first in enumerate(plan):
+        engine._batcher.submit_solo(partial(one, pool[i % len(pool)], free_first), bounded=False).result()
     return {
         kind: {"p50": statistics.median(v), "p95": percentile(v, 0.95), "max": max(v), "runs": v}
         for kind, v in times.items()
@@ -255,7 +257,7 @@ def print_table(rows: list[list[str]], info: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapters.json")
     args = parser.parse_args(argv)
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[key].append(progress(key, run_once(engine, working_set, sizes, seed)))
         for key, kept in runs.items():
             results[key] = summary(kept)
-        results["cold_load_ms"] = cold_load_ms(engine, names, sizes.cold_loads)
+        results["cold_load_ms"] = cold_load_ms(engine, names, sizes)
         engine.close()
 
     info["speed_index_ms"]["end"] = speed_index_ms()

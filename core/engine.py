@@ -8,7 +8,11 @@
 
 Every call is thread-safe: model work runs on the micro-batcher's one thread, where concurrent
 ``generate`` and ``score_labels`` calls are merged into mixed-adapter batches (the adapters applied
-per row by ``core.lora_stack``). ``submit_*`` return futures for async callers (the server awaits
+per row by ``core.lora_stack``). Any number of adapters may be registered; at most
+``DOMAINLLM_ADAPTER_MAX_RESIDENT`` hold their weights in memory, and each batch's adapters are made
+resident just before it runs (``core.adapters``: cold loads, LRU evictions; a batch that needs more
+runs in groups). A tenant's version ``tenant/name@vN`` is served from the artefact store on its
+first request. ``submit_*`` return futures for async callers (the server awaits
 them through ``apps.http.deadline.await_engine``, with the deadline and a watch on the client);
 they validate and tokenise on the caller's thread, so an async caller runs them off its event loop.
 The queue is bounded by its estimated time (``DOMAINLLM_ENGINE_MAX_QUEUE_S``, see
@@ -419,6 +423,9 @@ class LocalEngine:
             failed.update(
                 registry.acquire(dict.fromkeys(rows[i].adapter for i in group if rows[i].adapter not in failed))
             )
+            for i in group:  # an adapter's rows are all in one group: its callers learn at once
+                if rows[i].adapter in failed:
+                    settle(jobs[job_of[i]].future, error=failed[rows[i].adapter])
             live = [i for i in group if rows[i].adapter not in failed]
             if not live:
                 continue
@@ -426,9 +433,6 @@ class LocalEngine:
                 picked = [live[j] for j in part]
                 for i, result in zip(picked, run([rows[i] for i in picked]), strict=True):
                     results[i] = result
-        for i, row in enumerate(rows):
-            if row.adapter in failed:
-                settle(jobs[job_of[i]].future, error=failed[row.adapter])
         return results
 
     def _count(self, completions: list[Completion | None], rows: list[DecodeRow]) -> None:
