@@ -12,7 +12,8 @@ chat generations (short questions, ``new_tokens`` greedy tokens each, ``ignore_e
 once, so the batcher runs them as micro-batches of 32; the adapter of request i is drawn from the
 run's working set. Runs:
 
-  three      an engine with only 3 adapters (all resident): the reference
+  three      an engine with only 3 adapters (all resident): the reference, run before and after
+             the others (its median spans the machine's drift)
   hot3       the 100-adapter engine (budget 20), requests over 3 of its adapters (resident)
   hot20      the 100-adapter engine, a working set of 20 adapters = the budget, already resident
   all100     the 100-adapter engine, requests over all 100: each batch cold-loads most of its adapters
@@ -177,6 +178,16 @@ def run_once(engine: LocalEngine, working_set: list[str], sizes: Sizes, seed: in
     )
 
 
+def run_three(base: Path, folder: Path, names: list[str], sizes: Sizes, when: str) -> list[Run]:
+    """The reference runs on an engine holding only the three adapters."""
+    print(f"three adapters ({when}) ...", flush=True)
+    engine = make_engine(base, folder, 0)
+    warm(engine, names)
+    runs = [progress("three", run_once(engine, names, sizes, seed)) for seed in range(sizes.repeats)]
+    engine.close()
+    return runs
+
+
 def warm(engine: LocalEngine, working_set: list[str]) -> None:
     """Make the working set resident (one short request each) before a timed run."""
     params = SamplingParams(max_new_tokens=1, ignore_eos=True)
@@ -288,13 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         info["build_seconds"] = round(time.perf_counter() - started, 1)
         print(f"built {ADAPTERS} adapters in {info['build_seconds']} s", flush=True)
 
-        print("three adapters ...", flush=True)
-        engine = make_engine(base, root / "three", 0)
-        warm(engine, names[:3])
-        results["three"] = summary(
-            [progress("three", run_once(engine, names[:3], sizes, seed)) for seed in range(sizes.repeats)]
-        )
-        engine.close()
+        three_runs = run_three(base, root / "three", names[:3], sizes, "before")
 
         print(f"{ADAPTERS} adapters, budget {BUDGET} ...", flush=True)
         info["speed_index_ms"]["before_many"] = speed_index_ms()
@@ -311,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = summary(kept)
         results["cold_load_ms"] = cold_load_ms(engine, names, sizes)
         engine.close()
+        # the reference again, after: the machine's load drifts over minutes, and one engine is alive
+        # at a time, so "three" cannot be interleaved with the others; its median spans both ends
+        three_runs += run_three(base, root / "three", names[:3], sizes, "after")
+        results["three"] = summary(three_runs)
 
     info["speed_index_ms"]["end"] = speed_index_ms()
     info["loadavg_end"] = os.getloadavg()
@@ -328,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         r = results[key]
         note = f"stack sync {1000 * r['stack_sync_s_per_run']:.0f} ms/run"
         if key == "hot20":
-            met = r["tokens_per_s"] >= TARGET * three
-            results["target"] = {"hot20_vs_three": r["tokens_per_s"] / three, "target": TARGET, "met": met}
-            note = f"target >= {TARGET:.2f}x of three: {'met' if met else 'NOT met'}; " + note
+            ratios = {"vs_three": r["tokens_per_s"] / three, "vs_hot3": r["tokens_per_s"] / hot3}
+            met = min(ratios.values()) >= TARGET
+            results["target"] = {**ratios, "target": TARGET, "met": met}
+            note = f"target >= {TARGET:.2f}x of three and of hot3: {'met' if met else 'NOT met'}; " + note
         rows.append(
             [
                 key,

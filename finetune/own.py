@@ -163,7 +163,7 @@ def gate(
         )
         ok = ok and guard_ok
     else:
-        reasons.append("no public guard set (the shared data folder is missing): guard skipped")
+        reasons.append("no public guard for this domain (or the shared data folder is missing): guard skipped")
     report.passed = ok
     report.reason = ("passed: " if ok else "refused: ") + "; ".join(reasons)
     return report
