@@ -11,7 +11,7 @@ ADMIN_KEY_FILE := data/runtime/admin-key
 REDIS_PASSWORD_FILE := data/runtime/redis-password
 export DOMAINLLM_PORT ?= $(PORT)
 
-.PHONY: train-samples setup lock model browser run test test-unit test-integration lint format bench gpu-check clean
+.PHONY: train-samples setup lock model browser run test test-external-redis test-unit test-integration lint format bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -58,7 +58,7 @@ train-samples: setup model
 	$(BIN)/domainllm train-samples --tenant $${TENANT:-default}
 
 test: setup model browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not long"
 
 # the e2e tests drive Debian's Chromium through Playwright (never a downloaded browser); they skip without it
 browser:
@@ -71,6 +71,11 @@ browser:
 	else \
 		echo "browser: no /usr/bin/chromium and no apt-get; the e2e tests will be skipped"; \
 	fi
+
+# the suite against a standalone redis-server (Debian's package) with a password and AOF, not the embedded
+# one (deploy/redis/test-external.sh); ARGS narrows it: make test-external-redis ARGS="-q tests/unit/test_tenants.py"
+test-external-redis: setup model browser
+	deploy/redis/test-external.sh $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m unit
@@ -89,6 +94,7 @@ format: setup
 
 # every benchmark, ours against its baseline in one process; each writes bench/results/*.json (about an hour)
 bench: setup model
+	$(BIN)/python -m pytest -q -m long
 	$(BIN)/python bench/core_bench.py
 	$(BIN)/python bench/support_bench.py
 	$(BIN)/python bench/sentiment_bench.py

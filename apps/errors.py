@@ -176,6 +176,8 @@ def describe_validation_errors(errors: Sequence[Any], content_type: str | None) 
     messages = []
     for err in errors[:MAX_REPORTED_VALIDATION_ERRORS]:
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") in {"enum", "literal_error"} and isinstance(err.get("input"), str):
+            msg = f"{msg}, not {err['input'][:64]!r}"
         messages.append(f"{_location(err.get('loc', ()))}: {msg}")
     more = len(errors) - MAX_REPORTED_VALIDATION_ERRORS
     if more > 0:

@@ -1,7 +1,7 @@
 """A linear classification head over precomputed features, saved as plain arrays (no pickle).
 
-Fitted offline (the support adapter's banking77 intent head is one), served by an app that rebuilds
-the same features in the order its ``recipe`` names.
+Fitted offline (the support adapter's intent head on the store's own intents is one), served by an
+app that rebuilds the same features in the order its ``recipe`` names.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from core.config import get_settings
 from core.errors import DomainLLMError
 from domainllm import adapters as adapters_cli
 from domainllm import evals
+from domainllm import fleet as fleet_cli
 from domainllm import keys as keys_cli
 from domainllm import recommend as recommend_cli
 from domainllm import sentiment as sentiment_cli
@@ -28,6 +29,7 @@ app.add_typer(keys_cli.tenants_app, name="tenants")
 app.add_typer(keys_cli.keys_app, name="keys")
 app.add_typer(adapters_cli.adapters_app, name="adapters")
 app.add_typer(adapters_cli.ab_app, name="ab")
+app.command("fleet")(fleet_cli.fleet_command)
 
 
 @app.command("train-samples")
@@ -83,13 +85,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
-    """Run the HTTP API (all apps, one core) with uvicorn."""
+    """Run the HTTP API (all apps, one core) with uvicorn. On SIGTERM it stops accepting connections,
+    finishes the requests in flight (up to DOMAINLLM_SHUTDOWN_GRACE_S), then closes the engine."""
     import uvicorn
 
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     console.print(f"domainllm API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    uvicorn.run("apps.server:create_app", factory=True, host=host, port=port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        "apps.server:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
 
 
 @app.command()
@@ -261,24 +271,39 @@ def train(
 def evaluate(
     task: Annotated[
         str,
-        typer.Argument(help="sentiment, support, recommend, recommend-ranking, support-retrieval or support-answers"),
+        typer.Argument(
+            help="sentiment, support, recommend, recommend-ranking, recommend-games, support-retrieval or support-answers"
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for the JSON report and PNG plots.")] = Path("bench/results"),
     users: Annotated[int | None, typer.Option(help="recommend-ranking: evaluate a subsample of users.")] = None,
     adapter: Annotated[
         str, typer.Option(help="recommend-ranking: the adapter that scores the shortlist.")
     ] = RANKING_ADAPTER,
+    llm_users: Annotated[
+        int, typer.Option(help="recommend-games: report users the LLM ranks too (seconds each on a CPU).")
+    ] = 300,
+    sasrec_minutes: Annotated[float, typer.Option(help="recommend-games: SASRec's training cap.")] = 45.0,
 ) -> None:
     """Evaluate an adapter next to the zero-shot base and a classic baseline; prints a table, writes JSON + PNGs."""
     from rich.table import Table
 
-    extra = ("recommend-ranking", "support-retrieval", "support-answers")
+    extra = ("recommend-ranking", "recommend-games", "support-retrieval", "support-answers")
     if task not in (*TASK_MODULES, *extra):
         fail(f"unknown evaluation {task!r}; choose one of {', '.join((*TASK_MODULES, *extra))}")
     try:
         with progress_bars():
             if task == "recommend-ranking":  # the recommender's own ranking evaluation (finetune/evals/recommend.py)
                 recommend_cli.eval_ranking(users=users, llm_candidates=50, out=out, adapter=adapter)
+                return
+            if task == "recommend-games":  # Amazon Games-6k, products (finetune/evals/games.py)
+                recommend_cli.eval_games(
+                    out,
+                    report_users=users or 5000,
+                    llm_users=llm_users,
+                    adapter=None if adapter == RANKING_ADAPTER else adapter,
+                    sasrec_minutes=sasrec_minutes,
+                )
                 return
             if task == "support-retrieval":  # the knowledge base's retrieval (finetune/evals/support_retrieval.py)
                 evals.support_retrieval(out)

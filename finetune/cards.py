@@ -54,6 +54,19 @@ def write_card(
     return card
 
 
+def update_card(
+    out_dir: Path, *, serving: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge ``serving`` and ``metrics`` sections into an adapter's card (a head refitted later, on
+    other data) and write both files again."""
+    card = json.loads((out_dir / CARD_FILE).read_text())
+    card["serving"] = {**card.get("serving", {}), **(serving or {})}
+    card["metrics"] = {**card.get("metrics", {}), **(metrics or {})}
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+    (out_dir / "README.md").write_text(_markdown(card))
+    return card
+
+
 def _markdown(card: dict[str, Any]) -> str:
     cfg = card["config"]
     lines = [

@@ -28,7 +28,7 @@ from apps.http.requests import RequestModel
 from apps.tenants.abtest import ab_report
 from apps.tenants.auth import AdminDep, tenant_services
 from apps.tenants.store import TENANT_ID
-from core.errors import InvalidRequestError, PermissionDeniedError
+from core.errors import PermissionDeniedError
 
 router = APIRouter(
     prefix="/v1/tenants", tags=["adapters"], route_class=store_guarded_route("adapter versions", (redis.RedisError,))
@@ -109,7 +109,8 @@ def save_training_files(root: FilePath, tenant: str, files: list[DataFile]) -> l
             tmp = path.with_suffix(path.suffix + ".partial")
             tmp.write_bytes(data)
             tmp.replace(path)
-        out.append(path)
+        if path not in out:  # the same file sent twice is read once
+            out.append(path)
     return out
 
 
@@ -128,9 +129,6 @@ async def train(
 ) -> JobAccepted:
     tenant = own_tenant(request, tenant, who)
     services = tenant_services(request)
-    names = [f.name for f in body.files]
-    if len(set(names)) != len(names):
-        raise InvalidRequestError("two files have the same name")
 
     def run() -> str:
         paths = save_training_files(services.training_dir, tenant, body.files)
@@ -159,7 +157,7 @@ async def job(
 )
 async def jobs(request: Request, tenant: TenantPath, who: AdminDep) -> dict[str, Any]:
     tenant = own_tenant(request, tenant, who)
-    return {"jobs": await asyncio.to_thread(tenant_services(request).jobs.list, tenant)}
+    return {"jobs": await asyncio.to_thread(tenant_services(request).jobs.recent, tenant)}
 
 
 def _state(services: Any, tenant: str, domain: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.adapters import CARD_FILE
 from core.config import Settings
 from core.embeddings import Embedder, MiniLMEmbedder
 from core.heads import LinearHead
@@ -37,7 +38,6 @@ from core.scoring import mean_hidden_states
 from domains import support
 from domains.support import (
     INTENT_FEATURES,
-    INTENT_HEAD_FILE,
     PASSAGE_TOKENS,
     IntentText,
     SupportRow,
@@ -59,8 +59,12 @@ from finetune.metrics import (
 )
 from finetune.progress import track
 from finetune.tasks.intent_head import feature_recipe, fit_logreg
-from finetune.tasks.support_own import evaluate_own, guard_rows, read_own, split_own, train_own
+from finetune.tasks.support_own import evaluate_own, guard_rows, read_own, refit_store_head, split_own, train_own
 from finetune.trainer import Example, LoraTrainer, load_base
+
+# the head fitted on banking77 by ``train``: the public benchmark's, for ``evaluate`` only (the head
+# served, INTENT_HEAD_FILE, is the store's own intents: finetune.tasks.support_own.refit_store_head)
+BANKING77_HEAD_FILE = "intent_head_banking77.npz"
 
 __all__ = ["evaluate_own", "feature_recipe", "fit_logreg", "guard_rows", "read_own", "split_own", "train_own"]
 
@@ -197,8 +201,8 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
         config.seed + 1,
         recipe,
     )
-    head.save(out_dir / INTENT_HEAD_FILE)
-    return write_card(
+    head.save(out_dir / BANKING77_HEAD_FILE)  # the public benchmark's head: evaluation only
+    card = write_card(
         out_dir,
         config,
         data_files=[config.path("bitext", shared), config.path("banking77", shared)],
@@ -212,6 +216,12 @@ def train(config: TrainConfig, settings: Settings, progress: Any = None) -> dict
             serving_of(config, opts), intent_head=support.intent_head_section(len(head.classes), recipe)
         ),
     )
+    if config.adapter_name == "support":
+        # the demo store's bot names the store's own intents, never banking77's: refit the served
+        # head on the sample store's file (finetune.tasks.support_own), the card updated
+        refit_store_head(settings, adapter=config.adapter_name)
+        card = json.loads((out_dir / CARD_FILE).read_text())
+    return card
 
 
 # ---- evaluate -------------------------------------------------------------------------------------
@@ -264,7 +274,7 @@ def evaluate(settings: Settings, adapter: str = "support", out_dir: Path = RESUL
     generation = {name: generation_scores(references, hyps) for name, hyps in generated.items()}
     generation["retrieved_answer"] = generation_scores(references, [passage.response for _, passage in pairs])
 
-    head_path = settings.adapters_path / adapter / INTENT_HEAD_FILE
+    head_path = settings.adapters_path / adapter / BANKING77_HEAD_FILE  # the served head is the store's
     ours = adapter if has_adapter and head_path.is_file() else None
     intents = intent_report(settings, config, opts, ChunkedEmbedder(engine), ours)
     report: dict[str, Any] = {
@@ -346,7 +356,7 @@ def intent_report(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, settings.adapters_path / adapter)
-        ours = LinearHead.load(settings.adapters_path / adapter / INTENT_HEAD_FILE)
+        ours = LinearHead.load(settings.adapters_path / adapter / BANKING77_HEAD_FILE)
         adapter_held = mean_hidden_states(model, tokenizer, held_texts, device, batch)
         predictions[f"adapter:{adapter}"] = ours.predict(np.concatenate([minilm_held, adapter_held], axis=1))
         heads[f"adapter:{adapter}"] = {"C": ours.recipe["C"], "saved": True}

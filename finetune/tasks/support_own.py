@@ -568,9 +568,23 @@ def fit_shared_head(
     }
 
 
+def refit_store_head(settings: Settings, adapter: str = SHARED) -> dict[str, Any]:
+    """``fit_shared_head`` on the demo store's sample file, and the adapter's card says so: its
+    ``serving.intent_head`` (the store's intents) and ``metrics.store_intents`` (held-out scores)."""
+    from finetune.cards import update_card
+
+    report = fit_shared_head(settings, adapter=adapter)
+    update_card(
+        settings.adapters_path / adapter,
+        serving={"intent_head": report["card_intent_head"]},
+        metrics={"store_intents": {k: report[k] for k in ("file", "rows", "intents", "chosen", "heldout")}},
+    )
+    return report
+
+
 if __name__ == "__main__":  # python -m finetune.tasks.support_own: refit data/adapters/support/intent_head.npz
     import json
 
     from core.config import get_settings
 
-    print(json.dumps(fit_shared_head(get_settings()), indent=2))
+    print(json.dumps(refit_store_head(get_settings()), indent=2))

@@ -139,14 +139,15 @@ def test_promote_and_roll_back_five_times_under_load_fails_no_request(
         with lock:
             return any(m == model and s > after for _, m, s in results)
 
-    changes: list[tuple[float, str]] = []
+    changes: list[tuple[float, float, str]] = []  # (sent, answered, the version it put in force)
     try:
         for _ in range(SWAPS):
             for path, body, want in (("promote", {"version": 2}, v2), ("rollback", None, v1)):
+                sent = time.monotonic()
                 r = httpx.post(f"{admin}/{path}", json=body, headers=keys["admin"])
                 assert r.status_code == 200 and r.json()["serving"] == want, r.text
                 changed = time.monotonic()
-                changes.append((changed, want))
+                changes.append((sent, changed, want))
                 give_up = changed + LIMIT_S
                 while not serves(want, changed):
                     assert time.monotonic() < give_up, f"no request served {want} after the change"
@@ -160,8 +161,9 @@ def test_promote_and_roll_back_five_times_under_load_fails_no_request(
     assert statuses == {200: len(results)}, (statuses, [m for s, m, _ in results if s != 200][:3])
     models = Counter(m for _, m, _ in results)
     assert set(models) == {v1, v2}, models  # every response names the version that served it
-    # a request sent after a change (the API answered) runs on the version the change put in force
-    for (at, want), nxt in zip(changes, [*changes[1:], (float("inf"), None)], strict=True):
+    # a request sent after a change (the API answered) and before the next one was sent runs on the
+    # version the change put in force
+    for (_, at, want), nxt in zip(changes, [*changes[1:], (float("inf"), 0.0, None)], strict=True):
         late = [m for _, m, s in results if at < s < nxt[0]]
         assert all(m == want for m in late), (want, Counter(late))
     assert sum(models.values()) >= CLIENTS * SWAPS

@@ -107,6 +107,7 @@ def test_the_shared_head_names_the_store_intents_and_beats_minilm_logreg(
     beats_the_baseline(engine, "support", train, held)
 
 
+@pytest.mark.long  # trains the adapter: minutes (make bench)
 def test_a_version_trained_on_the_file_beats_minilm_logreg(
     real_model_dir: Path, adapters: Path, tmp_path: Path, split: tuple[list[FaqPair], list[FaqPair]]
 ) -> None:

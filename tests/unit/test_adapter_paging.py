@@ -171,9 +171,14 @@ def test_a_batch_needing_more_adapters_than_the_budget_runs_in_groups(
 ) -> None:
     registry = _registry(paged)
     models = ["delta", "alpha", "base", "gamma", "beta", "delta", "gamma", "base"]
+    paged.score_labels(["Shares fell."], LABELS)  # a marker in recent_batches: ("labels", 1)
     futures = [paged.submit_generate(CHAT, model=m, params=PARAMS) for m in models]
     assert [f.result().token_ids for f in futures] == [reference["tokens"][m] for m in models]
-    assert ("generate", len(models)) in paged.recent_batches  # one micro-batch, split inside
+    recent = paged.recent_batches
+    mine = recent[len(recent) - recent[::-1].index(("labels", 1)) :]  # the generations after the marker
+    # a micro-batch took at least 4 of them (any 4 in a row name 3 adapters, past the budget of 2) and
+    # was split inside (one batch of all 8 on a quiet machine; under load the batcher may start earlier)
+    assert any(kind == "generate" and rows >= 4 for kind, rows in mine), recent
     assert len(registry.resident_names()) <= 2
     chunks = [paged.submit_score_labels(["Shares fell."], LABELS, model=m) for m in models]
     for model, future in zip(models, chunks, strict=True):

@@ -207,12 +207,12 @@ def test_a_workers_exporter_reports_its_tasks_and_alert_deliveries(redis_url: st
     app, queue = worker_app(redis_url)
     ran: list[str] = []
 
-    @app.task(name=DELIVER)
+    @app.task(name=DELIVER, shared=False)  # shared: every app finalized later would get it too
     def deliver(alert_id: str, target: str, namespace: str) -> str:
         ran.append(alert_id)
         return "sent"
 
-    @app.task(name=f"{queue}.broken")
+    @app.task(name=f"{queue}.broken", shared=False)
     def broken() -> None:
         ran.append("broken")
         raise RuntimeError("this task fails")

@@ -239,7 +239,7 @@ def test_beam_search_through_the_router_equals_peft_generate(tiny_engine: LocalE
             early_stopping=True,
             eos_token_id=eos,
             pad_token_id=tiny_engine.tokenizer.pad_token_id,
-            adapter_names=["beta"],
+            adapter_names=[tiny_engine.registry.resolve("beta")],  # PEFT's name for beta's slot
         )
     expected = out[0, ids.shape[1] :].tolist()
     cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))

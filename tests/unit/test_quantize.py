@@ -84,7 +84,9 @@ def test_int8_engine_without_adapters_generates_and_scores(
 
 def test_int8_engine_with_adapters_keeps_lora_float(int8_engine: LocalEngine, fp32_engine: LocalEngine) -> None:
     modules = _modules(int8_engine)
-    lora_a = [m for name, m in modules.items() if ".lora_A.alpha" in name]
+    assert int8_engine.registry is not None
+    slot = int8_engine.registry.info("alpha").key  # PEFT's name for alpha's slot
+    lora_a = [m for name, m in modules.items() if f".lora_A.{slot}" in name]
     base_layers = [m for name, m in modules.items() if name.endswith("q_proj.base_layer")]
     assert lora_a and all(type(m) is torch.nn.Linear for m in lora_a)
     assert base_layers and all(isinstance(m, QuantizedLinear) for m in base_layers)

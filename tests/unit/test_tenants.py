@@ -133,6 +133,7 @@ def test_a_widget_key_works_only_from_its_tenants_origins(client: TestClient) ->
 
 
 def _fill(path: str) -> str:
+    path = path.replace("{tenant}", "default")  # the keys' own tenant: another one is refused (403) first
     while "{" in path:
         a, b = path.index("{"), path.index("}")
         path = f"{path[:a]}x{path[b + 1 :]}"
