@@ -58,7 +58,7 @@ train-samples: setup model
 	$(BIN)/domainllm train-samples --tenant $${TENANT:-default}
 
 test: setup model browser
-	$(BIN)/python -m pytest -q -m "not long"
+	$(BIN)/python -m pytest -q -m "not long" --durations=25
 
 # the e2e tests drive Debian's Chromium through Playwright (never a downloaded browser); they skip without it
 browser:

@@ -36,7 +36,7 @@ from functools import partial
 from typing import Any
 
 from core import metrics
-from core.errors import EngineOverloadedError
+from core.errors import EngineOverloadedError, ModelNotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,23 @@ class MicroBatcher:
         return threading.current_thread() is self._thread
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._stopping = True
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+        """Stop the worker once the jobs queued before this call have run: a server that drains its
+        requests on shutdown gets their answers, never a job dropped at the back of the queue. Jobs
+        queued behind the stop (no worker will take them) fail at once rather than wait out a deadline."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)  # the stop sentinel, behind the work already admitted
+            thread.join(timeout=30)
             self._thread = None
+            if thread.is_alive():  # still on a long batch: it runs the rest of the queue, then stops
+                return
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                settle(job.future, error=ModelNotReadyError("the engine is shutting down"))
 
     # ---- admission -------------------------------------------------------------------------------
 

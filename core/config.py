@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="The embedded Redis's memory cap; past it, writes fail (noeviction).",
     )
     log_level: str = "INFO"
+    shutdown_grace_s: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM the API stops accepting connections and gives the requests in flight this long to "
+        "finish (uvicorn's timeout_graceful_shutdown); a supervisor should wait longer than this before SIGKILL.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

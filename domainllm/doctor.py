@@ -48,6 +48,7 @@ from core.adapters import TENANTS_DIR, WEIGHT_FILES, _check_weights, _read_adapt
 from core.adapters import version_dir as adapter_version_dir
 from core.errors import DomainLLMError
 from core.model_store import MODEL_FILES
+from core.redis_client import client_for
 from core.versions import AdapterVersions
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -66,14 +67,13 @@ class Finding:
 
 
 def safe_url(url: str) -> str:
-    """A Redis URL fit to print: its password replaced by ``***``."""
+    """A Redis URL fit to print: its password replaced by ``***`` (one host, or a Sentinel URL's several)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = userinfo.partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hosts}", parts.path, parts.query, parts.fragment))
 
 
 # ---- the model --------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def check_adapters(settings: AppSettings, client: redis.Redis | None) -> list[Fi
 
 
 def connect_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+    return client_for(
         url, decode_responses=True, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
     )
 

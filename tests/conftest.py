@@ -53,7 +53,16 @@ def tokenizer(tiny_model_dir: Path) -> Any:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the whole run; each test keeps to its own key namespace. Tests that
-    stop or kill Redis start their own ``RedisProcess``."""
+    stop or kill Redis start their own ``RedisProcess``. ``DOMAINLLM_TEST_REDIS_URL`` names a Redis
+    of the caller's instead, one only this run uses (``make test-external-redis``: Debian's
+    redis-server with a password and AOF)."""
+    external = os.environ.get("DOMAINLLM_TEST_REDIS_URL")
+    if external:
+        client = redis.Redis.from_url(external)
+        client.ping()  # a wrong URL or password fails here once, not in every test
+        client.close()
+        yield external
+        return
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()

@@ -23,6 +23,8 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler
 
+from core.redis_client import client_for
+
 log = logging.getLogger(__name__)
 DEFAULT_KEY = "domainllm:beat:lock"
 
@@ -68,7 +70,7 @@ class LockedScheduler(PersistentScheduler):
         super().__init__(*args, **kwargs)
         conf = self.app.conf
         ttl_s = float(conf.get("beat_lock_ttl_s") or 30.0)
-        client = redis.Redis.from_url(conf.get("beat_lock_url") or conf.broker_url)
+        client = client_for(conf.get("beat_lock_url") or conf.broker_url)
         self.lock = BeatLock(client, conf.get("beat_lock_key") or DEFAULT_KEY, ttl_s)
         self.check_every_s = ttl_s / 3
         self.holding: bool | None = None  # unknown until the first tick

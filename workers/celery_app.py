@@ -42,7 +42,7 @@ from apps.ops_settings import ops_settings
 from apps.replicas import HeartbeatThread, start_heartbeat
 from apps.sentiment import dispatch as names
 from apps.settings import get_settings
-from core.redis_client import connect
+from core.redis_client import celery_broker, connect
 from workers import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def _every(seconds: float, task: str) -> dict[str, object]:
 def make_app() -> Celery:
     core = get_settings()
     sentiment = core.sentiment
-    app = Celery("domainllm", broker=core.effective_redis_url, include=["workers.tasks"])
+    broker = celery_broker(core.effective_redis_url)  # kombu's sentinel:// form for a Redis behind Sentinel
+    app = Celery("domainllm", broker=broker.url, include=["workers.tasks"])
     if tuple(kombu.VERSION[:2]) < KOMBU_RESTORE_OPTIONS:
         log.warning("kombu %s ignores unacked_restore_interval: lost workers' tasks come back after ~100 s, "
                     "not the visibility timeout; install kombu>=5.7.0", kombu.__version__)  # fmt: skip
@@ -120,7 +121,9 @@ def make_app() -> Celery:
         accept_content=["json"],
         task_default_queue="ingest",
         task_routes={name: {"queue": queue} for name, queue in names.QUEUE_OF.items()},
+        broker_use_ssl=broker.use_ssl,
         broker_transport_options={
+            **broker.transport_options,
             "visibility_timeout": sentiment.visibility_timeout_s,
             # look for messages of lost workers every few seconds (kombu's default is ~100 s)
             "unacked_restore_interval": max(1, min(10, sentiment.visibility_timeout_s // 2)),
@@ -132,6 +135,7 @@ def make_app() -> Celery:
         timezone="UTC",
         beat_scheduler="workers.beat_lock:LockedScheduler",
         beat_lock_ttl_s=sentiment.beat_lock_ttl_s,
+        beat_lock_url=core.effective_redis_url,
         beat_schedule={
             "poll-feeds": _every(sentiment.poll_interval_s, names.POLL_FEEDS),
             "scan-inbox": _every(sentiment.poll_interval_s, names.SCAN_INBOX),

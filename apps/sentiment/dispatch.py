@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from celery import Celery
 
 from apps.http.logging import install_task_request_ids
+from core.redis_client import celery_broker
 
 POLL_FEEDS = "sentiment.poll_feeds"
 SCAN_INBOX = "sentiment.scan_inbox"
@@ -53,9 +54,12 @@ def chunks(ids: list[str], size: int) -> Iterator[list[str]]:
         yield ids[i : i + size]
 
 
-def client_app(broker_url: str) -> Celery:
+def client_app(redis_url: str) -> Celery:
     """A Celery app that only sends: no task modules, no result backend."""
-    return Celery("domainllm-client", broker=broker_url, set_as_current=False)
+    broker = celery_broker(redis_url)  # kombu's sentinel:// form for a Redis behind Sentinel
+    app = Celery("domainllm-client", broker=broker.url, set_as_current=False)
+    app.conf.update(broker_transport_options=broker.transport_options, broker_use_ssl=broker.use_ssl)
+    return app
 
 
 class CeleryDispatcher:

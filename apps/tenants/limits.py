@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from core.errors import RateLimitedError
+from core.redis_client import sentinel_target
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,26 @@ def check_limit(text: str) -> str:
     return text
 
 
+def storage_uri(redis_url: str) -> tuple[str, dict[str, Any]]:
+    """The counters' storage URI and options; for a Redis behind Sentinel the ``limits`` form of its URL
+    (the sentinels in the URI, the master's password and db as options, none sent to the sentinels),
+    every read from the master."""
+    target = sentinel_target(redis_url)
+    if target is None:
+        return redis_url, {}
+    hosts = ",".join(f"{host}:{port}" for host, port in target.sentinels)
+    options = {"use_replicas": False, "sentinel_kwargs": {"password": None}, **target.master_kwargs()}
+    return f"redis+sentinel://{hosts}/{target.master}", options
+
+
 class RateLimits:
     def __init__(self, redis_url: str, per_key: str, per_ip: str, *, namespace: str = "ratelimit") -> None:
         self.per_key: RateLimitItem | None = parse(per_key) if per_key.strip() else None
         self.per_ip: RateLimitItem | None = parse(per_ip) if per_ip.strip() else None
         self.namespace = namespace
+        uri, options = storage_uri(redis_url)
         self._limiter = (
-            SlidingWindowCounterRateLimiter(storage_from_string(redis_url, key_prefix=namespace))
+            SlidingWindowCounterRateLimiter(storage_from_string(uri, key_prefix=namespace, **options))
             if self.per_key or self.per_ip
             else None
         )

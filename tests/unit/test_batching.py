@@ -114,3 +114,22 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_keeps_serving() -> Non
         assert batcher.submit("x", "good").result(timeout=5) == "good"
     finally:
         batcher.stop()
+
+
+def test_stop_runs_the_work_queued_before_it_then_fails_what_comes_after() -> None:
+    """A server draining on SIGTERM closes its engine with requests still queued: they get answers."""
+    release = threading.Event()
+    batcher = MicroBatcher({"x": lambda jobs: [j.payload for j in jobs]}, max_batch=1, wait_s=0.0)
+    batcher.start()
+    gate = batcher.submit_solo(lambda: release.wait(5))  # hold the worker while we queue
+    queued = [batcher.submit("x", i) for i in range(3)]
+    stopping = threading.Thread(target=batcher.stop)
+    stopping.start()
+    time.sleep(0.05)  # the stop sentinel is queued behind the three jobs now
+    late = batcher.submit("x", "late")
+    release.set()
+    stopping.join(timeout=10)
+    assert gate.result() is True
+    assert [f.result(timeout=1) for f in queued] == [0, 1, 2]
+    with pytest.raises(DomainLLMError, match="shutting down"):
+        late.result(timeout=1)
