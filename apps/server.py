@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import APIRouter, FastAPI
 
 from apps import llm, ops
@@ -26,6 +27,7 @@ from apps.http.deadline import BodyReadTimeoutMiddleware
 from apps.http.logging import configure_logging
 from apps.http.middleware import RequestIdMiddleware
 from apps.http.security import SecurityHeadersMiddleware
+from apps.llm.adapter_set import AdapterSet
 from apps.ops_settings import ops_settings
 from apps.recommend.routes import router as recommend_router
 from apps.replicas import start_heartbeat
@@ -97,6 +99,10 @@ async def _warm_up(app: FastAPI) -> None:
         return
     for name, reason in engine.adapter_failures.items():
         log.error("adapter %s was not loaded: %s", name, reason)
+    try:
+        await asyncio.to_thread(app.state.adapter_set.reconcile, engine)
+    except redis.RedisError as exc:  # the listener reconciles once it reaches Redis again
+        log.warning("adapters loaded at run time on other replicas not read yet (Redis: %s)", exc)
     log.info("engine ready: %s", ", ".join(m["id"] for m in engine.list_models()))
     await asyncio.to_thread(app.state.services.support.warm_up)
 
@@ -115,10 +121,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.warmup_error = None
     ops = ops_settings(services.settings)  # this replica's heartbeat: doctor and the KPIs see it live
     heartbeat = start_heartbeat(services.redis.text, "api", period_s=ops.heartbeat_s, namespace=ops.namespace)
+    # adapters loaded or unloaded through any replica: this one follows (and catches up once warm)
+    app.state.adapter_set = AdapterSet.of(services.settings, services.redis.text)
+    following = app.state.adapter_set.follow(services.engine)
     loading = asyncio.create_task(_warm_up(app))
     try:
         yield
     finally:
+        following.stop()
         if heartbeat is not None:
             heartbeat.stop()
         await loading  # a loading thread cannot be cancelled; closing under it would leak its batcher

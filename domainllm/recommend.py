@@ -161,7 +161,10 @@ def train_ranker(
         fail(exc)
     path = out or settings.ranker_path
     rankers.final.meta["report"] = report
-    rankers.save(path)
+    if out is None:  # the served ranker: every replica reloads it
+        service.save_rankers(rankers)
+    else:
+        rankers.save(path)
     console.print_json(json.dumps(report))
     console.print(f"saved {path}")
 

@@ -6,9 +6,10 @@ step with a folder, and search it.
     domainllm support ingest-url URL... | --sitemap URL [--prune]
     domainllm support search|list|delete
 
-These write the same folder the server reads (DOMAINLLM_SUPPORT_KB_DIR); a running server picks
-the change up on its next ``KnowledgeBase.refresh()``. Every document records its source (the
-folder and file, or the URL), so a sync deletes only what came from that folder.
+These write the same folder the server reads (DOMAINLLM_SUPPORT_KB_DIR), or a tenant's, and announce
+each new generation in Redis, so every running replica reloads it within a second (a folder named
+with ``--kb-dir`` is not announced: it is for a KB no server reads). Every document records its
+source (the folder and file, or the URL), so a sync deletes only what came from that folder.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Writes are validated whole before anything is stored: a request with one bad eve
 them (the client fixes and resends the batch). Files are different: their good rows go in and the
 bad ones come back in ``errors``, since a catalogue export with a few broken lines must not block
 the rest.
+
+The trained ranker is a file in the shared artefact store (``ranker_path``), one for every tenant,
+written by ``domainllm recommend train-ranker`` through ``save_rankers``, which then bumps its version
+key in Redis; every replica reads that key at most every half second and reloads the file when it
+moved (``core.shared_state``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from apps.recommend.users import stored_user_id
 from apps.tenants.models import ModelRouter
 from core.errors import InputTooLargeError, InvalidRequestError, NotFoundError
 from core.interface import Engine
+from core.shared_state import SharedVersion
 from domains.recommend.index import EmbedFn
 from domains.recommend.pipeline import Pipeline, PipelineConfig
 from domains.recommend.ranking import Rankers
@@ -68,6 +74,13 @@ def _errors(errors: list[RowError]) -> list[dict[str, str]]:
     return [asdict(e) for e in errors]
 
 
+def ranker_version(client: redis.Redis, settings: RecommendSettings) -> SharedVersion:
+    """The version key of the ranker file. Every tenant's service reads the same file, so the key is
+    under the app's own prefix: a tenant's namespace is ``{base}.t-{tenant}`` (``tenant_namespace``)."""
+    base = settings.namespace.partition(".t-")[0]
+    return SharedVersion(client, f"{base}:ranker:version")
+
+
 class RecommendService:
     def __init__(
         self,
@@ -93,7 +106,9 @@ class RecommendService:
         )
         self._engine: Callable[[], Engine | None] = engine or (lambda: None)
         self.router: ModelRouter | None = None  # the tenant's adapter route (set by the composition root)
-        self._rankers: tuple[float, Rankers] | None = None
+        self._rankers: Rankers | None = None
+        self._ranker_version = ranker_version(client, settings)
+        self._ranker_watch = self._ranker_version.watch()
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -106,12 +121,19 @@ class RecommendService:
         return [replace(e, user_id=stored) if (stored := self._user(e.user_id)) != e.user_id else e for e in events]
 
     def rankers(self) -> Rankers:
-        """The trained rankers (reloaded when the file changes), else the hand-set fallback."""
-        path = self.settings.ranker_path
-        mtime = path.stat().st_mtime if path.is_file() else -1.0
-        if self._rankers is None or self._rankers[0] != mtime:
-            self._rankers = (mtime, Rankers.load(path) or Rankers.fallback())
-        return self._rankers[1]
+        """The trained rankers, else the hand-set fallback; reloaded when their version key moved."""
+        version = self._ranker_watch.check()  # read before loading: a save during the load bumps again
+        if version is not None or self._rankers is None:
+            self._rankers = Rankers.load(self.settings.ranker_path) or Rankers.fallback()
+            if version is not None:
+                self._ranker_watch.accept(version)
+        return self._rankers
+
+    def save_rankers(self, rankers: Rankers) -> int:
+        """Save newly trained rankers where every replica reads them, and tell the replicas (the new
+        version, returned); in force everywhere within a second."""
+        rankers.save(self.settings.ranker_path)
+        return self._ranker_version.bump()
 
     def pipeline(self, use_llm: bool = True, model: str | None = None) -> Pipeline:
         engine = self._engine() if (use_llm and self.settings.use_llm) else None

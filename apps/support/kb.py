@@ -16,6 +16,12 @@ never half of one. In memory the same holds: a writer builds a new immutable ``_
 swaps it in under a lock; searches read whichever snapshot was current when they began, so they
 keep answering while an upsert rebuilds. Writers are serialised by a second lock.
 
+The folder is the shared artefact store: every replica loads it read-only, and a writer announces
+each new generation by setting the knowledge base's version key in Redis to it
+(``core.shared_state``); a replica looks at that key at most every half second and reloads when it
+moved (``refresh_if_changed``), so a document uploaded through one replica is searched on all. A
+writer that finds the key behind the manifest (an announcement lost to a Redis outage) sets it again.
+
 Hybrid search fuses the dense and BM25 scores of a shared candidate pool (normalised scores by
 default, or reciprocal rank fusion); ``FusionConfig`` holds the setting chosen on the evaluation.
 """
@@ -47,6 +53,7 @@ from apps.support.documents import Document, InvalidDocumentError
 from core.config import PROJECT_ROOT
 from core.embeddings import Embedder
 from core.errors import ConflictError, InvalidRequestError
+from core.shared_state import SharedVersion
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +292,10 @@ class KnowledgeBase:
         ann_threshold: int = 20_000,
         fusion: FusionConfig | None = None,
         query_cache_size: int = 1024,
+        version: SharedVersion | None = None,
     ) -> None:
+        """``version``: the key that announces a new generation to the other replicas (None: a folder
+        only this process uses, an evaluation's or a test's)."""
         self.root = Path(root)
         self.embedder = embedder
         self.chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
@@ -302,6 +312,8 @@ class KnowledgeBase:
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._cache_lock = threading.Lock()
+        self._version = version
+        self._watch = version.watch() if version is not None else None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -309,8 +321,11 @@ class KnowledgeBase:
         with self._write_lock:
             if self._snap is not None:
                 return
+            version = self._watch.look() if self._watch is not None else None  # read before loading
             snap = self._load()
             self._swap(snap)
+            if self._watch is not None and version is not None:
+                self._watch.accept(version)
 
     def refresh(self) -> bool:
         """Reload if another process wrote a newer generation; True when it did."""
@@ -321,6 +336,18 @@ class KnowledgeBase:
         with self._write_lock:
             self._swap(self._load())
         return True
+
+    def refresh_if_changed(self) -> bool:
+        """Reload when a writer (another replica, the CLI) announced a new generation; the version key
+        is read at most every ``core.shared_state.CHECK_S``. True when a new generation was loaded."""
+        if self._watch is None:
+            return False
+        version = self._watch.check()
+        if version is None:
+            return False
+        reloaded = self.refresh()
+        self._watch.accept(version)
+        return reloaded
 
     def _snapshot(self) -> _Snapshot:
         with self._swap_lock:
@@ -343,6 +370,10 @@ class KnowledgeBase:
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
                 try:
                     manifest = self._read_manifest()
+                    if manifest is not None and self._version is not None:
+                        on_disk = int(manifest["generation"])
+                        if self._version.get() != on_disk:  # an earlier write's announcement was lost
+                            self._announce(on_disk)
                     snap = self._snapshot()
                     if manifest is not None and int(manifest["generation"]) != snap.generation:
                         snap = self._load()
@@ -354,6 +385,12 @@ class KnowledgeBase:
     def _swap(self, snap: _Snapshot) -> None:
         with self._swap_lock:
             self._snap = snap
+
+    def _announce(self, generation: int) -> None:
+        """Tell every replica that ``generation`` is on disk. When Redis does not answer, the write
+        stands (this process serves it), the error goes to the caller, and the next write announces it."""
+        if self._version is not None:
+            self._version.set(generation)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -566,8 +603,9 @@ class KnowledgeBase:
             self._rebuild(snap, {d: s for d, s in snap.docs.items() if d != doc_id})
         return True
 
-    def _rebuild(self, old: _Snapshot, docs: dict[str, _StoredDoc]) -> _Snapshot:
-        """Chunk, embed what is new, index, persist as the next generation, swap. Caller holds the write lock."""
+    def _rebuild(self, old: _Snapshot, docs: dict[str, _StoredDoc], *, announce: bool = True) -> _Snapshot:
+        """Chunk, embed what is new, index, persist as the next generation, swap, announce. Caller holds
+        the write lock."""
         chunks: list[Chunk] = []
         stored: dict[str, _StoredDoc] = {}
         counter = self._counter or default_counter()
@@ -592,6 +630,8 @@ class KnowledgeBase:
         )
         self._persist(snap)
         self._swap(snap)
+        if announce:
+            self._announce(snap.generation)
         return snap
 
     def _vectors_for(self, texts: list[str], known: dict[str, np.ndarray]) -> np.ndarray:
@@ -731,7 +771,8 @@ class KnowledgeBase:
             base = _Snapshot(
                 generation, {}, chunks if same_dim else [], vectors if same_dim else empty, None, None, [], empty
             )
-            return self._rebuild(base, docs)
+            # not under the folder's lock: the next write (under it) announces this generation
+            return self._rebuild(base, docs, announce=False)
         dense = faiss.read_index(str(gen / "dense.faiss")) if chunks else None
         if isinstance(dense, faiss.IndexHNSWFlat):
             dense.hnsw.efSearch = 128

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +23,15 @@ from apps.tenants.models import ModelRouter
 from apps.tenants.store import DEFAULT_TENANT
 from core.batching import one_admission
 from core.interface import Engine
+from core.shared_state import SharedVersion
 
 log = logging.getLogger(__name__)
 
-KB_CHECK_S = 5.0
+
+def kb_version(client: redis.Redis, settings: SupportSettings) -> SharedVersion:
+    """The version key of a tenant's knowledge base (its settings' namespace is the tenant's): the
+    generation in its folder, announced by whoever wrote it."""
+    return SharedVersion(client, f"{settings.namespace}:kb:version")
 
 
 class SupportService:
@@ -49,13 +53,16 @@ class SupportService:
         # handoffs to a person, their live events, the team's webhook and the daily analytics
         self.inbox = Inbox(self.store, settings, webhooks, tenant=tenant, has_target=has_webhook)
         self.kb = KnowledgeBase(
-            settings.kb_dir, engine, chunk_tokens=settings.chunk_tokens, overlap_tokens=settings.chunk_overlap_tokens
+            settings.kb_dir,
+            engine,
+            chunk_tokens=settings.chunk_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+            version=kb_version(client, settings),
         )
         self.kb.warm_up()
         self.intents = IntentClassifier(engine, settings.adapter)
         self.router: ModelRouter | None = None  # the tenant's adapter route (set by the composition root)
         self.bot = SupportBot(engine, self.kb, self.rules, settings, self.intents)
-        self._checked_at = time.monotonic()
 
     def warm_up(self) -> None:
         """Embed the KB's sentences once the engine is up (until then the first questions are slower)."""
@@ -65,13 +72,10 @@ class SupportService:
             log.warning("support: warming up the answerer failed (%s); answering embeds on demand", exc)
 
     def fresh_kb(self) -> KnowledgeBase:
-        """The knowledge base, reloaded when another process (``domainllm support ingest``) wrote a
-        newer version; checked at most every few seconds."""
-        now = time.monotonic()
-        if now - self._checked_at >= KB_CHECK_S:
-            self._checked_at = now
-            if self.kb.refresh():
-                log.info("knowledge base reloaded: %d chunks", len(self.kb))
+        """The knowledge base, reloaded when another process (a replica, ``domainllm support ingest``)
+        wrote a newer generation: its version key in Redis is read at most every half second."""
+        if self.kb.refresh_if_changed():
+            log.info("knowledge base reloaded: generation %d, %d chunks", self.kb.generation, len(self.kb))
         return self.kb
 
     # ---- conversations ------------------------------------------------------------------------------
@@ -157,11 +161,12 @@ class SupportService:
 
     def stats(self) -> dict[str, Any]:
         active = self.inbox.counts()
+        kb = self.fresh_kb()
         return {
             **self.store.stats(),
             "open_handoffs": active["open"],
             "taken_handoffs": active["taken"],
-            "kb": {"documents": len(self.kb.documents()), "chunks": len(self.kb)},
+            "kb": {"documents": len(kb.documents()), "chunks": len(kb)},
             "intents_available": self.intents.available if self.engine.ready else None,
             "model": self.bot.model if self.engine.ready else None,
         }
