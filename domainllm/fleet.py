@@ -441,6 +441,7 @@ def fleet_command(
     from rich.console import Console
 
     console = Console()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per readiness poll
     given_key = os.environ.get("DOMAINLLM_ADMIN_KEY", "")
     fleet = Fleet(
         api,

@@ -84,7 +84,18 @@ def _fill(tenant: dict[str, Any], word: str) -> dict[str, Any]:
         Alert(ALERT_ID, "negative_surge", "surge", "all", "critical", time.time(), f"{word} surge", {"n": 1}),
         cooldown_s=0,
     )
-    return {"session_id": session, "handoff_id": handoff, "item_id": item_id}
+    # a training job whose file is named after the word (queued only: no trainer consumes it here)
+    files = [{"name": f"{word}-faq.csv", "content": "question,answer\nWhere is my order?,In your account.\n"}]
+    r = c.post(f"/v1/tenants/{tenant['id']}/adapters/support/train", json={"files": files}, headers=admin)
+    assert r.status_code == 202, r.text
+    return {
+        "session_id": session,
+        "handoff_id": handoff,
+        "item_id": item_id,
+        "tenant": tenant["id"],
+        "domain": "support",
+        "job_id": r.json()["job_id"],
+    }
 
 
 def _reads(c: TestClient) -> list[tuple[str, dict[str, Any]]]:
