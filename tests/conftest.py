@@ -85,6 +85,9 @@ def tiny_settings(tiny_model_dir: Path, tiny_adapters: dict[str, Path], tmp_path
         adapters_dir=tiny_adapters["alpha"].parent,
         admin_key="test-admin-key",
         batch_wait_ms=20,
+        # no Redis unless a test gives it one (model_copy(update={"redis_url": ...})): never whatever
+        # happens to listen on the default port (a `make run` or `make train-samples` beside the tests)
+        redis_port=1,
     )
 
 

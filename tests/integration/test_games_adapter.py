@@ -56,6 +56,7 @@ def test_the_games_adapter_is_asked_in_the_product_wording(engine: LocalEngine) 
     assert all(0.0 < p < 1.0 for p in shared)
 
 
+@pytest.mark.long  # builds the Games-6k guard split and ranks its candidates: minutes on 2 cores (make bench)
 def test_the_held_out_check_runs_on_the_public_guard_set(engine: LocalEngine) -> None:
     guard = guard_rows(engine.settings.model_copy(update={"shared_data_dir": Settings().shared_data_dir}))
     if guard is None:
