@@ -6,12 +6,15 @@
 What runs: the real base model, the API in this process (FastAPI's TestClient: the same routes,
 auth and routing as uvicorn), a real redis-server, a temporary artefact store. Two tenants:
 
-* "better": v1 trained on the first 30 rows of the sample headline file, v2 on the whole file
+* "better": v1 a fresh LoRA trained on the first 30 rows of the sample headline file (a tenant with
+  little data and no shared adapter to start from: the bench turns ``start_from_shared`` off for it),
+  v2 trained on the whole file from the shared adapter, as a tenant's training does
   (finetune.own.run_training, the code the train queue runs). v1 is promoted, v2 gets 50% of the
   traffic (PUT .../split). Simulated analysts classify the FPB test headlines one request each and
   post the right label to /v1/sentiment/feedback with the model the response named: each verdict
   counts for the version that gave the label. The A/B report must say "better".
-* "same": v1 as above, and v2 an exact copy of it; the report must say "no difference".
+* "same": v1 as above (a fresh LoRA on 30 rows), and v2 an exact copy of it; the report must say
+  "no difference".
 
 Next to each report: each version's true accuracy on the same texts (every text through every
 version), so the A/B estimate can be checked against the truth. Writes bench/results/ab.json.
@@ -20,6 +23,7 @@ version), so the A/B estimate can be checked against the truth. Writes bench/res
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -44,6 +48,7 @@ from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
 from domains.sentiment import read_fpb_test  # noqa: E402
 from finetune.own import TrainRequest, run_training  # noqa: E402
+from finetune.tasks import sentiment_own  # noqa: E402
 from tests.doubles.redis import RedisProcess  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "ab.json"
@@ -134,10 +139,16 @@ def main() -> None:
             lines = SAMPLE.read_text(encoding="utf-8").splitlines()
             small.write_text("\n".join(lines[: SMALL_ROWS + 1]) + "\n", encoding="utf-8")
 
-            def train(tenant: str, path: Path) -> dict[str, Any]:
+            def train(tenant: str, path: Path, *, fresh: bool = False) -> dict[str, Any]:
                 t0 = time.perf_counter()
-                record = run_training(TrainRequest(tenant, "sentiment", [path]), settings, engine, services.versions,
-                                      shared_model="sentiment")  # fmt: skip
+                options = sentiment_own.OwnSentimentOptions
+                if fresh:  # a LoRA of its own, not started from the shared adapter
+                    sentiment_own.OwnSentimentOptions = functools.partial(options, start_from_shared=False)  # type: ignore[assignment,misc]
+                try:
+                    record = run_training(TrainRequest(tenant, "sentiment", [path]), settings, engine, services.versions,
+                                          shared_model="sentiment")  # fmt: skip
+                finally:
+                    sentiment_own.OwnSentimentOptions = options  # type: ignore[misc]
                 print(
                     f"{record['model']}: {record['state']} in {time.perf_counter() - t0:.0f} s; {record['gate']['reason']}"
                 )
@@ -147,7 +158,7 @@ def main() -> None:
             for name in ("better", "same"):
                 tenant = f"ab-{name}-{run}"
                 keys = tenant_keys(client, tenant)
-                train(tenant, small)
+                train(tenant, small, fresh=True)
                 if name == "better":
                     train(tenant, SAMPLE)
                 else:  # v2 = v1's files exactly, recorded as a version that passed
