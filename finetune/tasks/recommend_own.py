@@ -52,6 +52,10 @@ class RecommendOwnData:
     disliked: dict[str, set[str]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        """The purchase/interaction rows the sequences hold (what "rows to train on" counts)."""
+        return sum(len(s) for s in self.sequences.values())
+
     def item_fields(self) -> tuple[str, ...]:
         """Title, and category when most products have one: what the prompt names a product by."""
         with_category = sum(1 for i in self.items.values() if i.category)
@@ -71,6 +75,9 @@ class HeldOutCase:
 class RecommendHeldOut:
     cases: list[HeldOutCase]
     source: str
+
+    def __len__(self) -> int:
+        return len(self.cases)
 
 
 def read_own(files: list[Path]) -> RecommendOwnData:
