@@ -35,10 +35,19 @@ def fail_run(what: str, exc: Exception) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+# A command's engine serves only that command's own batch work (training and its gate, evaluations,
+# loading a catalogue): the API's per-request queue bound and deadline (a 503 after 25 s) would abort
+# it on a busy machine. The API (`domainllm serve`) does not come through here.
+OFFLINE_LIMIT_S = 3600.0
+
+
 @lru_cache(maxsize=1)
 def services() -> Services:
     """This process's services; the engine is not loaded until a command warms it up."""
-    return build_services(get_settings())
+    settings = get_settings()
+    return build_services(
+        settings.model_copy(update={"engine_max_queue_s": OFFLINE_LIMIT_S, "engine_deadline_s": OFFLINE_LIMIT_S})
+    )
 
 
 @contextmanager
