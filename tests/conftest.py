@@ -25,6 +25,10 @@ os.environ.setdefault("DOMAINLLM_RATE_LIMIT_PER_IP", "")
 # An app built with default settings must never read or write the developer's own knowledge base
 # (data/runtime/support/kb, filled by `make run`): the suite's default is an empty folder of its own.
 os.environ.setdefault("DOMAINLLM_SUPPORT_KB_DIR", tempfile.mkdtemp(prefix="domainllm-test-kb-"))
+# Nor the developer's Redis: settings built without a redis_url point at a port where nothing listens
+# (not the embedded Redis's 6390, which a `make run` or `make train-samples` beside the tests holds,
+# with its adapter set, keys and routes); tests that need Redis get their own (``redis_url``).
+os.environ.setdefault("DOMAINLLM_REDIS_PORT", "1")
 
 
 @pytest.fixture(scope="session")
