@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from abuse_bench import metric  # noqa: E402  (a sample of the Prometheus text: one reader for the benches)
 
 from domainllm.fleet import SAMPLE_SETUP, Fleet  # noqa: E402
 
@@ -263,10 +264,6 @@ def _ms(seconds: float | None) -> float | None:
 
 
 # ---- the stack -------------------------------------------------------------------------------------
-
-
-def metric(text: str, name: str) -> float:
-    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
 
 
 def wait_idle(urls: list[str], quiet_s: float = 3.0, timeout_s: float = 300.0) -> float:
