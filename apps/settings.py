@@ -120,6 +120,13 @@ class AppSettings(Settings):
         return cls(**(values | sections))
 
 
+def batch_settings(settings: AppSettings, deadline_s: float = 3600.0) -> AppSettings:
+    """The settings of an engine that serves only its own batch work (a worker's tasks, a CLI
+    command's training, evaluation or load): not refused by an interactive caller's queue bound, and
+    each call given ``deadline_s`` instead of the API's per-request deadline."""
+    return settings.model_copy(update={"engine_max_queue_s": 3600.0, "engine_deadline_s": deadline_s})
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> AppSettings:
     return AppSettings()

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import TaskID
 
 from apps.composition import Services, build_services
-from apps.settings import get_settings
+from apps.settings import batch_settings, get_settings
 from core.errors import DomainLLMError
 
 console = Console()
@@ -35,19 +35,13 @@ def fail_run(what: str, exc: Exception) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-# A command's engine serves only that command's own batch work (training and its gate, evaluations,
-# loading a catalogue): the API's per-request queue bound and deadline (a 503 after 25 s) would abort
-# it on a busy machine. The API (`domainllm serve`) does not come through here.
-OFFLINE_LIMIT_S = 3600.0
-
-
 @lru_cache(maxsize=1)
 def services() -> Services:
     """This process's services; the engine is not loaded until a command warms it up."""
-    settings = get_settings()
-    return build_services(
-        settings.model_copy(update={"engine_max_queue_s": OFFLINE_LIMIT_S, "engine_deadline_s": OFFLINE_LIMIT_S})
-    )
+    # a command's engine serves only that command's batch work (training and its gate, evaluations,
+    # loading a catalogue): the API's 25 s per request would abort it on a busy machine; `domainllm
+    # serve` does not come through here
+    return build_services(batch_settings(get_settings()))
 
 
 @contextmanager

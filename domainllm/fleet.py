@@ -56,9 +56,6 @@ SAMPLE_SETUP: tuple[tuple[str, ...], ...] = (
     ("support", "ingest", "data/samples/support/articles"),
     ("support", "ingest", "data/samples/support/faq.csv"),
 )
-# Setup commands are offline jobs, as the workers' tasks are (workers.runtime.worker_settings): the
-# interactive caller's engine deadline and queue bound would fail a catalogue load on a busy machine.
-SETUP_ENV = {"DOMAINLLM_ENGINE_DEADLINE_S": "600", "DOMAINLLM_ENGINE_MAX_QUEUE_S": "3600"}
 
 
 class FleetError(DomainLLMError):
@@ -250,7 +247,7 @@ class Fleet:
             if self.external_redis is None:
                 self._start_redis()
             for cmd in self.setup:
-                self.cli(*cmd, env=SETUP_ENV)
+                self.cli(*cmd)  # a CLI command's engine has batch deadlines (apps.settings.batch_settings)
             self._start_members()
             self.wait_ready()
         except BaseException:

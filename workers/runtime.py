@@ -11,7 +11,7 @@ from apps.composition import Services, build_services
 from apps.sentiment.dispatch import CeleryDispatcher
 from apps.sentiment.enrich import Enricher
 from apps.sentiment.service import SentimentContext
-from apps.settings import AppSettings, get_settings
+from apps.settings import AppSettings, batch_settings, get_settings
 from apps.support.webhook import WebhookTarget
 from core.interface import Engine
 
@@ -23,8 +23,7 @@ _services: Services | None = None
 def worker_settings(settings: AppSettings) -> AppSettings:
     """A worker's engine serves only its own tasks, queued in Celery: it does not refuse them for an
     interactive caller's queue bound or deadline; the tasks' own time limits bound them instead."""
-    limit = float(settings.sentiment.enrich_soft_time_limit_s)
-    return settings.model_copy(update={"engine_max_queue_s": 3600.0, "engine_deadline_s": min(3600.0, limit)})
+    return batch_settings(settings, min(3600.0, float(settings.sentiment.enrich_soft_time_limit_s)))
 
 
 def services() -> Services:
