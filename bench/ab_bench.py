@@ -17,7 +17,11 @@ auth and routing as uvicorn), a real redis-server, a temporary artefact store. T
   "no difference".
 
 Next to each report: each version's true accuracy on the same texts (every text through every
-version), so the A/B estimate can be checked against the truth. Writes bench/results/ab.json.
+version), so the A/B estimate can be checked against the truth. One served run is one draw; from the
+per-text verdicts of every version the bench then replays ``--replays`` A/B runs offline (a fresh
+random 50/50 split and order of the same texts each time, the report read every 25 outcomes per arm)
+and counts how often the verdict rule called each pair "better" at any look: the always-valid rule
+the report uses, next to a fixed-n 95% interval read the same way. Writes bench/results/ab.json.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import functools
 import json
 import platform
+import random
 import shutil
 import sys
 import tempfile
@@ -43,6 +48,7 @@ from pydantic import SecretStr  # noqa: E402
 from apps.server import create_app  # noqa: E402
 from apps.settings import AppSettings  # noqa: E402
 from apps.support.settings import SupportSettings  # noqa: E402
+from apps.tenants.abtest import MIN_PER_ARM, always_valid, newcombe  # noqa: E402
 from core.adapters import version_dir  # noqa: E402
 from core.config import get_settings  # noqa: E402
 from core.engine import LocalEngine  # noqa: E402
@@ -86,23 +92,49 @@ def run_arm(client: TestClient, keys: dict[str, dict[str, str]], texts: list[tup
     return {"served": served, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def true_accuracy(engine: LocalEngine, model: str, texts: list[tuple[str, str]]) -> float:
+def verdicts(engine: LocalEngine, model: str, texts: list[tuple[str, str]]) -> list[bool]:
+    """Whether ``model`` labels each text right (every text through the model)."""
     from domains.sentiment import read_serving
 
     serving = read_serving(engine.serving_config(model))
-    right = 0
+    right: list[bool] = []
     for i in range(0, len(texts), 32):
         part = texts[i : i + 32]
         scores = engine.score_labels(
             [t for t, _ in part], list(serving.labels), model=model, instruction=serving.instruction
         )
-        right += sum(max(s, key=s.__getitem__) == gold for s, (_, gold) in zip(scores, part, strict=True))
-    return right / len(texts)
+        right += [max(s, key=s.__getitem__) == gold for s, (_, gold) in zip(scores, part, strict=True)]
+    return right
+
+
+def replay(v1: list[bool], v2: list[bool], runs: int, every: int = 25, seed: int = 0) -> dict[str, float]:
+    """Offline A/B runs on the same texts: per run a random 50/50 split and order; the share of runs
+    in which each rule's interval excluded zero at some look, and in which it said "better" at the end."""
+    rng = random.Random(seed)
+    out = {"always_valid_any_look": 0, "always_valid_at_end": 0, "fixed_n_any_look": 0, "fixed_n_at_end": 0}
+    for _ in range(runs):
+        order = list(range(len(v1)))
+        rng.shuffle(order)
+        s, n = [0, 0], [0, 0]
+        called = {"always_valid": False, "fixed_n": False}
+        for i in order:
+            arm = rng.random() < 0.5  # True: the candidate v2
+            n[arm] += 1
+            s[arm] += (v2 if arm else v1)[i]
+            if min(n) >= MIN_PER_ARM and n[arm] % every == 0:
+                for name, rule in (("always_valid", always_valid), ("fixed_n", newcombe)):
+                    _, lo, hi = rule(s[1], n[1], s[0], n[0])
+                    called[name] |= lo > 0 or hi < 0
+        for name, rule in (("always_valid", always_valid), ("fixed_n", newcombe)):
+            out[f"{name}_any_look"] += called[name]
+            out[f"{name}_at_end"] += rule(s[1], n[1], s[0], n[0])[1] > 0
+    return {k: round(v / runs, 4) for k, v in out.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=800, help="FPB test headlines per scenario")
+    parser.add_argument("--replays", type=int, default=1000, help="offline A/B runs per scenario")
     args = parser.parse_args()
     base = get_settings()
     fpb = base.shared_data_dir / "finance" / "finlora_test" / "fpb_test.jsonl"
@@ -187,27 +219,32 @@ def main() -> None:
                 r.raise_for_status()
                 arm = run_arm(client, keys, texts)
                 ab = client.get(f"{admin}/ab", headers=keys["admin"]).json()
-                truth = {v: round(true_accuracy(engine, f"{tenant}/sentiment@{v}", texts), 4) for v in ("v1", "v2")}
-                scenarios[name] = {"traffic": arm, "report": ab, "true_accuracy": truth}
+                right = {v: verdicts(engine, f"{tenant}/sentiment@{v}", texts) for v in ("v1", "v2")}
+                truth = {v: round(sum(r) / len(r), 4) for v, r in right.items()}
+                replays = replay(right["v1"], right["v2"], args.replays)
+                scenarios[name] = {"traffic": arm, "report": ab, "true_accuracy": truth, "replays": replays}
                 comp = ab["comparison"]
                 print(f"{name}: v2 - v1 = {comp['difference']:+.4f} (95% CI {comp['ci95']}) -> {comp['verdict']}; "
-                      f"true accuracy v1 {truth['v1']:.4f}, v2 {truth['v2']:.4f}")  # fmt: skip
+                      f"true accuracy v1 {truth['v1']:.4f}, v2 {truth['v2']:.4f}; {args.replays} replays: {replays}")  # fmt: skip
             report["scenarios"] = scenarios
             report["texts"] = len(texts)
+            report["replays"] = args.replays
     finally:
         engine.close()
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     OUT.write_text(json.dumps(report, indent=2))
-    print("| scenario | v1 accuracy (A/B) | v2 accuracy (A/B) | v2 - v1 [95% CI] | verdict | true v1 | true v2 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | v1 accuracy (A/B) | v2 accuracy (A/B) | v2 - v1 [always-valid 95% CI] | verdict | true v1 | true v2 "
+          "| replays called better: always-valid (any look) | fixed-n 95% (any look) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, sc in report["scenarios"].items():
         rows = {r["version"]: r for r in sc["report"]["versions"]}
         comp = sc["report"]["comparison"]
         print(
             f"| {name} | {rows['v1']['accuracy']:.3f} (n={rows['v1']['n']}) | {rows['v2']['accuracy']:.3f} (n={rows['v2']['n']}) "
             f"| {comp['difference']:+.3f} [{comp['ci95'][0]:+.3f}, {comp['ci95'][1]:+.3f}] | {comp['verdict']} "
-            f"| {sc['true_accuracy']['v1']:.3f} | {sc['true_accuracy']['v2']:.3f} |"
+            f"| {sc['true_accuracy']['v1']:.3f} | {sc['true_accuracy']['v2']:.3f} "
+            f"| {sc['replays']['always_valid_any_look']:.3f} | {sc['replays']['fixed_n_any_look']:.3f} |"
         )
 
 

@@ -301,7 +301,8 @@ def report(
     if comp:
         console.print(
             f"{comp['candidate']} vs {comp['control']}: difference {comp['difference']:+.4f} "
-            f"(95% CI [{comp['ci95'][0]:+.4f}, {comp['ci95'][1]:+.4f}], n={comp['n'][0]}/{comp['n'][1]}): {comp['verdict']}"
+            f"(always-valid 95% CI [{comp['ci95'][0]:+.4f}, {comp['ci95'][1]:+.4f}], n={comp['n'][0]}/{comp['n'][1]}): "
+            f"{comp['verdict']}"
         )
     else:
         console.print("no candidate version is taking traffic (domainllm adapters split …)")

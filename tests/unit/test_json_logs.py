@@ -177,13 +177,13 @@ def test_the_request_id_follows_a_request_into_its_tasks_and_theirs(redis_url: s
     app, queue = worker_app(redis_url)
     seen: list[dict[str, Any]] = []
 
-    @app.task(name=f"{queue}.parent")
+    @app.task(name=f"{queue}.parent", shared=False)
     def parent(n: int) -> None:
         logging.getLogger("domainllm.test").info("parent %d for %s", n, EMAIL)
         seen.append({"task": "parent", "bound": current_request_id()})
         child.apply_async(kwargs={"n": n}, queue=queue)
 
-    @app.task(name=f"{queue}.child")
+    @app.task(name=f"{queue}.child", shared=False)
     def child(n: int) -> None:
         logging.getLogger("domainllm.test").info("child %d", n)
         seen.append({"task": "child", "bound": current_request_id()})

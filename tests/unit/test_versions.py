@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from apps.tenants.abtest import ab_report, compare, newcombe, wilson
+from apps.tenants.abtest import MIN_PER_ARM, ab_report, always_valid, compare, newcombe, wilson
 from core.errors import ConflictError, InvalidRequestError, NotFoundError
 from core.jobs import HEARTBEAT_GRACE_S, TrainingJobs
 from core.versions import AdapterVersions, bucket
@@ -183,6 +183,38 @@ def test_the_ab_verdict_needs_the_interval_to_exclude_zero() -> None:
     support = ab_report("support", {0: {"served": 10, "up": 3, "down": 1, "handoff": 2}}, {})
     row = support["versions"][0]
     assert (row["version"], row["n"], row["helpful_rate"], row["deflection_rate"]) == ("shared", 4, 0.75, 0.8)
+
+
+def _wrong_calls(rule, rate_a: float, rate_b: float, *, runs: int = 300, n: int = 2000, every: int = 50) -> float:
+    """The share of simulated A/B runs in which ``rule``'s interval excluded zero at any look (a
+    reader who checks the report every ``every`` outcomes per arm, from ``MIN_PER_ARM`` on)."""
+    rng = random.Random(11)
+    called = 0
+    for _ in range(runs):
+        s1 = s2 = 0
+        for i in range(1, n + 1):
+            s1 += rng.random() < rate_a
+            s2 += rng.random() < rate_b
+            if i % every == 0 and i >= MIN_PER_ARM:
+                _, lo, hi = rule(s1, i, s2, i)
+                if lo > 0 or hi < 0:
+                    called += 1
+                    break
+    return called / runs
+
+
+def test_reading_the_report_at_every_look_calls_an_equal_pair_different_at_most_five_percent_of_the_time() -> None:
+    # the fixed-n interval read 40 times over an A/A run calls it different in >20% of runs: the reason
+    # the verdict uses the always-valid sequence
+    assert _wrong_calls(newcombe, 0.2, 0.2) > 0.2
+    assert _wrong_calls(always_valid, 0.2, 0.2) <= 0.06
+    assert _wrong_calls(always_valid, 0.26, 0.2) >= 0.8  # and a 6-point lift is still found
+    d, lo, hi = always_valid(80, 400, 80, 400)
+    _, flo, fhi = newcombe(80, 400, 80, 400)
+    assert d == 0 and lo < flo < 0 < fhi < hi  # wider than the single-look interval, around the same centre
+    assert always_valid(0, 150, 0, 150)[1:] != (0.0, 0.0)  # an arm at 0% still has an interval
+    thin = {1: {"served": MIN_PER_ARM - 1, "click": 60}, 2: {"served": 400, "click": 10}}
+    assert compare("recommend", thin, 2, 1)["verdict"] == "not enough data"  # a huge gap, too few outcomes
 
 
 def test_a_retracted_rating_is_taken_back_without_an_error(versions: AdapterVersions) -> None:
