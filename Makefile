@@ -57,8 +57,13 @@ run: setup model
 train-samples: setup model
 	$(BIN)/domainllm train-samples --tenant $${TENANT:-default}
 
+# Two processes share the suite (pytest-xdist, each test file whole in one of them: a file's fixtures stay
+# in one process). The schemathesis fuzz runs alone after them: under xdist its per-operation tests
+# collapse into one per function that sends a fraction of the cases.
+FUZZ := tests/integration/test_schemathesis.py
 test: setup model browser
-	$(BIN)/python -m pytest -q -m "not long" --durations=25
+	$(BIN)/python -m pytest -q -m "not long" -n 2 --dist loadfile --durations=25 --ignore=$(FUZZ)
+	$(BIN)/python -m pytest -q -m "not long" -p no:xdist --durations=3 $(FUZZ)
 
 # the e2e tests drive Debian's Chromium through Playwright (never a downloaded browser); they skip without it
 browser:

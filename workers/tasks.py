@@ -40,8 +40,10 @@ _support = get_settings().support
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, EngineOverloadedError, ModelNotReadyError)
 LIMITS = {"base": LimitedTask, "soft_time_limit": _settings.task_soft_time_limit_s,
           "time_limit": _settings.task_time_limit_s}  # fmt: skip
+# shared=False on every task: they belong to this app alone, never to every Celery app finalized later in
+# the same process (a test's own app, a second app of an embedding program)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": _settings.task_backoff_max_s,
-         "max_retries": 8, **LIMITS}  # fmt: skip
+         "max_retries": 8, "shared": False, **LIMITS}  # fmt: skip
 
 
 class Scoped(BaseModel):
@@ -163,6 +165,7 @@ class DeliverTask(LimitedTask):
 
 @app.task(
     name=names.DELIVER,
+    shared=False,
     base=DeliverTask,
     autoretry_for=(DeliveryError, *TRANSIENT),
     retry_backoff=_settings.delivery_backoff_s,
@@ -192,6 +195,7 @@ class SupportWebhookArgs(BaseModel):
 
 @app.task(
     name=support_webhook.DELIVER_TASK,
+    shared=False,
     autoretry_for=(support_webhook.WebhookDeliveryError, *TRANSIENT),
     retry_backoff=_support.webhook_backoff_s,
     # kept below the visibility timeout whatever the support settings say (see the module docstring)
@@ -231,6 +235,7 @@ _train_budget = TrainingSettings().budget_s
 
 @app.task(
     name=names.TRAIN,
+    shared=False,
     acks_late=False,  # a training outlasts the visibility timeout: taken once; a dead worker's job is reaped
     max_retries=0,  # a failed run is recorded on its job with the reason, not run again behind the tenant's back
     base=LimitedTask,
