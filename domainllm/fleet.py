@@ -58,6 +58,9 @@ SAMPLE_SETUP: tuple[tuple[str, ...], ...] = (
 )
 
 
+RESPAWN_AFTER_S = 10.0  # `domainllm fleet` starts an exited member again, at most this often
+
+
 class FleetError(DomainLLMError):
     """A fleet process failed to start, or a setup command failed; the message holds its log's tail."""
 
@@ -464,12 +467,28 @@ def fleet_command(
             where = f" {member.url}" if member.port else ""
             console.print(f"{member.name}: pid {member.pid}{where}")
         console.print("no load balancer: spread clients over the URLs above. Ctrl-C stops everything.")
+        # a member that exits is started again, as systemd (Restart=on-failure) and deploy/respawn do: a
+        # worker can exit when Redis restarts under it (kombu's restore of unacked messages on a cleared
+        # connection), and its held tasks come back after the visibility timeout
+        roles: tuple[tuple[Role, list[Member]], ...] = (
+            ("api", fleet.apis),
+            ("worker", fleet.workers),
+            ("beat", fleet.beats),
+        )
+        started_at: dict[str, float] = {}
         while True:
             time.sleep(1.0)
-            for member in [*fleet.apis, *fleet.workers, *fleet.beats]:
-                if member.proc is not None and member.proc.poll() is not None:
-                    console.print(f"[red]{member.name} exited with {member.proc.returncode}[/] ({member.log})")
-                    member.proc = None
+            for role, members in roles:
+                for i, member in enumerate(members):
+                    if member.proc is None or member.proc.poll() is None:
+                        continue
+                    if time.monotonic() - started_at.get(member.name, 0.0) < RESPAWN_AFTER_S:
+                        continue  # it died right after its last start: wait, not a restart loop
+                    console.print(
+                        f"[red]{member.name} exited with {member.proc.returncode}[/] ({member.log}); starting it again"
+                    )
+                    started_at[member.name] = time.monotonic()
+                    fleet.restart(i, role=role, wait=False)
     except KeyboardInterrupt:
         console.print("stopping the fleet")
     finally:
