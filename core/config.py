@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         description="The embedded Redis's memory cap; past it, writes fail (noeviction).",
     )
     log_level: str = "INFO"
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's timeout_keep_alive). Keep it "
+        "above the idle timeout of the clients and load balancer in front (httpx 5 s, nginx and AWS ALB 60 s), so "
+        "they close first: a server that closes an idle connection just as a client sends on it leaves that request "
+        "with no answer (uvicorn's own default, 5 s, equals httpx's).",
+    )
     shutdown_grace_s: int = Field(
         30,
         ge=1,

@@ -99,6 +99,7 @@ def serve(
         port=port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 
