@@ -58,6 +58,7 @@ import httpx  # noqa: E402
 from abuse_bench import metric  # noqa: E402  (a sample of the Prometheus text: one reader for the benches)
 
 from domainllm.fleet import SAMPLE_SETUP, Fleet  # noqa: E402
+from tests.doubles.servers import answer_problem  # noqa: E402  (the answer rule the fault tests hold too)
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLES = ROOT / "data" / "samples"
@@ -108,15 +109,9 @@ class Outcome:
     @property
     def violation(self) -> str | None:
         """Why this outcome breaks "every request succeeds or gets a 429/503 with Retry-After", or None."""
-        if self.ok:
-            return None
-        if self.status in {"429", "503"}:
-            return None if self.retry_after else f"{self.status} without Retry-After"
-        if self.status.startswith("5"):
-            return f"{self.status} (5xx)"
         if self.status.startswith("error:"):
             return f"no answer ({self.status[6:]})"
-        return f"{self.status} (unexpected 4xx)"
+        return answer_problem(self.status, self.retry_after)
 
 
 @dataclass

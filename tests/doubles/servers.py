@@ -70,3 +70,16 @@ def new_key(client: Any, admin: str, scope: str) -> str:
     r = client.post("/v1/keys", json={"scope": scope}, headers=bearer(admin))
     assert r.status_code == 201, r.text
     return str(r.json()["key"])
+
+
+def answer_problem(status: str, retry_after: bool) -> str | None:
+    """Why an HTTP answer under load breaks the API's promise (a 2xx, or a 429/503 that says when to
+    come back with ``Retry-After``), or None when it keeps it. ``status`` is the code as text; a
+    request that got no answer is the caller's to judge."""
+    if status.startswith("2"):
+        return None
+    if status in {"429", "503"}:
+        return None if retry_after else f"{status} without Retry-After"
+    if status.startswith("5"):
+        return f"{status} (5xx)"
+    return f"{status} (unexpected 4xx)"

@@ -62,6 +62,7 @@ from apps.support.conversations import ConversationStore
 from core.config import PROJECT_ROOT
 from domainllm.fleet import Fleet, free_port
 from tests.doubles.sentiment import BURST, WebhookReceiver
+from tests.doubles.servers import answer_problem
 
 pytestmark = pytest.mark.integration
 
@@ -159,11 +160,10 @@ class Attempt:
     def violation(self) -> str | None:
         """Why this answer breaks "a 2xx, or a 429/503 with Retry-After"; None for no answer at all
         (failed connections are judged against the killed replica's downtime instead)."""
-        if self.ok or self.status.startswith("error:"):
+        if self.status.startswith("error:"):
             return None
-        if self.status in ("429", "503"):
-            return None if self.retry_after else f"{self.kind}: {self.status} without Retry-After"
-        return f"{self.kind}: {self.status}"
+        problem = answer_problem(self.status, self.retry_after)
+        return problem and f"{self.kind}: {problem}"
 
 
 @dataclass
