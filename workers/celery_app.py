@@ -44,6 +44,7 @@ from apps.sentiment import dispatch as names
 from apps.settings import get_settings
 from core.redis_client import celery_broker, connect
 from workers import metrics as worker_metrics
+from workers.redis_transport import transport_for
 
 log = logging.getLogger(__name__)
 KOMBU_RESTORE_OPTIONS = (5, 7)  # unacked_restore_interval / _throttle first shipped in kombu 5.7.0
@@ -121,6 +122,7 @@ def make_app() -> Celery:
         accept_content=["json"],
         task_default_queue="ingest",
         task_routes={name: {"queue": queue} for name, queue in names.QUEUE_OF.items()},
+        broker_transport=transport_for(broker.url),  # kombu's, surviving a Redis restart (workers/redis_transport.py)
         broker_use_ssl=broker.use_ssl,
         broker_transport_options={
             **broker.transport_options,

@@ -3,6 +3,8 @@ Celery enforces none), and the beat lock on the run's real Redis: two beats neve
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ import pytest
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
+from tests.doubles.redis import RedisProcess
 from workers.beat_lock import BeatLock, LockedScheduler
 from workers.time_limits import LimitedTask, Watchdog
 
@@ -184,3 +187,45 @@ def test_a_workers_engine_never_refuses_its_own_tasks_for_the_apis_queue_bound()
     worker = worker_settings(api)
     assert worker.engine_max_queue_s == 3600.0 and api.engine_max_queue_s == 10.0
     assert worker.engine_deadline_s == api.sentiment.enrich_soft_time_limit_s
+
+
+# ---- the broker transport ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["redis", "workers.redis_transport:Transport"], ids=["kombu", "ours"])
+def test_redis_dying_under_a_consumer_leaves_its_held_messages_for_the_restore(tmp_path: Path, transport: str) -> None:
+    """The state a worker's log showed when Redis restarted under it (CI, both workers at once): a
+    message held, a BRPOP outstanding, the server gone; Celery's ``collect()`` fails to close the
+    consumer's channel (in the worker, its event-loop poller failed first; here the channel is simply
+    not in the transport's list) and drops the transport's client; Celery then closes the connection.
+    kombu's transport crashes there ("Unrecoverable error ... 'hostname'", and the worker exits);
+    ours leaves the held message unacknowledged in Redis, where a live worker's visibility-timeout
+    restore finds it."""
+    import redis as redis_py
+    from kombu import Connection
+
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        conn = Connection(server.url, transport=transport, transport_options={"visibility_timeout": 1})
+        channel = conn.default_channel
+        channel.queue_declare("held")
+        channel.queue_declare("idle")
+        channel.basic_publish(channel.prepare_message("work"), exchange="", routing_key="held")
+        assert channel.basic_get("held", no_ack=False) is not None  # held by this consumer
+        channel.basic_consume("idle", no_ack=False, callback=lambda *_: None, consumer_tag="idle")
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=0.2)  # leaves a BRPOP outstanding, as the worker's loop does
+        server.stop(kill=True)
+        conn.transport.channels.remove(channel)
+        with contextlib.suppress(Exception):
+            conn.collect(socket_timeout=0.5)  # what Celery does on the connection error (and ignores)
+        assert not channel.closed and channel.connection.client is None  # the transport lost its client
+        if transport == "redis":
+            with pytest.raises(AttributeError, match="hostname"):
+                conn.close()
+            return
+        conn.close()
+        server.start()  # append-only persistence: what was in Redis is there again
+        assert redis_py.Redis.from_url(server.url).hlen("unacked") == 1  # for restore_visible
+    finally:
+        server.stop()
