@@ -136,6 +136,32 @@ def test_the_public_guard_refuses_a_version_that_forgets(
     assert record["state"] == "refused" and "forgets beyond" in record["gate"]["reason"]
 
 
+def test_a_retrain_takes_the_serving_versions_numbers_from_its_own_gate_where_the_rows_are_the_same(
+    module: StandIn, stores: tuple[AdapterVersions, TrainingJobs], settings: Settings, tmp_path: Path
+) -> None:
+    versions, _ = stores
+    module.guard = ["g1", "g2"]
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def scores(engine: Any, model: str, rows: list[str]) -> dict[str, float]:
+        calls.append((model, tuple(rows)))
+        return {"score": 0.8}
+
+    module.evaluate_own = scores
+    same = data_file(tmp_path, ["a", "b", "c", "d"])
+    train(settings, versions, same)  # v1 against the shared model: four evaluations
+    assert len(calls) == 4
+    calls.clear()
+    record = train(settings, versions, same)  # v2, on the same file: v1's numbers are its own gate's
+    assert calls == [("acme/sentiment@v2", ("c", "d")), ("acme/sentiment@v2", ("g1", "g2"))]
+    assert record["gate"]["reused"] == ["heldout", "guard"] and "its own gate's" in record["gate"]["reason"]
+    assert record["gate"]["heldout"]["acme/sentiment@v1"] == {"score": 0.8}
+    calls.clear()
+    record = train(settings, versions, data_file(tmp_path, ["a", "b", "c", "e"]))  # other held-out rows
+    assert ("acme/sentiment@v2", ("c", "e")) in calls and record["gate"]["reused"] == ["guard"]
+    assert own.fingerprint(["c", "d"]) == own.fingerprint(("c", "d")) != own.fingerprint(["c", "e"])
+
+
 def test_a_bad_file_is_refused_before_any_version_or_training(
     module: StandIn, stores: tuple[AdapterVersions, TrainingJobs], settings: Settings, tmp_path: Path
 ) -> None:
