@@ -100,6 +100,7 @@ format: setup
 # every benchmark, ours against its baseline in one process; each writes bench/results/*.json (about an hour)
 bench: setup model
 	$(BIN)/python -m pytest -q -m long
+	DOMAINLLM_FUZZ_EXAMPLES=50 $(BIN)/python -m pytest -q -p no:xdist $(FUZZ)
 	$(BIN)/python bench/core_bench.py
 	$(BIN)/python bench/support_bench.py
 	$(BIN)/python bench/sentiment_bench.py

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 # leave POST /v1/tenants to its documented 403), so every operation's own logic is reached.
 OPERATOR_KEY = "schemathesis-operator-key"
 KEYED = {"X-Api-Key": OPERATOR_KEY}
-MAX_EXAMPLES = 12  # per operation and generation mode; ~60 operations
+MAX_EXAMPLES = 8  # per operation and generation mode; ~60 operations (make bench: DOMAINLLM_FUZZ_EXAMPLES=50)
 REQUEST_TIMEOUT_S = 30.0
 # An event stream is read until this passes (it sends nothing until something happens): then cut short.
 STREAM_TIMEOUT_S = 1.0
@@ -146,6 +146,7 @@ schema.config.generation.update(with_security_parameters=False)
 
 # Operations that run the model on each call (a random tiny model generates to its token limit) or draw
 # a chart: the third of the run's time at 12 examples; fewer examples each, every check the same.
+# (In `make bench`, DOMAINLLM_FUZZ_EXAMPLES gives every operation, these too, that many.)
 MODEL_OPS = [
     "POST /v1/chat/completions",
     "POST /v1/completions",
