@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 # leave POST /v1/tenants to its documented 403), so every operation's own logic is reached.
 OPERATOR_KEY = "schemathesis-operator-key"
 KEYED = {"X-Api-Key": OPERATOR_KEY}
-MAX_EXAMPLES = 8  # per operation and generation mode; ~60 operations (make bench: DOMAINLLM_FUZZ_EXAMPLES=50)
+MAX_EXAMPLES = 12  # per operation and generation mode; ~60 operations (make bench: DOMAINLLM_FUZZ_EXAMPLES=50)
 REQUEST_TIMEOUT_S = 30.0
 # An event stream is read until this passes (it sends nothing until something happens): then cut short.
 STREAM_TIMEOUT_S = 1.0
