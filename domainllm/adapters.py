@@ -208,7 +208,7 @@ def versions(
     if as_json:
         console.print_json(json.dumps({"route": state, "versions": rows}, default=str))
         return
-    table = Table(title=f"{tenant}/{domain}: serving {svc.model_router(tenant, domain).route().model}")
+    table = Table(title=f"{tenant}/{domain}: serving {_serving(svc, tenant, domain)}")
     for col in ("version", "state", "score", "gate", "created"):
         table.add_column(col)
     for r in rows:
@@ -240,7 +240,13 @@ def _change(action: str, domain: str, tenant: str, **kwargs: Any) -> None:
         getattr(svc.versions, action)(tenant, domain, **kwargs)
     except DomainLLMError as exc:
         fail(exc)
-    console.print(f"{tenant}/{domain} now serves {svc.model_router(tenant, domain).route().model}")
+    console.print(f"{tenant}/{domain} now serves {_serving(svc, tenant, domain)}")
+
+
+def _serving(svc: Any, tenant: str, domain: str) -> str:
+    """What serves the tenant's requests in ``domain``, from the route alone (these commands load no
+    model, so the engine cannot be asked): a version, or the domain's shared adapter."""
+    return str(svc.versions.route(tenant, domain, svc.model_router(tenant, domain).shared).model)
 
 
 @adapters_app.command("promote")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -228,3 +229,34 @@ def test_a_retracted_rating_is_taken_back_without_an_error(versions: AdapterVers
     router.outcome("acme/support@v2", "down")
     router.outcome("acme/support@v2", "up", -1)  # the customer changed their mind: up, then down
     assert versions.outcomes("acme", "support") == {2: {"up": 0, "down": 1}}
+
+
+def test_the_cli_shows_and_changes_what_serves_without_loading_a_model(
+    versions: AdapterVersions, tiny_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``domainllm adapters versions|promote|rollback`` build services whose engine is never loaded
+    (asking it anything raises "still loading"): what serves comes from the route alone."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import domainllm.adapters
+    from apps.tenants.models import ModelRouter
+    from core.engine import LocalEngine
+    from domainllm.cli import app
+
+    engine = LocalEngine(tiny_settings)  # not warmed up, as in the CLI
+    svc = SimpleNamespace(versions=versions, model_router=lambda t, d: ModelRouter(versions, engine, t, d, "sentiment"))
+    monkeypatch.setattr(domainllm.adapters, "services", lambda: svc)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["adapters", "versions", "sentiment", "--tenant", "acme"])
+    assert shown.exit_code == 0 and "acme/sentiment: serving sentiment" in shown.output, shown.output
+    ready(versions)
+    ready(versions)
+    assert runner.invoke(app, ["adapters", "promote", "sentiment", "1", "--tenant", "acme"]).exit_code == 0
+    promoted = runner.invoke(app, ["adapters", "promote", "sentiment", "2", "--tenant", "acme"])
+    assert promoted.exit_code == 0 and "now serves acme/sentiment@v2" in promoted.output, promoted.output
+    back = runner.invoke(app, ["adapters", "rollback", "sentiment", "--tenant", "acme"])
+    assert back.exit_code == 0 and "now serves acme/sentiment@v1" in back.output, back.output
+    shown = runner.invoke(app, ["adapters", "versions", "sentiment", "--tenant", "acme"])
+    assert "serving acme/sentiment@v1" in shown.output and "v1 (promoted)" in shown.output, shown.output
