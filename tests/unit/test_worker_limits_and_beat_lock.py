@@ -229,3 +229,31 @@ def test_redis_dying_under_a_consumer_leaves_its_held_messages_for_the_restore(t
         assert redis_py.Redis.from_url(server.url).hlen("unacked") == 1  # for restore_visible
     finally:
         server.stop()
+
+
+def test_a_task_finishing_after_its_connection_was_lost_leaves_its_message_for_the_restore(tmp_path: Path) -> None:
+    """The other path of the same restart (CI, both workers, after they had reconnected): a task that
+    ran through it on the threads pool acknowledged its message on the old channel, whose connection
+    was gone, and kombu's transport crashed the worker ("'NoneType' object has no attribute 'client'",
+    from ``QoS.ack`` -> ``_connparams``). Ours lets the acknowledgement go: the message stays
+    unacknowledged in Redis and runs again after the visibility timeout (tasks are idempotent)."""
+    import redis as redis_py
+    from kombu import Connection
+
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        conn = Connection(server.url, transport="workers.redis_transport:Transport")
+        channel = conn.default_channel
+        channel.queue_declare("held")
+        channel.basic_publish(channel.prepare_message("work"), exchange="", routing_key="held")
+        message = channel.basic_get("held", no_ack=False)
+        assert message is not None  # the task is running
+        server.stop(kill=True)
+        with contextlib.suppress(Exception):
+            conn.collect(socket_timeout=0.5)  # the connection error; the worker goes on with a new connection
+        assert channel.connection is None or channel.connection.client is None  # this channel is done for
+        message.ack()  # the task is done: no crash
+        server.start()
+        assert redis_py.Redis.from_url(server.url).hlen("unacked") == 1  # for restore_visible
+    finally:
+        server.stop()
