@@ -61,6 +61,7 @@ def test_sample_feed_replay_raises_the_globex_alert(env: dict[str, str], tmp_pat
     assert chart.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.long  # 25-50 s of the suite for what the sample feed's replay shows too: `make bench` runs it
 @pytest.mark.skipif(not GOLD.exists(), reason=f"gold commodity news not found at {GOLD}")
 def test_gold_news_replay_runs_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
     chart = tmp_path / "gold.png"
