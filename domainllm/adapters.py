@@ -246,7 +246,7 @@ def _change(action: str, domain: str, tenant: str, **kwargs: Any) -> None:
 def _serving(svc: Any, tenant: str, domain: str) -> str:
     """What serves the tenant's requests in ``domain``, from the route alone (these commands load no
     model, so the engine cannot be asked): a version, or the domain's shared adapter."""
-    return str(svc.versions.route(tenant, domain, svc.model_router(tenant, domain).shared).model)
+    return str(svc.versions.route(tenant, domain, svc.shared_adapter(domain)).model)
 
 
 @adapters_app.command("promote")

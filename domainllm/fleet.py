@@ -467,9 +467,8 @@ def fleet_command(
             where = f" {member.url}" if member.port else ""
             console.print(f"{member.name}: pid {member.pid}{where}")
         console.print("no load balancer: spread clients over the URLs above. Ctrl-C stops everything.")
-        # a member that exits is started again, as systemd (Restart=on-failure) and deploy/respawn do: a
-        # worker can exit when Redis restarts under it (kombu's restore of unacked messages on a cleared
-        # connection), and its held tasks come back after the visibility timeout
+        # a member that exits is started again, as systemd (Restart=on-failure) and deploy/respawn do; a
+        # worker's held tasks come back to the others after the visibility timeout
         roles: tuple[tuple[Role, list[Member]], ...] = (
             ("api", fleet.apis),
             ("worker", fleet.workers),

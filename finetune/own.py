@@ -108,18 +108,14 @@ def fingerprint(rows: Any) -> str:
     """A digest of evaluation rows (a list of dataclasses, or a dataclass holding them): equal rows,
     equal digest, in any process (sets are sorted, so string hashing's per-process seed is moot)."""
 
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (set, frozenset)):
-            return sorted((plain(v) for v in value), key=repr)
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+    def other(value: Any) -> Any:  # what json cannot write: sets sorted, anything else as text
+        return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else str(value)
 
-    return hashlib.sha256(json.dumps(plain(rows), sort_keys=True).encode()).hexdigest()[:16]
+    def plain(value: Any) -> Any:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+    data = plain(rows) if not isinstance(rows, (list, tuple)) else [plain(r) for r in rows]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=other).encode()).hexdigest()[:16]
 
 
 def domain_module(domain: str) -> ModuleType:

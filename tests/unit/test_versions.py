@@ -246,7 +246,11 @@ def test_the_cli_shows_and_changes_what_serves_without_loading_a_model(
     from domainllm.cli import app
 
     engine = LocalEngine(tiny_settings)  # not warmed up, as in the CLI
-    svc = SimpleNamespace(versions=versions, model_router=lambda t, d: ModelRouter(versions, engine, t, d, "sentiment"))
+    svc = SimpleNamespace(
+        versions=versions,
+        shared_adapter=lambda d: "sentiment",
+        model_router=lambda t, d: ModelRouter(versions, engine, t, d, "sentiment"),  # what serving asks: not this
+    )
     monkeypatch.setattr(domainllm.adapters, "services", lambda: svc)
     runner = CliRunner()
     shown = runner.invoke(app, ["adapters", "versions", "sentiment", "--tenant", "acme"])

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,32 @@ def test_a_workers_engine_never_refuses_its_own_tasks_for_the_apis_queue_bound()
 # ---- the broker transport ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def holding_one_message(tmp_path: Path, transport: str) -> Iterator[tuple[RedisProcess, Any, Any, Any]]:
+    """A restartable Redis and a connection on ``transport`` whose default channel holds one
+    message of queue "held" unacknowledged, as a worker running its task does: (server, connection,
+    channel, message)."""
+    from kombu import Connection
+
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        conn = Connection(server.url, transport=transport, transport_options={"visibility_timeout": 1})
+        channel = conn.default_channel
+        channel.queue_declare("held")
+        channel.basic_publish(channel.prepare_message("work"), exchange="", routing_key="held")
+        message = channel.basic_get("held", no_ack=False)
+        assert message is not None
+        yield server, conn, channel, message
+    finally:
+        server.stop()
+
+
+def unacked(server: RedisProcess) -> int:
+    import redis as redis_py
+
+    return int(redis_py.Redis.from_url(server.url).hlen("unacked"))
+
+
 @pytest.mark.parametrize("transport", ["redis", "workers.redis_transport:Transport"], ids=["kombu", "ours"])
 def test_redis_dying_under_a_consumer_leaves_its_held_messages_for_the_restore(tmp_path: Path, transport: str) -> None:
     """The state a worker's log showed when Redis restarted under it (CI, both workers at once): a
@@ -201,17 +228,8 @@ def test_redis_dying_under_a_consumer_leaves_its_held_messages_for_the_restore(t
     kombu's transport crashes there ("Unrecoverable error ... 'hostname'", and the worker exits);
     ours leaves the held message unacknowledged in Redis, where a live worker's visibility-timeout
     restore finds it."""
-    import redis as redis_py
-    from kombu import Connection
-
-    server = RedisProcess(tmp_path / "redis").start()
-    try:
-        conn = Connection(server.url, transport=transport, transport_options={"visibility_timeout": 1})
-        channel = conn.default_channel
-        channel.queue_declare("held")
+    with holding_one_message(tmp_path, transport) as (server, conn, channel, _):
         channel.queue_declare("idle")
-        channel.basic_publish(channel.prepare_message("work"), exchange="", routing_key="held")
-        assert channel.basic_get("held", no_ack=False) is not None  # held by this consumer
         channel.basic_consume("idle", no_ack=False, callback=lambda *_: None, consumer_tag="idle")
         with pytest.raises(socket.timeout):
             conn.drain_events(timeout=0.2)  # leaves a BRPOP outstanding, as the worker's loop does
@@ -226,9 +244,7 @@ def test_redis_dying_under_a_consumer_leaves_its_held_messages_for_the_restore(t
             return
         conn.close()
         server.start()  # append-only persistence: what was in Redis is there again
-        assert redis_py.Redis.from_url(server.url).hlen("unacked") == 1  # for restore_visible
-    finally:
-        server.stop()
+        assert unacked(server) == 1  # for restore_visible
 
 
 def test_a_task_finishing_after_its_connection_was_lost_leaves_its_message_for_the_restore(tmp_path: Path) -> None:
@@ -237,23 +253,11 @@ def test_a_task_finishing_after_its_connection_was_lost_leaves_its_message_for_t
     was gone, and kombu's transport crashed the worker ("'NoneType' object has no attribute 'client'",
     from ``QoS.ack`` -> ``_connparams``). Ours lets the acknowledgement go: the message stays
     unacknowledged in Redis and runs again after the visibility timeout (tasks are idempotent)."""
-    import redis as redis_py
-    from kombu import Connection
-
-    server = RedisProcess(tmp_path / "redis").start()
-    try:
-        conn = Connection(server.url, transport="workers.redis_transport:Transport")
-        channel = conn.default_channel
-        channel.queue_declare("held")
-        channel.basic_publish(channel.prepare_message("work"), exchange="", routing_key="held")
-        message = channel.basic_get("held", no_ack=False)
-        assert message is not None  # the task is running
+    with holding_one_message(tmp_path, "workers.redis_transport:Transport") as (server, conn, channel, message):
         server.stop(kill=True)
         with contextlib.suppress(Exception):
             conn.collect(socket_timeout=0.5)  # the connection error; the worker goes on with a new connection
         assert channel.connection is None or channel.connection.client is None  # this channel is done for
         message.ack()  # the task is done: no crash
         server.start()
-        assert redis_py.Redis.from_url(server.url).hlen("unacked") == 1  # for restore_visible
-    finally:
-        server.stop()
+        assert unacked(server) == 1  # for restore_visible
